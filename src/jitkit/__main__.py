@@ -1,0 +1,5 @@
+import sys
+
+from jitkit.cli import main
+
+sys.exit(main())

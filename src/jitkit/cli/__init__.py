@@ -1,0 +1,51 @@
+"""The ``jitkit`` command: argument parsing → config → one library call.
+
+Each command group lives in its own module here and exposes ``register(subparsers)``; the handlers import
+torch and the library lazily so that ``jitkit --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command-group modules, each with register(subparsers); add a module here to add its commands
+_MODULES = ("models",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jitkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="jitkit",
+        description="Train, sample and evaluate JiT pixel-space diffusion transformers on any hardware.",
+    )
+    parser.add_argument("--version", action="version", version=f"jitkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _MODULES:
+        importlib.import_module(f"jitkit.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"jitkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

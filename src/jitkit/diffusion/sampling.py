@@ -1,0 +1,125 @@
+"""Samplers: integrate dz/dt = v(z, t) from noise (t = 0) to data (t = 1) with Euler or Heun steps.
+
+Classifier-free guidance:  v = v_u + s·(v_c − v_u),  s = cfg where low < t < high (low = 0: no lower bound),
+else 1. The conditional and unconditional passes run as *one* batched forward; where s = 1 (outside the
+interval, or cfg = 1) the unconditional pass is skipped entirely.
+
+Times t_k = k/steps (k = 0 … steps). As in the reference, the chosen step (Heun or Euler) runs for
+k = 0 … steps−2 and a final Euler step goes from t_{steps−1} to 1.
+
+Shape key: B batch; z [B, C, S, S]; y [B].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from jitkit.config import SamplerConfig
+
+# velocity_fn(z [B',...], t [B'], y [B']) -> v [B',...]
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Trajectory:
+    """What a sampler saw: ``t`` [K+1] times, ``z`` [K+1, B, …] states (z[K] is the output) and ``x`` [K, B, …]
+    the guided clean-image prediction x̂ = z + max(1 − t, t_eps)·v at each step's starting point."""
+
+    t: list[float] = field(default_factory=list)
+    z: list[torch.Tensor] = field(default_factory=list)
+    x: list[torch.Tensor] = field(default_factory=list)
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.tensor(self.t), torch.stack(self.z), torch.stack(self.x)
+
+
+def guidance_scale(t: float, cfg: float, interval: tuple[float, float]) -> float:
+    """s = cfg where t < high and (low == 0 or t > low), else 1."""
+    low, high = interval
+    return cfg if (t < high and (low == 0 or t > low)) else 1.0
+
+
+def guided_velocity(
+    velocity_fn: VelocityFn, z: torch.Tensor, t: float, y: torch.Tensor, null_class: int, scale: float
+) -> torch.Tensor:
+    """v_u + s·(v_c − v_u) with both passes in one forward; a single conditional pass when s == 1."""
+    B = z.shape[0]
+    if scale == 1.0:
+        return velocity_fn(z, torch.full((B,), t, device=z.device, dtype=z.dtype), y)
+    z2 = torch.cat([z, z], dim=0)  # [2B,...]
+    t2 = torch.full((2 * B,), t, device=z.device, dtype=z.dtype)
+    y2 = torch.cat([y, torch.full_like(y, null_class)], dim=0)
+    v_c, v_u = velocity_fn(z2, t2, y2).chunk(2, dim=0)
+    return v_u + scale * (v_c - v_u)
+
+
+@torch.no_grad()
+def sample(
+    velocity_fn: VelocityFn,
+    z0: torch.Tensor,
+    y: torch.Tensor,
+    cfg: SamplerConfig,
+    null_class: int,
+    *,
+    t_eps: float = 0.05,
+    trajectory: Trajectory | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Integrate from z0 (noise at t = 0) to t = 1 and return the final state (an image in about [−1, 1]).
+
+    ``trajectory``: filled in place with every state and x-prediction (for plots and the demo).
+    ``on_step(k, steps)``: called after each step (progress bars).
+    """
+    steps = cfg.steps
+    ts = torch.linspace(0.0, 1.0, steps + 1).tolist()  # python floats: no device syncs in the loop
+    interval = (float(cfg.interval[0]), float(cfg.interval[1]))
+
+    def vel(z: torch.Tensor, t: float) -> torch.Tensor:
+        return guided_velocity(velocity_fn, z, t, y, null_class, guidance_scale(t, cfg.cfg, interval))
+
+    def record(z: torch.Tensor, t: float, v: torch.Tensor) -> None:
+        if trajectory is not None:
+            trajectory.t.append(t)
+            trajectory.z.append(z.detach().clone())
+            trajectory.x.append(z + max(1.0 - t, t_eps) * v)
+
+    z = z0
+    for k in range(steps):
+        t, t_next = ts[k], ts[k + 1]
+        dt = t_next - t
+        v1 = vel(z, t)
+        record(z, t, v1)
+        if cfg.method == "heun" and k < steps - 1:
+            z_e = z + dt * v1
+            v2 = vel(z_e, t_next)
+            z = z + dt * 0.5 * (v1 + v2)
+        else:
+            z = z + dt * v1
+        if on_step is not None:
+            on_step(k + 1, steps)
+    if trajectory is not None:
+        trajectory.t.append(ts[-1])
+        trajectory.z.append(z.detach().clone())
+    return z
+
+
+def network_evaluations(cfg: SamplerConfig) -> int:
+    """Number of velocity evaluations (each a forward of B or 2B images) a sampler run makes."""
+    return 2 * (cfg.steps - 1) + 1 if cfg.method == "heun" else cfg.steps
+
+
+def initial_noise(
+    n: int, shape: tuple[int, ...], noise_scale: float = 1.0, seed: int | None = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """noise_scale · N(0, I) of shape [n, *shape], drawn on the CPU from ``seed`` so that a seed gives the
+    same images on every device."""
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    return (torch.randn((n, *shape), generator=g) * noise_scale).to(device)
+
+
+def to_uint8(z: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] floats → uint8 images: round(clip((z + 1)/2·255))."""
+    return ((z.float() + 1) / 2 * 255).clamp(0, 255).round().to(torch.uint8)

@@ -1,0 +1,160 @@
+"""The JiT network: a plain transformer from a noisy image z_t to the clean image x̂ (x-prediction).
+
+It knows nothing of noise schedules or losses: (z_t [B,C,S,S], t [B] in [0,1], y [B] int) → x̂ [B,C,S,S].
+Parameter names equal the reference release's so official weights load unchanged.
+
+Shape key: B batch, C channels, S image side, p patch, G = S/p grid side, N = G² image tokens,
+L in-context tokens, T = L + N tokens, D width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from jitkit.config import ModelConfig
+from jitkit.models.layers import (
+    Attention,
+    BottleneckPatchEmbed,
+    LabelEmbedder,
+    RMSNorm,
+    SwiGLU,
+    TimestepEmbedder,
+    modulate,
+    rope_tables,
+    sincos_2d,
+)
+
+
+class JiTBlock(nn.Module):
+    """RMSNorm → adaLN-Zero (shift, scale, gate ×2) → attention (QK-norm, RoPE) → SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig, dropout: bool) -> None:
+        super().__init__()
+        D = cfg.hidden_size
+        attn_drop = cfg.attn_dropout if dropout else 0.0
+        proj_drop = cfg.proj_dropout if dropout else 0.0
+        self.norm1 = RMSNorm(D)
+        self.attn = Attention(D, cfg.num_heads, attn_drop, proj_drop, kind=cfg.attention)
+        self.norm2 = RMSNorm(D)
+        self.mlp = SwiGLU(D, cfg.mlp_hidden, drop=proj_drop)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # each [B,D]
+        x = x + g1.unsqueeze(1) * self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin)
+        x = x + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """RMSNorm → adaLN shift/scale → linear to p·p·C per token."""
+
+    def __init__(self, hidden: int, patch: int, out_ch: int) -> None:
+        super().__init__()
+        self.norm_final = RMSNorm(hidden)
+        self.linear = nn.Linear(hidden, patch * patch * out_ch)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class JiT(nn.Module):
+    """Just image Transformer (Li & He, arXiv 2511.13720), state-dict compatible with the reference."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        D, G, p, C = cfg.hidden_size, cfg.grid_size, cfg.patch_size, cfg.in_channels
+        self.num_classes = cfg.num_classes
+        self.x_embedder = BottleneckPatchEmbed(p, C, cfg.bottleneck_dim, D)
+        self.t_embedder = TimestepEmbedder(D)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, D)
+        # fixed 2-D sin-cos absolute position (a parameter that is not trained, as in the reference)
+        self.pos_embed = nn.Parameter(torch.zeros(1, G * G, D), requires_grad=False)
+        self.in_context_len = cfg.in_context_len
+        self.in_context_start = cfg.in_context_start
+        if cfg.in_context_len > 0:
+            self.in_context_posemb = nn.Parameter(torch.zeros(1, cfg.in_context_len, D))
+        q = cfg.depth // 4
+        self.blocks = nn.ModuleList([JiTBlock(cfg, dropout=q <= i < 3 * q) for i in range(cfg.depth)])
+        self.final_layer = FinalLayer(D, p, C)
+        cos, sin = rope_tables(G, cfg.head_dim, 0)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        cos_p, sin_p = rope_tables(G, cfg.head_dim, cfg.in_context_len)
+        self.register_buffer("rope_cos_prefix", cos_p, persistent=False)
+        self.register_buffer("rope_sin_prefix", sin_p, persistent=False)
+        self.grad_checkpoint = cfg.grad_checkpoint
+        self.initialize_weights()
+
+    # -- initialisation (all of it here, as the reference) ------------------------------------------------
+    def initialize_weights(self) -> None:
+        def _basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+        self.apply(_basic)
+        if self.pos_embed.device.type != "meta":
+            self.pos_embed.data.copy_(sincos_2d(self.cfg.hidden_size, self.cfg.grid_size).unsqueeze(0))
+        for conv in (self.x_embedder.proj1, self.x_embedder.proj2):
+            nn.init.xavier_uniform_(conv.weight.data.view(conv.weight.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj2.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.in_context_len > 0:
+            nn.init.normal_(self.in_context_posemb, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # -- shape checks ----------------------------------------------------------------------------------------
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
+        C, S = self.cfg.in_channels, self.cfg.img_size
+        if x.dim() != 4 or x.shape[1] != C or x.shape[2] != S or x.shape[3] != S:
+            raise ValueError(
+                f"JiT ({self.cfg.name}) expects images of shape [B, {C}, {S}, {S}], received {list(x.shape)}"
+            )
+        B = x.shape[0]
+        if t.shape != (B,):
+            raise ValueError(f"t must have shape [{B}] (one time per image), received {list(t.shape)}")
+        if y.shape != (B,):
+            raise ValueError(f"y must have shape [{B}] (one label per image), received {list(y.shape)}")
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,N,p·p·C] → [B,C,S,S]; each token's vector is ordered (pixel row, pixel column, channel)."""
+        B = x.shape[0]
+        G, p, C = self.cfg.grid_size, self.cfg.patch_size, self.cfg.in_channels
+        x = x.reshape(B, G, G, p, p, C)
+        x = torch.einsum("bijpqc->bcipjq", x)  # [B,C,G,p,G,p]
+        return x.reshape(B, C, G * p, G * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, t, y)
+        y_emb = self.y_embedder(y)  # [B,D]
+        c = self.t_embedder(t) + y_emb  # [B,D]
+        h = self.x_embedder(x) + self.pos_embed  # [B,N,D]
+        cos, sin = self.rope_cos, self.rope_sin
+        for i, block in enumerate(self.blocks):
+            if self.in_context_len > 0 and i == self.in_context_start:
+                prefix = y_emb.unsqueeze(1).expand(-1, self.in_context_len, -1) + self.in_context_posemb
+                h = torch.cat([prefix, h], dim=1)  # [B,L+N,D]
+                cos, sin = self.rope_cos_prefix, self.rope_sin_prefix
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, c, cos, sin, use_reentrant=False)
+            else:
+                h = block(h, c, cos, sin)
+        if self.in_context_len > 0 and self.in_context_start < len(self.blocks):
+            h = h[:, self.in_context_len :]  # drop the prefix: [B,N,D]
+        return self.unpatchify(self.final_layer(h, c))

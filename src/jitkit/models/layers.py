@@ -1,0 +1,184 @@
+"""Building blocks of JiT: RMSNorm, 2-D RoPE, SwiGLU, attention, embedders, sin-cos tables.
+
+Shape key: B batch, T tokens (prefix + image), N image tokens, D width, H heads, h head dim, G grid side,
+L in-context (prefix) tokens, F timestep frequencies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --- fixed tables -----------------------------------------------------------------------------------------
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """E(dim, p) = concat(sin(p·ω_k), cos(p·ω_k)), ω_k = 10000^(−k/(dim/2)), k < dim/2.  pos [N] → [N, dim]."""
+    half = dim // 2
+    omega = torch.arange(half, dtype=torch.float64) / half
+    omega = 1.0 / 10000**omega
+    out = pos.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(dim: int, grid: int) -> torch.Tensor:
+    """Absolute position table [G·G, dim]; token (i, j) = concat(E(dim/2, j), E(dim/2, i)), row-major."""
+    idx = torch.arange(grid)
+    rows = idx.repeat_interleave(grid)  # i for token i·G + j
+    cols = idx.repeat(grid)  # j
+    return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
+
+
+def rope_tables(grid: int, head_dim: int, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [prefix + G·G, h] of the 2-D rotary embedding.
+
+    Per axis dim = h/2, f_k = 10000^(−2k/dim) for k = 0 … dim/2−1, each frequency repeated
+    twice: angles(p) = [p f_0, p f_0, p f_1, p f_1, …]. Token (i, j) gets concat(angles(i), angles(j)).
+    Prefix tokens get cos = 1, sin = 0 (no rotation).
+    """
+    dim = head_dim // 2
+    freqs = 1.0 / 10000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # [dim/2]
+    pos = torch.arange(grid, dtype=torch.float64)
+    ang = (pos[:, None] * freqs[None, :]).repeat_interleave(2, dim=1)  # [G, dim]
+    rows = ang[:, None, :].expand(grid, grid, dim)  # angle of row i
+    cols = ang[None, :, :].expand(grid, grid, dim)  # angle of column j
+    theta = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)  # [N, h]
+    cos, sin = theta.cos(), theta.sin()
+    if prefix:
+        cos = torch.cat([torch.ones(prefix, head_dim, dtype=cos.dtype), cos])
+        sin = torch.cat([torch.zeros(prefix, head_dim, dtype=sin.dtype), sin])
+    return cos.float(), sin.float()
+
+
+def apply_rope(u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """u·cos + rot(u)·sin where rot maps pairs (u_2m, u_2m+1) → (−u_2m+1, u_2m).  u [B,H,T,h], cos/sin [T,h]."""
+    u1, u2 = u.unflatten(-1, (-1, 2)).unbind(-1)  # [B,H,T,h/2] each
+    rot = torch.stack((-u2, u1), dim=-1).flatten(-2)
+    return u * cos.to(u.dtype) + rot * sin.to(u.dtype)
+
+
+# --- layers -------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """u · rsqrt(mean(u²) + eps) · weight, computed in float32 and cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [B,T,D] · (1 + scale[B,D]) + shift[B,D], broadcast over tokens."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of t ∈ [0, 1] (used as is, F = 256 frequencies) → MLP(SiLU) → [B, D]."""
+
+    def __init__(self, hidden: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        half = freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        a = t.float()[:, None] * self.freqs[None, :]  # [B, F/2]
+        emb = torch.cat([torch.cos(a), torch.sin(a)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Embedding(num_classes + 1, D); row num_classes is the null class of classifier-free guidance."""
+
+    def __init__(self, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(y)
+
+
+class BottleneckPatchEmbed(nn.Module):
+    """p×p stride-p conv C→bottleneck (no bias), then 1×1 conv bottleneck→D (bias). [B,C,S,S] → [B,N,D]."""
+
+    def __init__(self, patch: int, in_ch: int, bottleneck: int, hidden: int) -> None:
+        super().__init__()
+        self.proj1 = nn.Conv2d(in_ch, bottleneck, kernel_size=patch, stride=patch, bias=False)
+        self.proj2 = nn.Conv2d(bottleneck, hidden, kernel_size=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj2(self.proj1(x))  # [B,D,G,G]
+        return x.flatten(2).transpose(1, 2)  # [B,N,D], token i·G + j
+
+
+class SwiGLU(nn.Module):
+    """w12: D → 2·hidden (a, b); silu(a)·b; w3: hidden → D."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+        self.ffn_dropout = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(self.ffn_dropout(F.silu(a) * b))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with qkv bias, QK-RMSNorm and 2-D RoPE.
+
+    ``kind='sdpa'`` uses torch's fused scaled_dot_product_attention (flash / memory-efficient kernels where
+    the device has them); ``kind='math-fp32'`` is the reference's way: softmax(q·kᵀ/√h) in float32.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0, kind: str = "sdpa"
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.kind = kind
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,T,h]
+        q, k, v = qkv.unbind(0)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+        drop = self.attn_drop if self.training else 0.0
+        if self.kind == "sdpa":
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            o = attention_math_fp32(q, k, v, drop)
+        o = o.transpose(1, 2).reshape(B, T, D)  # [B,T,D]
+        return self.proj_drop(self.proj(o))
+
+
+def attention_math_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+    """softmax(q·kᵀ/√h) · v with the scores and softmax in float32 (the reference's attention)."""
+    scale = q.shape[-1] ** -0.5
+    scores = (q.float() * scale) @ k.float().transpose(-2, -1)  # [B,H,T,T]
+    attn = scores.softmax(dim=-1)
+    if drop > 0:
+        attn = F.dropout(attn, p=drop)
+    return (attn @ v.float()).to(q.dtype)

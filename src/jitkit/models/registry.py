@@ -1,0 +1,40 @@
+"""The one registry of named JiT sizes (the table itself lives in jitkit.config, free of torch)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jitkit.config import MODEL_NAMES, ModelConfig, model_config
+from jitkit.models.jit import JiT
+
+__all__ = ["build_model", "list_models", "count_params", "model_config"]
+
+
+def build_model(cfg: ModelConfig | str, device: torch.device | str | None = None, **overrides) -> JiT:
+    """Build a JiT from a ModelConfig or a registered name (``"JiT-B/16"``).
+
+    ``device="meta"`` builds the structure without memory (for parameter counts and key checks).
+    """
+    if isinstance(cfg, str):
+        cfg = model_config(cfg, **overrides)
+    elif overrides:
+        cfg = cfg.replace(**overrides)
+    if device is not None and str(device) == "meta":
+        with torch.device("meta"):
+            return JiT(cfg)
+    model = JiT(cfg)
+    return model.to(device) if device is not None else model
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def list_models() -> list[tuple[str, ModelConfig, int]]:
+    """(name, config at its default image size, parameter count) for every registered size."""
+    out = []
+    for name in MODEL_NAMES:
+        cfg = model_config(name)
+        out.append((name, cfg, count_params(build_model(cfg, device="meta"))))
+    return out
