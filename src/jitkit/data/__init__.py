@@ -1,0 +1,86 @@
+"""Training data: image folders, prepared caches, and the built-in ``shapes`` and ``swissroll-D`` sets.
+
+``build_dataset(cfg, split)`` turns ``DataConfig.data`` into a data set whose items are
+(uint8 tensor [3, S, S], int label) with ``.classes`` and ``.img_size``; ``make_loader`` wraps it in a
+DataLoader sized for the host; ``to_model_range`` and ``random_hflip`` run on the training device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jitkit.config import DataConfig
+from jitkit.data.datasets import ImageDataset, InMemoryDataset
+from jitkit.data.loader import make_loader, plan_workers
+from jitkit.data.transforms import from_model_range, random_hflip, to_model_range
+
+__all__ = [
+    "ImageDataset",
+    "InMemoryDataset",
+    "build_dataset",
+    "from_model_range",
+    "make_loader",
+    "plan_workers",
+    "random_hflip",
+    "to_model_range",
+]
+
+# Seed offset of the non-train splits of generated data sets (held-out images drawn from the same spec).
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_029}
+
+
+def _split_seed(seed: int, split: str) -> int:
+    if split not in SPLIT_SEED_OFFSET:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_SEED_OFFSET)}, found {split!r}")
+    return int(seed) + SPLIT_SEED_OFFSET[split]
+
+
+def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
+    """The data set named by ``cfg.data``.
+
+    * ``shapes``: rendered in memory (``cfg.per_class`` per class at ``cfg.img_size``, seed ``cfg.seed``;
+      the val/test splits use a fixed seed offset so they are held out).
+    * ``swissroll-D``: a ``SwissRoll`` (items are float vectors [D], not images).
+    * a prepared cache (a folder with ``manifest.json`` written by ``jitkit prepare``): memory-mapped,
+      verified against its manifest.
+    * an image folder: PATH/train/<class> (ImageNet layout; split 'val' reads PATH/val), PATH/<class>, or
+      one folder of images (one class). Images are center-cropped to ``cfg.img_size`` on load.
+
+    Training-split image data sets flip left-right in ``__getitem__`` when ``cfg.hflip``.
+    """
+    name = str(cfg.data).strip()
+    hflip = bool(cfg.hflip) and split == "train"
+    if name.lower() == "shapes":
+        from jitkit.data.shapes import class_names, render_shapes
+
+        images, labels = render_shapes(cfg.per_class, cfg.img_size, seed=_split_seed(cfg.seed, split))
+        return InMemoryDataset(images, labels, class_names(), hflip=hflip, source="shapes")
+
+    from jitkit.data.swissroll import SwissRoll, parse_swissroll_name
+
+    D = parse_swissroll_name(name)
+    if D is not None:
+        # P depends on the seed only; held-out splits draw other points under the same P
+        return SwissRoll(D, n=max(1, cfg.per_class), seed=cfg.seed, point_seed=_split_seed(cfg.seed, split))
+
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data {name!r}: expected 'shapes', 'swissroll-D', an image folder or a cache made by "
+            f"`jitkit prepare`, found no such path"
+        )
+    from jitkit.data.cache import is_cache, open_cache
+
+    if is_cache(path):
+        ds = open_cache(path)
+        if ds.img_size != cfg.img_size:
+            raise ValueError(
+                f"cache {path} holds {ds.img_size}px images but img_size={cfg.img_size} was requested; "
+                f"re-run `jitkit prepare --data SOURCE --size {cfg.img_size} --out CACHE` or set img_size "
+                f"{ds.img_size}"
+            )
+        ds.hflip = hflip
+        return ds
+    from jitkit.data.folder import ImageFolderDataset
+
+    return ImageFolderDataset(path, cfg.img_size, split=split, hflip=hflip, strict=cfg.strict)
