@@ -309,7 +309,9 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any], *, strict: bool = True) -> RunConfig:
         unknown = [k for k in d if k not in cls.SECTIONS]
         if unknown and strict:
-            raise ConfigError(f"unknown config section(s) {unknown}; valid sections: {', '.join(cls.SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section(s) {unknown}; valid sections: {', '.join(cls.SECTIONS)}"
+            )
         return cls(
             model=ModelConfig.from_dict(d.get("model", {}), strict=strict),
             diffusion=DiffusionConfig.from_dict(d.get("diffusion", {}), strict=strict),
@@ -366,7 +368,13 @@ def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
 # constant, EMA 0.9999 / 0.9996, P_mean -0.8, P_std 0.8, noise scale 1.0 at 256 / 2.0 at 512,
 # label drop 0.1, proj dropout 0.2 for H. Sampling: Heun 50 steps, cfg and interval per size.
 
-_IMAGENET_TRAIN = {"blr": 5e-5, "warmup_epochs": 5.0, "epochs": 600, "ema_decay1": 0.9999, "ema_decay2": 0.9996}
+_IMAGENET_TRAIN = {
+    "blr": 5e-5,
+    "warmup_epochs": 5.0,
+    "epochs": 600,
+    "ema_decay1": 0.9999,
+    "ema_decay2": 0.9996,
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "shapes": {
@@ -439,7 +447,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset_dict(name: str) -> dict[str, Any]:
     """The raw (not yet resolved against the model registry) dict of a named preset."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}{_suggest(name, list(PRESETS))}; valid presets: {', '.join(PRESETS)}")
+        raise ConfigError(
+            f"unknown preset {name!r}{_suggest(name, list(PRESETS))}; valid presets: {', '.join(PRESETS)}"
+        )
     return _deep_update({}, PRESETS[name])
 
 

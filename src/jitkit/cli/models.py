@@ -7,7 +7,9 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered model configs and their parameter counts")
-    p.add_argument("--img-size", type=int, default=None, help="count at this image size instead of the default")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="count at this image size instead of the default"
+    )
     p.set_defaults(func=run)
 
 

@@ -135,7 +135,9 @@ class Denoiser(nn.Module):
     def null_class(self) -> int:
         return self.num_classes
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return self.loss(x, y, generator=generator)
 
     def loss(

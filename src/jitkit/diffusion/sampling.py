@@ -112,7 +112,11 @@ def network_evaluations(cfg: SamplerConfig) -> int:
 
 
 def initial_noise(
-    n: int, shape: tuple[int, ...], noise_scale: float = 1.0, seed: int | None = 0, device: torch.device | str = "cpu"
+    n: int,
+    shape: tuple[int, ...],
+    noise_scale: float = 1.0,
+    seed: int | None = 0,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """noise_scale · N(0, I) of shape [n, *shape], drawn on the CPU from ``seed`` so that a seed gives the
     same images on every device."""

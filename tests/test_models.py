@@ -1,0 +1,206 @@
+"""The JiT network: golden equivalence with the reference, official configs, init, shapes, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jitkit.config import ConfigError, DiffusionConfig, ModelConfig, model_config
+from jitkit.diffusion import Denoiser
+from jitkit.models import JiT, build_model, count_params
+from jitkit.models.layers import apply_rope, rope_tables, sincos_2d
+
+OFFICIAL = ["JiT-B/16", "JiT-B/32", "JiT-L/16", "JiT-L/32", "JiT-H/16", "JiT-H/32"]
+
+
+def golden_model(shared_dir):
+    meta = json.loads((shared_dir / "golden" / "jit_small.json").read_text())
+    mc = meta["model_config"]
+    cfg = ModelConfig(
+        name="golden",
+        img_size=mc["input_size"],
+        patch_size=mc["patch_size"],
+        hidden_size=mc["hidden_size"],
+        depth=mc["depth"],
+        num_heads=mc["num_heads"],
+        mlp_ratio=mc["mlp_ratio"],
+        bottleneck_dim=mc["bottleneck_dim"],
+        in_context_len=mc["in_context_len"],
+        in_context_start=mc["in_context_start"],
+        num_classes=mc["num_classes"],
+    )
+    tensors = load_file(str(shared_dir / "golden" / "jit_small.safetensors"))
+    prefix = meta["state_prefix"]
+    d = meta["denoiser"]
+    dcfg = DiffusionConfig(
+        t_eps=d["t_eps"], noise_scale=d["noise_scale"], P_mean=d["P_mean"], P_std=d["P_std"]
+    )
+    den = Denoiser(JiT(cfg), dcfg, cfg.num_classes)
+    den.load_state_dict(
+        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True
+    )
+    return den.eval(), tensors, meta
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math-fp32"])
+def test_golden_network_output(shared_dir, attention):
+    den, g, _ = golden_model(shared_dir)
+    for blk in den.net.blocks:
+        blk.attn.kind = attention
+    with torch.no_grad():
+        out = den.net(g["input.x"], g["input.t"], g["input.y"])
+    assert (out - g["output.net"]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_golden_samples(shared_dir, method):
+    from jitkit.config import SamplerConfig
+    from jitkit.diffusion import sample
+
+    den, g, meta = golden_model(shared_dir)
+    s = meta["sampling"]
+    cfg = SamplerConfig(method=method, steps=s["steps"], cfg=s["cfg"], interval=tuple(s["interval"]))
+    z = sample(den.predict, g["sample.z0"], g["sample.labels"], cfg, den.null_class, t_eps=s["t_eps"])
+    assert (z - g[f"sample.{method}"]).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_configs_match_reference_state_dicts(shared_dir, name):
+    ref = json.loads((shared_dir / "golden" / "official_state_dicts.json").read_text())[name]
+    cfg = model_config(name, img_size=ref["img_size"])
+    den = Denoiser(build_model(cfg, device="meta"), DiffusionConfig(), cfg.num_classes)
+    shapes = {k: list(v.shape) for k, v in den.state_dict().items()}
+    assert shapes == ref["keys"]
+    assert count_params(den) == ref["num_params"]
+    assert count_params(den, trainable_only=True) == ref["trainable_params"]
+
+
+def test_b16_param_count_literal():
+    assert count_params(build_model("JiT-B/16", device="meta")) == 131_320_320
+
+
+def test_rope_buffers_are_not_persisted():
+    net = build_model("JiT-T/4")
+    keys = set(net.state_dict())
+    assert not any("rope" in k for k in keys)
+    assert "pos_embed" in keys and not net.pos_embed.requires_grad
+
+
+def test_pos_embed_formula():
+    # written from the spec, independently: token (i, j) = concat(E(D/2, j), E(D/2, i))
+    D, G = 8, 3
+    table = sincos_2d(D, G)
+
+    def E(d, p):
+        ws = [10000 ** (-k / (d / 2)) for k in range(d // 2)]
+        return [math.sin(p * w) for w in ws] + [math.cos(p * w) for w in ws]
+
+    for i in range(G):
+        for j in range(G):
+            expect = torch.tensor(E(D // 2, j) + E(D // 2, i))
+            assert torch.allclose(table[i * G + j], expect.float(), atol=1e-6)
+
+
+def test_rope_rotation_matches_spec():
+    G, h, L = 3, 8, 2
+    cos, sin = rope_tables(G, h, prefix=L)
+    u = torch.randn(1, 1, L + G * G, h)
+    out = apply_rope(u, cos, sin)
+    assert torch.equal(out[..., :L, :], u[..., :L, :])  # prefix tokens are not rotated
+    dim = h // 2
+    f = [10000 ** (-2 * k / dim) for k in range(dim // 2)]
+    i, j = 2, 1  # token (row 2, column 1)
+    ang = [i * fk for fk in f for _ in (0, 1)] + [j * fk for fk in f for _ in (0, 1)]
+    v = u[0, 0, L + i * G + j]
+    expect = []
+    for m in range(h // 2):
+        a, b = v[2 * m].item(), v[2 * m + 1].item()
+        expect += [a * math.cos(ang[2 * m]) - b * math.sin(ang[2 * m])]
+        expect += [b * math.cos(ang[2 * m + 1]) + a * math.sin(ang[2 * m + 1])]
+    assert torch.allclose(out[0, 0, L + i * G + j], torch.tensor(expect), atol=1e-5)
+
+
+def test_output_is_zero_at_initialisation():
+    torch.manual_seed(0)
+    net = build_model("JiT-T/4")
+    x = torch.randn(2, 3, 32, 32)
+    out = net(x, torch.rand(2), torch.tensor([0, 1]))
+    assert out.shape == x.shape and out.abs().max().item() == 0.0
+
+
+def test_dropout_only_in_middle_half():
+    net = build_model("JiT-T/4", depth=8, proj_dropout=0.2, attn_dropout=0.1)
+    drops = [blk.attn.proj_drop.p for blk in net.blocks]
+    assert drops == [0.0, 0.0, 0.2, 0.2, 0.2, 0.2, 0.0, 0.0]
+    assert [blk.attn.attn_drop for blk in net.blocks][2:6] == [0.1] * 4
+
+
+def test_wrong_image_size_and_channels_raise_value_error():
+    net = build_model("JiT-T/4")
+    t, y = torch.rand(2), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\].*\[2, 3, 16, 16\]"):
+        net(torch.randn(2, 3, 16, 16), t, y)
+    with pytest.raises(ValueError, match=r"received \[2, 1, 32, 32\]"):
+        net(torch.randn(2, 1, 32, 32), t, y)
+    with pytest.raises(ValueError, match="t must have shape"):
+        net(torch.randn(2, 3, 32, 32), torch.rand(3), y)
+
+
+def test_patch_divisibility_is_a_value_error():
+    with pytest.raises(ValueError, match="divisible by patch_size.*img_size=30, patch_size=4"):
+        model_config("JiT-T/4", img_size=30)
+
+
+def test_unknown_model_lists_registered():
+    with pytest.raises(ConfigError, match="registered models: .*JiT-B/16.*JiT-H/32"):
+        build_model("JiT-X/16")
+
+
+def test_runs_in_bfloat16_autocast_on_cpu():
+    torch.manual_seed(0)
+    net = build_model("JiT-T/4")
+    for p in net.final_layer.parameters():  # make the output non-trivial
+        torch.nn.init.normal_(p, std=0.02)
+    x, t, y = torch.randn(2, 3, 32, 32), torch.rand(2), torch.tensor([0, 3])
+    with torch.no_grad():
+        ref = net(x, t, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x, t, y)
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out.float()).all()
+    assert (out.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item() + 1e-2
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    a = build_model("JiT-T/4")
+    for p in a.parameters():
+        if p.dim() > 1 and p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    b = build_model("JiT-T/4", grad_checkpoint=True)
+    b.load_state_dict(a.state_dict())
+    x, t, y = torch.randn(2, 3, 32, 32), torch.rand(2), torch.tensor([0, 3])
+    for m in (a, b):
+        m.train()
+        m(x, t, y).pow(2).mean().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        if pa.grad is not None:
+            assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n
+
+
+def test_in_context_tokens_change_with_label():
+    torch.manual_seed(0)
+    net = build_model("JiT-T/4")
+    for blk in net.blocks:
+        torch.nn.init.normal_(blk.adaLN_modulation[-1].weight, std=0.02)
+    torch.nn.init.normal_(net.final_layer.linear.weight, std=0.02)
+    net.eval()
+    x, t = torch.randn(1, 3, 32, 32), torch.rand(1)
+    with torch.no_grad():
+        a = net(x, t, torch.tensor([0]))
+        b = net(x, t, torch.tensor([1]))
+    assert (a - b).abs().max().item() > 1e-4
