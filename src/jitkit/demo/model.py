@@ -1,0 +1,108 @@
+"""Which model the demo shows: a run or checkpoint the user names, or the small built-in shapes model.
+
+The shapes model (preset ``shapes``: JiT-S/4 on 16×16 coloured shapes, 16 classes) is trained once and
+cached in the user's cache folder (``$XDG_CACHE_HOME/jitkit`` or ``~/.cache/jitkit``). Training writes into a
+temporary folder that is renamed into place only when it finished, so an interrupted run never leaves a
+half-trained model in the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CACHED_RUN_NAME = "demo-shapes-v1"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/jitkit``, else ``~/.cache/jitkit``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "jitkit"
+
+
+def cached_run_dir(cache_dir: str | Path | None = None) -> Path:
+    return Path(cache_dir or default_cache_dir()).expanduser() / CACHED_RUN_NAME
+
+
+def is_complete_run(run_dir: Path) -> bool:
+    """A run folder whose training finished (it has ``checkpoints/last`` with weights)."""
+    last = run_dir / "checkpoints" / "last"
+    return last.is_dir() and any(last.glob("*.safetensors"))
+
+
+def shapes_run_config(out: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """The ``shapes`` preset as a RunConfig writing to ``out`` (plus dotted ``overrides``)."""
+    from jitkit.config import preset_dict, resolve_run_config
+
+    cfg = resolve_run_config(preset_dict("shapes"))
+    return cfg.override({"train.out": str(out), **(overrides or {})})
+
+
+def ensure_shapes_model(
+    cache_dir: str | Path | None = None,
+    *,
+    retrain: bool = False,
+    overrides: dict[str, Any] | None = None,
+    train_fn: Callable[..., Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """The cached shapes run folder, training it first (with progress) when it is missing or ``retrain``.
+
+    ``train_fn`` defaults to ``jitkit.train.train`` (``train(cfg) -> run folder``); tests pass a stand-in.
+    """
+    final = cached_run_dir(cache_dir)
+    if is_complete_run(final) and not retrain:
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    cfg = shapes_run_config(tmp, overrides)
+    if train_fn is None:
+        from jitkit.train import train as train_fn
+    log(
+        f"jitkit demo: training the small shapes model ({cfg.model.name}, {cfg.train.epochs} epochs on "
+        f"16x16 shapes) once; it is cached in {final}"
+    )
+    try:
+        run_dir = Path(train_fn(cfg))
+        if not is_complete_run(run_dir):
+            raise FileNotFoundError(f"training finished but {run_dir} has no checkpoints/last/*.safetensors")
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(run_dir, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` → cuda if available, else mps if available, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_model(path: str | Path, *, ema: str = "1", device: str = "auto") -> tuple[Any, Any, list[str]]:
+    """(Denoiser in eval mode, RunConfig, class names) from a run folder, checkpoint folder or weights file."""
+    from jitkit.checkpoint import load_denoiser
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(
+            f"no run or checkpoint at {p}: expected a run folder (with checkpoints/), a checkpoint folder "
+            f"(with model.safetensors) or a file inside one"
+        )
+    return load_denoiser(str(p), ema=ema, device=pick_device(device))

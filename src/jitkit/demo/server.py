@@ -1,0 +1,329 @@
+"""The demo's web server (Flask): one page plus a small JSON API.
+
+- ``GET /``            the page (static, self-contained: no CDN, no external assets)
+- ``GET /api/info``    classes, image/patch/grid size, step range, samplers, defaults
+- ``GET|POST /api/sample``  class, seed, steps, sampler, cfg → the whole trajectory in one response
+
+Every request is stateless: each call samples its own run from its own seed, so concurrent users never
+share state; a lock serialises the model's forward passes. Bad parameters get a 400 with a JSON message,
+requests are size-bounded (``MAX_CONTENT_LENGTH``) and rate-bounded per client (a token bucket → 429).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from jitkit.config import SAMPLERS, ModelConfig, SamplerConfig
+from jitkit.demo.trajectory import record_run
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+SEED_MAX = 2**31 - 1
+log = logging.getLogger("jitkit.demo")
+
+
+class BadRequest(ValueError):
+    """A request parameter the demo cannot use (answered with a 400 and this message)."""
+
+
+class TokenBucket:
+    """Per-client token buckets: ``burst`` requests at once, refilled at ``rate`` per second.
+
+    ``take(key)`` returns 0.0 when a token was taken, else the seconds until the next one.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate limit needs rate > 0 and burst >= 1, found rate={rate}, burst={burst}")
+        self.rate, self.burst, self.clock = float(rate), int(burst), clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                wait = 0.0
+            else:
+                self._buckets[key] = (tokens, now)
+                wait = (1.0 - tokens) / self.rate
+            if len(self._buckets) > 4096:  # forget clients whose bucket is full again
+                full = [
+                    k for k, (tk, ls) in self._buckets.items() if tk + (now - ls) * self.rate >= self.burst
+                ]
+                for k in full:
+                    del self._buckets[k]
+            return wait
+
+
+# --- parameter parsing ------------------------------------------------------------------------------------
+
+
+def _parse_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], found {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], found {value!r}") from None
+    if not isinstance(value, int):
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], found {value!r}")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must lie in [{lo}, {hi}], found {value}")
+    return value
+
+
+def _parse_float(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool):
+        raise BadRequest(f"{name} must be a number in [{lo:g}, {hi:g}], found {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise BadRequest(f"{name} must be a number in [{lo:g}, {hi:g}], found {value!r}") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{name} must be a number in [{lo:g}, {hi:g}], found {value!r}")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must lie in [{lo:g}, {hi:g}], found {value:g}")
+    return float(value)
+
+
+def _parse_class(value: Any, classes: list[str]) -> int:
+    n = len(classes)
+    if isinstance(value, str) and value in classes:
+        return classes.index(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n:
+        return value
+    shown = ", ".join(classes[:8]) + (", …" if n > 8 else "")
+    raise BadRequest(
+        f"unknown class {value!r}: expected one of the {n} class names ({shown}) or an index 0..{n - 1}"
+    )
+
+
+# --- the app ----------------------------------------------------------------------------------------------
+
+
+def create_app(
+    denoiser: Any,
+    model_config: ModelConfig,
+    classes: list[str],
+    *,
+    sampler: SamplerConfig | None = None,
+    steps_range: tuple[int, int] = (1, 50),
+    cfg_max: float = 10.0,
+    rate: float = 4.0,
+    burst: int = 20,
+    max_content_length: int = 4096,
+    title: str = "jitkit demo",
+    source: str = "",
+) -> Flask:
+    """A Flask app that serves the page and samples trajectories from ``denoiser`` (a jitkit Denoiser).
+
+    ``sampler``: the defaults (method, steps, cfg, guidance interval; the checkpoint's sampler config).
+    ``rate``/``burst``: the per-client token bucket of the API (requests per second / at once).
+    ``source``: a short description of where the model came from, shown on the page.
+    """
+    if len(classes) < 1:
+        raise ValueError("the demo needs at least one class name, found none")
+    lo, hi = steps_range
+    if not 1 <= lo <= hi:
+        raise ValueError(f"steps_range must satisfy 1 <= low <= high, found {steps_range}")
+    sampler = sampler or SamplerConfig()
+    default_steps = min(max(sampler.steps, lo), hi)
+    default_cfg = min(max(float(sampler.cfg), 0.0), cfg_max)
+    interval = (float(sampler.interval[0]), float(sampler.interval[1]))
+    classes = list(classes)
+    denoiser.eval()
+    model_lock = threading.Lock()
+    bucket = TokenBucket(rate, burst)
+
+    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = max_content_length
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    info = {
+        "title": title,
+        "source": source,
+        "model": model_config.name,
+        "classes": classes,
+        "img_size": model_config.img_size,
+        "patch_size": model_config.patch_size,
+        "grid_size": model_config.grid_size,
+        "in_channels": model_config.in_channels,
+        "steps_range": [lo, hi],
+        "samplers": list(SAMPLERS),
+        "cfg_range": [0.0, cfg_max],
+        "seed_range": [0, SEED_MAX],
+        "t_eps": float(denoiser.cfg.t_eps),
+        "interval": list(interval),
+        "defaults": {
+            "class": classes[0],
+            "seed": 0,
+            "steps": default_steps,
+            "sampler": sampler.method,
+            "cfg": default_cfg,
+        },
+    }
+
+    def error(status: int, message: str) -> Response:
+        resp = jsonify({"error": message, "status": status})
+        resp.status_code = status
+        return resp
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; frame-ancestors 'none'"
+        )
+        if request.path.startswith("/api/"):
+            resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.before_request
+    def _rate_limit() -> Response | None:
+        if not request.path.startswith("/api/"):
+            return None
+        wait = bucket.take(request.remote_addr or "unknown")
+        if wait > 0:
+            resp = error(
+                429,
+                f"too many requests: at most {burst} at once and {rate:g} per second; retry in {wait:.1f} s",
+            )
+            resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return resp
+        return None
+
+    @app.errorhandler(BadRequest)
+    def _bad_request(e: BadRequest) -> Response:
+        return error(400, str(e))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        if e.code == 413:
+            return error(413, f"request too large: at most {max_content_length} bytes")
+        return error(e.code or 500, e.description or e.name)
+
+    @app.errorhandler(Exception)
+    def _internal_error(e: Exception) -> Response:
+        log.exception("demo: internal error")
+        return error(500, f"internal error ({type(e).__name__}); see the server log")
+
+    @app.get("/")
+    def index() -> Response:
+        return send_from_directory(STATIC_DIR, "index.html")
+
+    @app.get("/api/info")
+    def api_info() -> Response:
+        return jsonify(info)
+
+    def parse(params: dict[str, Any]) -> dict[str, Any]:
+        known = ("class", "seed", "steps", "sampler", "cfg")
+        unknown = sorted(k for k in params if k not in known)
+        if unknown:
+            raise BadRequest(f"unknown parameter(s) {', '.join(unknown)}; expected any of {', '.join(known)}")
+        d = info["defaults"]
+        method = params.get("sampler", d["sampler"])
+        if method not in SAMPLERS:
+            raise BadRequest(f"sampler must be one of {', '.join(SAMPLERS)}, found {method!r}")
+        return {
+            "class_index": _parse_class(params.get("class", d["class"]), classes),
+            "seed": _parse_int("seed", params.get("seed", d["seed"]), 0, SEED_MAX),
+            "steps": _parse_int("steps", params.get("steps", d["steps"]), lo, hi),
+            "sampler": method,
+            "cfg": _parse_float("cfg", params.get("cfg", d["cfg"]), 0.0, cfg_max),
+        }
+
+    @app.route("/api/sample", methods=["GET", "POST"])
+    def api_sample() -> Response:
+        if request.method == "POST":
+            body = request.get_json(silent=True)
+            if body is None and request.get_data():
+                raise BadRequest("the request body must be a JSON object, found something that is not JSON")
+            if body is not None and not isinstance(body, dict):
+                raise BadRequest(f"the request body must be a JSON object, found {type(body).__name__}")
+            params = body or {}
+        else:
+            params = request.args.to_dict()
+        p = parse(params)
+        scfg = SamplerConfig(method=p["sampler"], steps=p["steps"], cfg=p["cfg"], interval=interval)
+        t0 = time.perf_counter()
+        with model_lock:
+            run = record_run(
+                denoiser,
+                class_index=p["class_index"],
+                seed=p["seed"],
+                sampler=scfg,
+                img_size=model_config.img_size,
+                in_channels=model_config.in_channels,
+            )
+        elapsed = time.perf_counter() - t0
+
+        def b64(a: Any) -> str:
+            return base64.b64encode(a.tobytes()).decode("ascii")
+
+        return jsonify(
+            {
+                "class": classes[p["class_index"]],
+                "class_index": p["class_index"],
+                "seed": p["seed"],
+                "steps": p["steps"],
+                "sampler": p["sampler"],
+                "cfg": p["cfg"],
+                "interval": list(interval),
+                "width": model_config.img_size,
+                "height": model_config.img_size,
+                "patch_size": model_config.patch_size,
+                "grid_size": model_config.grid_size,
+                "encoding": "base64 uint8 [height, width, 3] RGB, row-major",
+                "t": run.t,
+                "z": [b64(f) for f in run.z],
+                "x": [b64(f) for f in run.x],
+                "final": b64(run.final),
+                "x_rms": run.x_rms,
+                "scale": run.scale,
+                "last_x_max_abs_diff": run.last_x_max_abs_diff,
+                "nfe": run.nfe,
+                "elapsed_ms": round(elapsed * 1000.0, 1),
+            }
+        )
+
+    return app
+
+
+def serve(app: Flask, host: str = "127.0.0.1", port: int = 8765, open_browser: bool = False) -> None:
+    """Serve ``app`` with werkzeug's threaded server until Ctrl-C; print the address; optionally open it."""
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, app, threaded=True)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{shown if ':' not in shown else f'[{shown}]'}:{server.server_port}/"
+    print(f"jitkit demo: serving on {url}  (Ctrl-C to stop)", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"jitkit demo: warning: bound to {host}, reachable from other machines", flush=True)
+    if open_browser:
+        import webbrowser
+
+        threading.Timer(0.5, lambda: webbrowser.open(url)).start()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
