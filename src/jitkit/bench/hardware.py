@@ -1,0 +1,183 @@
+"""What the benchmark runs on: device choice and names, the measured dense GEMM peak, peak memory.
+
+Peak memory:
+* CUDA: ``torch.cuda.max_memory_allocated`` growth over the baseline (peak stats reset at the baseline).
+* MPS: the largest ``torch.mps.driver_allocated_memory`` seen after each step, minus the baseline (MPS has
+  no peak counter; this is a lower bound of the true peak).
+* CPU: peak resident set size growth: ``VmHWM`` from ``/proc/self/status`` after the steps minus ``VmRSS``
+  at the baseline, with the high-water mark reset at the baseline through ``/proc/self/clear_refs`` where
+  the kernel allows it. Memory freed earlier in the process can be reused without raising the RSS, so
+  ``jitkit bench`` measures every configuration after the first in a fresh process. Without ``/proc``
+  (macOS) the process-lifetime ``ru_maxrss`` is used, which is only right in a fresh process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda, else mps, else cpu; anything else must be available or a ValueError says why."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available here (try --device cpu)")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise ValueError(f"device {device!r} was requested but MPS is not available here (try --device cpu)")
+    return dev
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple MPS ({platform.machine()})"
+    return cpu_name()
+
+
+def configure_backends(device: torch.device, tf32: bool = True) -> None:
+    """TF32 matmuls/convolutions on Ampere+ GPUs (fp32 storage, 10-bit mantissa products)."""
+    if device.type == "cuda" and tf32 and torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def gemm_peak(
+    device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 2.0
+) -> dict[str, float]:
+    """Measured dense GEMM throughput: repeated ``n×n @ n×n`` products for about ``seconds``.
+
+    Returns ``{"flops": best FLOP/s, "median_flops": median FLOP/s, "n": n}`` where one product is 2·n³
+    FLOPs. The best call is the peak used for MFU (so MFU is a lower bound of the true utilisation).
+    """
+    if n is None:
+        n = 2048 if device.type == "cpu" else 8192
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    torch.mm(a, b, out=c)  # warm-up (thread pool, kernel selection)
+    synchronize(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 3:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    work = 2.0 * n**3
+    return {"flops": work / times[0], "median_flops": work / times[len(times) // 2], "n": float(n)}
+
+
+# --- memory -------------------------------------------------------------------------------------------------
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory growth of a device between ``start()`` and ``stop()`` in MiB (see the module docstring)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = ""
+        self._base = 0.0
+        self._mps_peak = 0.0
+
+    def start(self) -> None:
+        d = self.device
+        synchronize(d)
+        if d.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(d)
+            self._base = torch.cuda.memory_allocated(d)
+            self.kind = "cuda max_memory_allocated growth"
+        elif d.type == "mps":
+            self._base = float(torch.mps.driver_allocated_memory())
+            self._mps_peak = self._base
+            self.kind = "mps driver_allocated_memory growth (sampled after each step)"
+        else:
+            rss = _proc_status_kib("VmRSS")
+            if rss is not None:
+                self._base = rss * 1024.0
+                try:
+                    with open("/proc/self/clear_refs", "w") as f:
+                        f.write("5")  # reset VmHWM to the current RSS
+                    self.kind = "cpu peak RSS growth (VmHWM reset at baseline)"
+                except OSError:
+                    self.kind = "cpu peak RSS growth (VmHWM since process start)"
+            else:
+                self._base = _ru_maxrss_bytes()
+                self.kind = "cpu ru_maxrss growth (fresh process)"
+
+    def sample(self) -> None:
+        """Call after each step (needed on MPS only)."""
+        if self.device.type == "mps":
+            self._mps_peak = max(self._mps_peak, float(torch.mps.driver_allocated_memory()))
+
+    def stop(self) -> float:
+        d = self.device
+        synchronize(d)
+        if d.type == "cuda":
+            peak = float(torch.cuda.max_memory_allocated(d))
+        elif d.type == "mps":
+            self.sample()
+            peak = self._mps_peak
+        else:
+            hwm = _proc_status_kib("VmHWM")
+            peak = hwm * 1024.0 if hwm is not None else _ru_maxrss_bytes()
+        return max(0.0, peak - self._base) / 2**20
+
+
+def _ru_maxrss_bytes() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(r) if sys.platform == "darwin" else float(r) * 1024.0
+
+
+def threads_in_use() -> int:
+    return torch.get_num_threads()
+
+
+def logical_cpus() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,178 @@
+"""``jitkit bench``: measured training/forward/sampling throughput, peak memory, FLOPs and MFU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure img/s (train, forward, sampling), peak memory, FLOPs per image and MFU",
+        description=(
+            "Steady-state throughput of one model configuration with data from memory: warm-up excluded, "
+            "several repeats, median (and best) reported. FLOPs are analytic (2·MACs of all matmuls incl. "
+            "attention, forward; training = 3× forward); MFU is against the dense GEMM peak this command "
+            "measures on the device in the same dtype."
+        ),
+    )
+    p.add_argument("--model", default="JiT-B/16", help="registered model name (see `jitkit models`)")
+    p.add_argument("--img-size", type=int, default=None, help="image side (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=2, help="batch for train and forward (default 2)")
+    p.add_argument(
+        "--sample-batch-size", type=int, default=None, help="batch for sampling (default: --batch-size)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto (default cpu)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp32, or autocast to bf16/fp16 (default fp32)",
+    )
+    p.add_argument("--mode", default="all", choices=("train", "forward", "sample", "all"))
+    p.add_argument("--sample-steps", type=int, default=50, help="Heun steps for --mode sample (default 50)")
+    p.add_argument("--cfg", type=float, default=2.9, help="CFG scale on the interval [0.1, 1] (default 2.9)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--attention", default="sdpa", choices=("sdpa", "math-fp32"))
+    p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing of the blocks")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (opt-in)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last images and conv weights")
+    p.add_argument(
+        "--optim", default="fused", choices=("fused", "foreach", "loop"), help="AdamW implementation"
+    )
+    p.add_argument("--ema", default="foreach", choices=("foreach", "loop", "none"), help="EMA implementation")
+    p.add_argument("--no-tf32", action="store_true", help="keep full fp32 matmuls on Ampere+ GPUs")
+    p.add_argument("--num-classes", type=int, default=None, help="label classes (default: the model's)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed iterations (default 5)")
+    p.add_argument("--sample-repeats", type=int, default=1, help="timed sampler runs (default 1)")
+    p.add_argument("--gemm-seconds", type=float, default=2.0, help="time spent measuring the GEMM peak")
+    p.add_argument(
+        "--memory",
+        default="auto",
+        choices=("auto", "inprocess", "subprocess", "off"),
+        help="how peak memory is measured (auto: fresh process for every CPU variant after the first)",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="KEY=a,b",
+        help="run variants of one setting side by side and print ratios, e.g. attention=sdpa,math-fp32, "
+        "grad_checkpoint=0,1, compile=0,1, optim=loop,fused, ema=loop,foreach, batch_size=2,8",
+    )
+    p.add_argument("--quick", action="store_true", help="a tiny model and few steps: runs in seconds")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace):  # -> BenchSettings
+    from dataclasses import replace
+
+    from jitkit.bench.runner import QUICK, BenchSettings
+
+    s = BenchSettings(
+        model=args.model,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        sample_batch_size=args.sample_batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        mode=args.mode,
+        sample_steps=args.sample_steps,
+        cfg=args.cfg,
+        threads=args.threads,
+        attention=args.attention,
+        grad_checkpoint=args.grad_checkpoint,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        optim=args.optim,
+        ema=args.ema,
+        tf32=not args.no_tf32,
+        num_classes=args.num_classes,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        sample_repeats=args.sample_repeats,
+        gemm_seconds=args.gemm_seconds,
+        memory=args.memory,
+    )
+    if args.quick:
+        # the quick preset replaces the size knobs the user left at their defaults
+        defaults = BenchSettings()
+        over = {k: v for k, v in QUICK.items() if getattr(s, k) == getattr(defaults, k)}
+        s = replace(s, **over)
+    return s
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _print_table(res: dict) -> None:
+    rows = res["variants"] if "variants" in res else [res]
+    labels = res["values"] if "variants" in res else [""]
+    st = rows[0]["settings"]
+    print(
+        f"{st['model']} @ {st['img_size']}px  batch {st['batch_size']}  {st['device']} ({st['device_name']})  "
+        f"{st['dtype']}  threads {st['threads']}  torch {st['torch']}"
+    )
+    print(
+        f"FLOPs/img (fwd) {rows[0]['flops_per_img'] / 1e9:.2f} G   GEMM peak "
+        f"{rows[0]['gemm_peak_flops'] / 1e9:.1f} GFLOP/s"
+    )
+    key = res.get("compare", "")
+    head = f"{key:>16} {'train img/s':>12} {'fwd img/s':>10} {'sample img/s':>13} {'peak MiB':>9} {'MFU tr':>7} {'MFU fwd':>7}"
+    print(head)
+    print("-" * len(head))
+    for lab, r in zip(labels, rows):
+        print(
+            f"{lab:>16} {_fmt(r['train_img_per_s'], '12.3f')} {_fmt(r['forward_img_per_s'], '10.3f')} "
+            f"{_fmt(r['sample_img_per_s'], '13.4f')} {_fmt(r['peak_mem_mib'], '9.0f')} "
+            f"{_fmt(r['mfu_train'], '7.1%')} {_fmt(r['mfu_forward'], '7.1%')}"
+        )
+    if "ratios" in res:
+        print("ratios vs the first variant:")
+        for lab, rat in res["ratios"].items():
+            parts = [f"{k}={v:.3f}" for k, v in rat.items() if v is not None]
+            print(f"  {lab}: " + "  ".join(parts))
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    import os
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".bench-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from jitkit.bench.runner import parse_compare, run_bench
+
+    s = _settings(args)
+    compare = parse_compare(args.compare) if args.compare else None
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    res = run_bench(s, compare, log=log)
+    if args.out:
+        _write_json_atomic(args.out, res)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        _print_table(res)
+    return 0
