@@ -97,12 +97,12 @@ def pick_device(device: str = "auto") -> str:
 
 def load_model(path: str | Path, *, ema: str = "1", device: str = "auto") -> tuple[Any, Any, list[str]]:
     """(Denoiser in eval mode, RunConfig, class names) from a run folder, checkpoint folder or weights file."""
-    from jitkit.checkpoint import load_denoiser
-
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(
             f"no run or checkpoint at {p}: expected a run folder (with checkpoints/), a checkpoint folder "
             f"(with model.safetensors) or a file inside one"
         )
+    from jitkit.checkpoint import load_denoiser
+
     return load_denoiser(str(p), ema=ema, device=pick_device(device))

@@ -231,6 +231,10 @@ def create_app(
     def index() -> Response:
         return send_from_directory(STATIC_DIR, "index.html")
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return send_from_directory(STATIC_DIR, "favicon.svg", mimetype="image/svg+xml")
+
     @app.get("/api/info")
     def api_info() -> Response:
         return jsonify(info)

@@ -132,10 +132,10 @@
     const P = run.patch_size;
     $("grid-caption").textContent = `${G}×${G} = ${G * G} tokens of ${P}×${P} px`;
     if (isFinal) {
-      $("z-caption").textContent = "the final image, z at t = 1";
+      $("z-caption").textContent = "final image, t = 1";
       const d = run.last_x_max_abs_diff;
       const cap = $("x-caption");
-      cap.textContent = `last x̂ (made at t = ${fmt(run.t[K - 1])}) `;
+      cap.textContent = `last x̂ (t = ${fmt(run.t[K - 1])}) `;
       const badge = document.createElement("span");
       badge.className = d === 0 ? "badge good" : "badge warn";
       badge.textContent = d === 0 ? "= final image" : `≠ final image (up to ${d}/255)`;
@@ -145,12 +145,11 @@
           : `with 1/steps < t_eps = ${state.info.t_eps} the last step's clamp makes them differ`;
       cap.appendChild(badge);
     } else {
-      $("z-caption").textContent = k === 0 ? "pure noise, t = 0" : `what the sampler holds at t = ${fmt(run.t[k])}`;
+      $("z-caption").textContent = k === 0 ? "pure noise, t = 0" : `t = ${fmt(run.t[k])}`;
       const s = run.scale[k];
-      $("x-caption").textContent =
-        `the network's clean-image guess at t = ${fmt(run.t[k])}` + (s !== 1 ? ` (cfg ×${s})` : "");
+      $("x-caption").textContent = `clean-image guess at t = ${fmt(run.t[k])}` + (s !== 1 ? ` · cfg ×${s}` : "");
     }
-    $("play-btn").textContent = state.playing ? "❚❚ pause" : "▶ play";
+    $("play-btn").classList.toggle("playing", state.playing);
     document.body.dataset.frame = String(k);
     drawPlot();
   }

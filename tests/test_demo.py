@@ -1,0 +1,308 @@
+"""The demo's JSON API (Flask test client), its rate limiter and the model cache of ``jitkit demo``."""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flask")
+
+from jitkit.config import DiffusionConfig, SamplerConfig, model_config  # noqa: E402
+from jitkit.demo.server import TokenBucket, create_app  # noqa: E402
+from jitkit.diffusion.flow import Denoiser  # noqa: E402
+from jitkit.diffusion.sampling import initial_noise, to_uint8  # noqa: E402
+from jitkit.models.registry import build_model  # noqa: E402
+
+CLASSES = ["red_circle", "green_square", "blue_triangle", "yellow_cross"]
+STATIC = Path(__file__).resolve().parents[1] / "src" / "jitkit" / "demo" / "static"
+
+
+def tiny_denoiser(seed: int = 0) -> tuple[Denoiser, object]:
+    """A 2-block JiT-T/4 on 16 px with its (zero-initialised) output layers perturbed, so that the
+    x-prediction depends on z, t and y like a trained model's would."""
+    torch.manual_seed(seed)
+    cfg = model_config("JiT-T/4", img_size=16, num_classes=len(CLASSES), depth=2, in_context_start=1)
+    den = Denoiser(build_model(cfg), DiffusionConfig(), len(CLASSES))
+    with torch.no_grad():
+        for p in den.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return den.eval(), cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_denoiser()
+
+
+@pytest.fixture()
+def client(model):
+    den, cfg = model
+    app = create_app(den, cfg, CLASSES, sampler=SamplerConfig(steps=8), steps_range=(1, 30), burst=1000)
+    return app.test_client()
+
+
+def frames(payload: dict, key: str) -> np.ndarray:
+    S = payload["width"]
+    return np.stack([np.frombuffer(base64.b64decode(b), np.uint8).reshape(S, S, 3) for b in payload[key]])
+
+
+def test_info(client):
+    r = client.get("/api/info")
+    assert r.status_code == 200
+    info = r.get_json()
+    assert info["classes"] == CLASSES
+    assert (info["img_size"], info["patch_size"], info["grid_size"]) == (16, 4, 4)
+    assert info["steps_range"] == [1, 30]
+    assert set(info["samplers"]) == {"heun", "euler"}
+    assert info["defaults"]["steps"] == 8 and info["defaults"]["class"] == CLASSES[0]
+
+
+@pytest.mark.parametrize("method,steps", [("heun", 6), ("euler", 5)])
+def test_trajectory_shape_and_final_frame(client, method, steps):
+    r = client.post(
+        "/api/sample", json={"class": "blue_triangle", "seed": 7, "steps": steps, "sampler": method}
+    )
+    assert r.status_code == 200, r.get_json()
+    d = r.get_json()
+    assert d["class_index"] == 2 and d["steps"] == steps and d["sampler"] == method
+    z, x = frames(d, "z"), frames(d, "x")
+    assert z.shape == (steps + 1, 16, 16, 3) and x.shape == (steps, 16, 16, 3)
+    assert len(d["t"]) == steps + 1 and len(d["x_rms"]) == steps and len(d["scale"]) == steps
+    np.testing.assert_allclose(d["t"], np.linspace(0, 1, steps + 1), atol=1e-6)
+    final = np.frombuffer(base64.b64decode(d["final"]), np.uint8).reshape(16, 16, 3)
+    assert np.array_equal(final, z[-1])
+    # the first state is the seed's noise, the way the library draws it
+    z0 = to_uint8(initial_noise(1, (3, 16, 16), 1.0, seed=7))[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(z[0], z0)
+    # with 1/steps >= t_eps the final Euler step lands exactly on the last x-prediction
+    assert np.array_equal(x[-1], final) and d["last_x_max_abs_diff"] == 0
+    assert d["nfe"] == (2 * steps - 1 if method == "heun" else steps)
+    assert d["x_rms"][-1] < 1e-6  # RMS(x̂_{K-1} − final) in model units
+    assert not np.array_equal(x[0], x[-1])  # the prediction moves
+
+
+def test_more_steps_than_one_over_t_eps_reports_the_difference(client):
+    d = client.get("/api/sample?steps=25&seed=3").get_json()  # 1/25 < t_eps = 0.05
+    x, final = frames(d, "x")[-1].astype(int), frames(d, "z")[-1].astype(int)
+    assert d["last_x_max_abs_diff"] == int(np.abs(x - final).max())
+
+
+def test_determinism_under_a_seed(client):
+    q = {"class": 1, "seed": 123, "steps": 5, "sampler": "euler", "cfg": 2.0}
+    a = client.post("/api/sample", json=q).get_json()
+    b = client.post("/api/sample", json=q).get_json()
+    c = client.get("/api/sample?class=green_square&seed=123&steps=5&sampler=euler&cfg=2").get_json()
+    for key in ("z", "x", "final", "t"):
+        assert a[key] == b[key] == c[key]
+    other = client.post("/api/sample", json={**q, "seed": 124}).get_json()
+    assert other["z"][0] != a["z"][0] and other["final"] != a["final"]
+    other_class = client.post("/api/sample", json={**q, "class": 3}).get_json()
+    assert other_class["z"][0] == a["z"][0] and other_class["x"][0] != a["x"][0]
+    assert a["scale"] == [2.0] * 5  # cfg applied over the whole (0, 1) interval
+
+
+def test_concurrent_requests_get_their_own_runs(client):
+    seeds = [11, 12, 13, 14]
+    expected = {
+        s: client.post("/api/sample", json={"seed": s, "steps": 4}).get_json()["final"] for s in seeds
+    }
+    got: dict[int, str] = {}
+
+    def worker(s: int) -> None:
+        got[s] = client.post("/api/sample", json={"seed": s, "steps": 4}).get_json()["final"]
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ({"class": "purple_blob"}, "unknown class"),
+        ({"class": 4}, "unknown class"),
+        ({"class": True}, "unknown class"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 31}, "steps"),
+        ({"steps": "ten"}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"cfg": "abc"}, "cfg"),
+        ({"cfg": "nan"}, "cfg"),
+        ({"cfg": -1}, "cfg"),
+        ({"cfg": [1]}, "cfg"),
+        ({"sampler": "rk4"}, "sampler"),
+        ({"seed": -1}, "seed"),
+        ({"seed": "x"}, "seed"),
+        ({"colour": "red"}, "unknown parameter"),
+    ],
+)
+def test_bad_parameters_get_400_with_a_message(client, params, needle):
+    r = client.post("/api/sample", json=params)
+    assert r.status_code == 400
+    body = r.get_json()
+    assert needle in body["error"]
+    assert "Traceback" not in r.get_data(as_text=True)
+    # the same through the query string (values arrive as strings)
+    if not isinstance(next(iter(params.values())), (list, bool)):
+        q = "&".join(f"{k}={v}" for k, v in params.items())
+        r2 = client.get(f"/api/sample?{q}")
+        assert r2.status_code == 400 and needle in r2.get_json()["error"]
+
+
+def test_body_must_be_a_json_object(client):
+    r = client.post("/api/sample", data="steps=5", content_type="application/json")
+    assert r.status_code == 400 and "JSON" in r.get_json()["error"]
+    r = client.post("/api/sample", json=[1, 2])
+    assert r.status_code == 400 and "JSON object" in r.get_json()["error"]
+
+
+def test_size_bound(client):
+    r = client.post("/api/sample", data=b"{" + b" " * 20000 + b"}", content_type="application/json")
+    assert r.status_code == 413
+    assert "too large" in r.get_json()["error"]
+
+
+def test_http_errors_are_json(client):
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and "error" in r.get_json()
+    r = client.put("/api/sample", json={})
+    assert r.status_code == 405 and "error" in r.get_json()
+
+
+def test_internal_errors_are_json_without_a_stack_trace(model):
+    den, cfg = model
+
+    class Broken(torch.nn.Module):
+        cfg = den.cfg
+        null_class = den.null_class
+
+        def predict(self, *a, **k):
+            raise RuntimeError("secret internal detail")
+
+    app = create_app(Broken(), cfg, CLASSES)
+    r = app.test_client().post("/api/sample", json={"steps": 2})
+    assert r.status_code == 500
+    text = r.get_data(as_text=True)
+    assert "internal error" in r.get_json()["error"]
+    assert "secret internal detail" not in text and "Traceback" not in text
+
+
+def test_rate_limit_per_client(model):
+    den, cfg = model
+    app = create_app(den, cfg, CLASSES, rate=0.001, burst=3)
+    c = app.test_client()
+    codes = [c.get("/api/info").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    r = c.get("/api/info")
+    assert r.status_code == 429 and "too many requests" in r.get_json()["error"]
+    assert int(r.headers["Retry-After"]) >= 1
+    # another client has its own bucket; the page itself is not rate-limited
+    assert c.get("/api/info", environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 200
+    assert c.get("/").status_code == 200
+
+
+def test_token_bucket_refills():
+    now = [0.0]
+    b = TokenBucket(rate=2.0, burst=2, clock=lambda: now[0])
+    assert b.take("a") == 0 and b.take("a") == 0
+    wait = b.take("a")
+    assert wait == pytest.approx(0.5)
+    now[0] += 0.5
+    assert b.take("a") == 0 and b.take("a") > 0
+    now[0] += 10.0  # refills to the burst, not beyond
+    assert [b.take("a") for _ in range(3)][:2] == [0, 0] and b.take("a") > 0
+    with pytest.raises(ValueError, match="rate"):
+        TokenBucket(rate=0, burst=1)
+
+
+def test_page_is_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and b"jitkit" in r.data
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assets = re.findall(r'(?:src|href)="([^"]+)"', r.get_data(as_text=True))
+    assert assets and all(a.startswith("/static/") for a in assets)
+    for a in assets:
+        assert client.get(a).status_code == 200
+    for f in STATIC.iterdir():
+        text = f.read_text()
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), f"external URL in {f.name}"
+        assert "@import" not in text
+
+
+def test_create_app_rejects_bad_setup(model):
+    den, cfg = model
+    with pytest.raises(ValueError, match="class"):
+        create_app(den, cfg, [])
+    with pytest.raises(ValueError, match="steps_range"):
+        create_app(den, cfg, CLASSES, steps_range=(5, 2))
+
+
+# --- the jitkit demo command and its model cache ----------------------------------------------------------
+
+
+def test_cli_registers_demo():
+    from jitkit.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "some/run", "--port", "0", "--open"])
+    assert args.command == "demo" and args.run == "some/run" and args.port == 0 and args.open
+    assert args.host == "127.0.0.1"
+
+
+def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    from jitkit.demo.model import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "jitkit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "jitkit"
+
+
+def test_shapes_model_is_trained_once_then_cached(tmp_path):
+    from jitkit.demo.model import cached_run_dir, ensure_shapes_model
+
+    calls = []
+
+    def fake_train(cfg):
+        calls.append(cfg)
+        run = Path(cfg.train.out)
+        (run / "checkpoints" / "last").mkdir(parents=True)
+        (run / "checkpoints" / "last" / "model.safetensors").write_bytes(b"x")
+        return run
+
+    logs: list[str] = []
+    run = ensure_shapes_model(tmp_path, train_fn=fake_train, log=logs.append)
+    assert run == cached_run_dir(tmp_path) and (run / "checkpoints" / "last" / "model.safetensors").exists()
+    assert len(calls) == 1 and calls[0].model.name == "JiT-S/4" and calls[0].data.data == "shapes"
+    assert logs and "training" in logs[0]
+    assert ensure_shapes_model(tmp_path, train_fn=fake_train, log=logs.append) == run
+    assert len(calls) == 1  # cached
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]  # no partial folders left
+
+
+def test_interrupted_training_leaves_no_cached_model(tmp_path):
+    from jitkit.demo.model import cached_run_dir, ensure_shapes_model
+
+    def crashing_train(cfg):
+        Path(cfg.train.out).mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ensure_shapes_model(tmp_path, train_fn=crashing_train, log=lambda s: None)
+    assert not cached_run_dir(tmp_path).exists() and list(tmp_path.iterdir()) == []
+
+
+def test_load_model_names_what_it_expected(tmp_path):
+    from jitkit.demo.model import load_model
+
+    with pytest.raises(FileNotFoundError, match="run folder"):
+        load_model(tmp_path / "missing")

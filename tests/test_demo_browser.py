@@ -1,0 +1,226 @@
+"""End to end: the real demo server in a thread, driven by headless Chromium through selenium.
+
+Loads the page, picks a class, steps to the end with the page's buttons and checks what the three panes
+show against the API. Saves screenshots into the test's output folder, and to docs/img/demo.png when
+JITKIT_UPDATE_DOCS=1. The model is a tiny random JiT, or the run named by JITKIT_DEMO_RUN (a trained shapes
+run makes the documentation screenshot).
+
+Skipped, with the reason shown, when chromium, chromedriver or selenium is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flask")
+
+from jitkit.config import DiffusionConfig, SamplerConfig, model_config  # noqa: E402
+from jitkit.demo.server import create_app  # noqa: E402
+from jitkit.diffusion.flow import Denoiser  # noqa: E402
+from jitkit.models.registry import build_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["red_circle", "green_square", "blue_triangle", "yellow_cross"]
+STEPS = 12  # <= 1/t_eps = 20: the last x-prediction equals the final image exactly
+
+
+def _find(names: list[str], env: str) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env]
+    for n in names:
+        p = shutil.which(n) or (n if os.path.isabs(n) and os.access(n, os.X_OK) else None)
+        if p:
+            return p
+    return None
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    cfg = model_config("JiT-T/4", img_size=16, num_classes=len(CLASSES), depth=2, in_context_start=1)
+    den = Denoiser(build_model(cfg), DiffusionConfig(), len(CLASSES))
+    with torch.no_grad():
+        for p in den.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return den.eval(), cfg, CLASSES, "tiny random JiT-T/4 (test model)"
+
+
+def _model():
+    run = os.environ.get("JITKIT_DEMO_RUN")
+    if not run:
+        return _tiny_model()
+    from jitkit.checkpoint import load_denoiser
+
+    den, rc, classes = load_denoiser(run, ema="1", device="cpu")
+    return den, rc.model, classes, f"trained {rc.model.name} shapes run"
+
+
+@pytest.fixture(scope="module")
+def browser_paths():
+    chromium = _find(
+        ["/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"], "JITKIT_CHROMIUM"
+    )
+    driver = _find(["/usr/bin/chromedriver", "chromedriver"], "JITKIT_CHROMEDRIVER")
+    if chromium is None or driver is None:
+        pytest.skip(
+            f"headless browser test skipped: chromium={chromium!r}, chromedriver={driver!r} not found "
+            "(install the Debian packages chromium and chromium-driver)"
+        )
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("headless browser test skipped: the python package selenium is not installed (extra dev)")
+    return chromium, driver
+
+
+@pytest.fixture(scope="module")
+def server():
+    from werkzeug.serving import make_server
+
+    den, cfg, classes, label = _model()
+    app = create_app(den, cfg, classes, sampler=SamplerConfig(steps=STEPS), source=label)
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_port}", classes
+    srv.shutdown()
+    th.join(timeout=10)
+
+
+@pytest.fixture()
+def driver(browser_paths, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, chromedriver = browser_paths
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--window-size=1060,1040",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        drv = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    except Exception as e:  # a browser that cannot start is an environment problem, said out loud
+        pytest.skip(f"headless browser test skipped: chromium did not start ({type(e).__name__}: {e})")
+    drv.set_page_load_timeout(60)
+    yield drv
+    drv.quit()
+
+
+def _wait(drv, cond: str, timeout: float = 60.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = drv.execute_script(f"return {cond};")
+        if v:
+            return v
+        time.sleep(0.1)
+    state = drv.execute_script(
+        "return document.body.dataset.state + ' / ' + document.getElementById('status').textContent;"
+    )
+    raise AssertionError(f"timed out waiting for {cond!r}; page state: {state}")
+
+
+def _decode(b64: str, S: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(b64), np.uint8).reshape(S, S, 3)
+
+
+def test_page_steps_through_a_run(server, driver, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, classes = server
+    driver.get(url + "/")
+    _wait(driver, "window.jitkitDemo && window.jitkitDemo.state === 'ready'")
+    assert driver.execute_script("return window.jitkitDemo.steps;") == STEPS
+
+    # pick a class: the page samples it
+    pick = classes[2]
+    Select(driver.find_element(By.ID, "class-select")).select_by_value(pick)
+    _wait(
+        driver, f"window.jitkitDemo.state === 'ready' && window.jitkitDemo.run.class === {json.dumps(pick)}"
+    )
+    run = driver.execute_script("return window.jitkitDemo.run;")
+    S = run["width"]
+
+    panes = ("z-canvas", "grid-canvas", "x-canvas")
+    driver.find_element(By.ID, "first-btn").click()
+    assert driver.execute_script("return window.jitkitDemo.frame;") == 0
+    assert driver.execute_script("return window.jitkitDemo.playing;") is False
+    start = {p: driver.execute_script("return window.jitkitDemo.paneHash(arguments[0]);", p) for p in panes}
+    z_start = _decode(driver.execute_script("return window.jitkitDemo.paneNative('z-canvas');"), S)
+    assert np.array_equal(z_start, _decode(run["z"][0], S))  # the page shows the run's noise
+
+    # step to the end with the "next" button
+    nxt = driver.find_element(By.ID, "next-btn")
+    for k in range(1, STEPS + 1):
+        nxt.click()
+        assert driver.execute_script("return window.jitkitDemo.frame;") == k
+    nxt.click()  # past the end stays at the end
+    assert driver.execute_script("return window.jitkitDemo.frame;") == STEPS
+    end = {p: driver.execute_script("return window.jitkitDemo.paneHash(arguments[0]);", p) for p in panes}
+    for p in panes:
+        assert end[p] != start[p], f"pane {p} did not change between the first and the last step"
+
+    # the last x-prediction equals the final image, on screen and in the API's own answer
+    shown_z = _decode(driver.execute_script("return window.jitkitDemo.paneNative('z-canvas');"), S)
+    shown_x = _decode(driver.execute_script("return window.jitkitDemo.paneNative('x-canvas');"), S)
+    q = json.dumps(
+        {"class": pick, "seed": run["seed"], "steps": STEPS, "sampler": run["sampler"], "cfg": run["cfg"]}
+    )
+    req = urllib.request.Request(
+        url + "/api/sample", data=q.encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        api = json.loads(resp.read())
+    final = _decode(api["final"], S)
+    assert np.array_equal(shown_z, final), "the last frame does not show the final image"
+    assert np.array_equal(shown_x, _decode(api["x"][-1], S))
+    assert np.array_equal(shown_x, final), "the last x-prediction differs from the final image"
+    assert "= final image" in driver.find_element(By.ID, "x-caption").text
+    assert driver.execute_script("return window.jitkitDemo.paneHash('z-canvas');") == driver.execute_script(
+        "return window.jitkitDemo.paneHash('x-canvas');"
+    )
+
+    # nothing went wrong in the page (script errors, blocked resources, CSP violations)
+    severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, severe
+
+    # fit the window to the whole page for the screenshots
+    height = driver.execute_script(
+        "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight;"
+    )
+    driver.set_window_size(1060, int(height) + 4)
+    driver.save_screenshot(str(tmp_path / "demo-final.png"))
+    # a frame a third of the way in shows noisy state and clean guess side by side
+    driver.execute_script("window.jitkitDemo.setFrame(arguments[0]);", STEPS // 3)
+    shot = tmp_path / "demo.png"
+    driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("JITKIT_UPDATE_DOCS") == "1":
+        dest = REPO / "docs" / "img" / "demo.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, dest)
