@@ -1,0 +1,87 @@
+"""The two attention paths (fused SDPA and the reference's float32 math) agree, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jitkit.config import ModelConfig
+from jitkit.models.jit import JiT
+from jitkit.models.layers import attention_math_fp32
+
+
+def _cfg(**kw) -> ModelConfig:
+    base = dict(
+        name="test",
+        img_size=16,
+        patch_size=4,
+        hidden_size=64,
+        depth=4,
+        num_heads=4,
+        bottleneck_dim=16,
+        in_context_len=4,
+        in_context_start=2,
+        num_classes=5,
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_functional_paths_agree():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, 8, generator=g, requires_grad=True) for _ in range(3))
+    a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    b = attention_math_fp32(q, k, v)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # the reference formula written out: softmax(q kᵀ/√h) v
+    ref = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1) @ v
+    torch.testing.assert_close(b, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn(a.shape, generator=g)
+    ga = torch.autograd.grad((a * w).sum(), (q, k, v))
+    gb = torch.autograd.grad((b * w).sum(), (q, k, v))
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_math_fp32_keeps_input_dtype_and_computes_in_fp32():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 10, 8, generator=g).bfloat16() for _ in range(3))
+    out = attention_math_fp32(q, k, v)
+    assert out.dtype == torch.bfloat16
+    exact = torch.softmax(q.float() @ k.float().transpose(-2, -1) / 8**0.5, -1) @ v.float()
+    # only the final cast to bf16 rounds: error within bf16 resolution of the fp32 result
+    assert (out.float() - exact).abs().max() <= 2**-7 * exact.abs().max()
+
+
+@pytest.mark.parametrize("grad_checkpoint", [False, True])
+def test_network_paths_agree_forward_and_gradients(grad_checkpoint):
+    torch.manual_seed(0)
+    net_a = JiT(_cfg(attention="sdpa", grad_checkpoint=grad_checkpoint))
+    net_b = JiT(_cfg(attention="math-fp32"))
+    # non-zero adaLN / output weights so that every block contributes (zero-init would hide differences)
+    with torch.no_grad():
+        for p in net_a.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    net_b.load_state_dict(net_a.state_dict())
+    net_a.train()
+    net_b.train()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 3, 16, 16, generator=g)
+    t = torch.rand(3, generator=g)
+    y = torch.randint(0, 6, (3,), generator=g)
+    out_a, out_b = net_a(x, t, y), net_b(x, t, y)
+    assert out_a.abs().max() > 0.1  # not a trivial zero output
+    torch.testing.assert_close(out_a, out_b, atol=2e-5, rtol=1e-4)
+    w = torch.randn(out_a.shape, generator=g)
+    (out_a * w).sum().backward()
+    (out_b * w).sum().backward()
+    for (name, pa), pb in zip(net_a.named_parameters(), net_b.parameters()):
+        if pa.grad is None:
+            assert pb.grad is None, name
+            continue
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-3, msg=f"gradient of {name}")
+
+
+def test_unknown_attention_kind_is_rejected():
+    with pytest.raises(ValueError, match="attention"):
+        JiT(_cfg(attention="flash3"))

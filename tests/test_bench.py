@@ -1,0 +1,124 @@
+"""jitkit bench: the analytic FLOP counter and the quick benchmark's JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from jitkit.bench.flops import flops_per_image, forward_macs
+from jitkit.bench.runner import BenchSettings, parse_compare
+from jitkit.cli import main
+from jitkit.config import ModelConfig
+from jitkit.models.jit import JiT
+
+TINY = ModelConfig(
+    name="tiny",
+    img_size=8,
+    patch_size=4,
+    hidden_size=16,
+    depth=2,
+    num_heads=2,
+    bottleneck_dim=4,
+    in_context_len=2,
+    in_context_start=1,
+    num_classes=3,
+)
+
+
+def test_flops_match_hand_count():
+    # N = (8/4)² = 4 tokens, D = 16, SwiGLU hidden m = int(int(16·4)·2/3) = 42, bottleneck b = 4, C = 3,
+    # p = 4, L = 2 in-context tokens from block 1 on (block 0: T = 4, block 1: T = 6).
+    assert TINY.mlp_hidden == 42
+    patch = 4 * (3 * 4 * 4 * 4 + 4 * 16)  # N·(C·p²·b + b·D) = 4·(192 + 64) = 1024
+    time_mlp = 256 * 16 + 16 * 16  # F·D + D·D = 4352
+    # block 0, T = 4: adaLN 16·96 + qkv 4·16·48 + q·kᵀ 4·4·16 + a·v 4·4·16 + proj 4·16·16
+    #                 + SwiGLU 4·16·84 + 4·42·16  = 1536 + 3072 + 256 + 256 + 1024 + 5376 + 2688
+    block0 = 1536 + 3072 + 256 + 256 + 1024 + 5376 + 2688  # 14208
+    # block 1, T = 6: 1536 + 6·16·48 + 6·6·16 + 6·6·16 + 6·16·16 + 6·16·84 + 6·42·16
+    block1 = 1536 + 4608 + 576 + 576 + 1536 + 8064 + 4032  # 20928
+    final = 16 * 32 + 4 * 16 * 48  # adaLN D·2D + N·D·p²C = 512 + 3072
+    macs = patch + time_mlp + block0 + block1 + final
+    assert macs == 44096
+    assert sum(forward_macs(TINY).values()) == macs
+    fl = flops_per_image(TINY)
+    assert fl["forward"] == 2 * macs == 88192
+    assert fl["train"] == 3 * fl["forward"]
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY.replace(in_context_len=0, depth=3, patch_size=2)])
+def test_flops_match_torch_flop_counter(cfg):
+    # torch's own counter over the matmul/conv/bmm ops of an actual forward (math attention path so that
+    # the two attention products are plain matmuls), for a batch of 3
+    net = JiT(cfg.replace(attention="math-fp32")).eval()
+    B = 3
+    x = torch.randn(B, 3, cfg.img_size, cfg.img_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(x, torch.rand(B), torch.randint(0, cfg.num_classes, (B,)))
+    assert fc.get_total_flops() == B * flops_per_image(cfg)["forward"]
+
+
+def test_jit_b16_flops_order_of_magnitude():
+    from jitkit.config import model_config
+
+    f = flops_per_image(model_config("JiT-B/16"))["forward"]
+    # B/16 at 256 px is about 25 GMACs per image (the paper lists ~25 Gflops counted as MACs)
+    assert 45e9 < f < 55e9
+
+
+REQUIRED = (
+    "train_img_per_s",
+    "forward_img_per_s",
+    "sample_img_per_s",
+    "peak_mem_mib",
+    "flops_per_img",
+    "mfu",
+)
+SETTINGS = ("model", "img_size", "batch_size", "device", "dtype", "threads", "torch", "cpu", "device_name")
+
+
+def test_quick_bench_json_has_every_field(capsys):
+    assert main(["bench", "--quick", "--json", "--threads", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(out[-1])
+    for k in REQUIRED:
+        assert isinstance(res[k], float) and res[k] > 0, k
+    for k in SETTINGS:
+        assert res["settings"][k] not in (None, ""), k
+    assert res["settings"]["threads"] == 1
+    assert res["settings"]["model"] == "JiT-T/2"
+    assert 0 < res["mfu"] < 1.5
+    # MFU is consistent with the reported throughput, FLOPs and measured GEMM peak
+    assert res["mfu"] == pytest.approx(
+        res["train_img_per_s"] * res["train_flops_per_img"] / res["gemm_peak_flops"]
+    )
+    assert len(res["details"]["train"]["seconds"]) == 3  # the quick preset's repeats, warm-up excluded
+
+
+def test_quick_compare_reports_ratios(capsys):
+    rc = main(["bench", "--quick", "--json", "--mode", "forward", "--compare", "attention=sdpa,math-fp32"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["compare"] == "attention" and res["values"] == ["sdpa", "math-fp32"]
+    assert [v["settings"]["attention"] for v in res["variants"]] == ["sdpa", "math-fp32"]
+    assert res["ratios"]["sdpa"]["forward_img_per_s"] == 1.0
+    r = res["variants"][1]["forward_img_per_s"] / res["variants"][0]["forward_img_per_s"]
+    assert res["ratios"]["math-fp32"]["forward_img_per_s"] == pytest.approx(r)
+    assert res["variants"][0]["train_img_per_s"] is None  # mode forward only
+
+
+def test_settings_parsing_and_errors(capsys):
+    s = BenchSettings()
+    assert s.with_value("grad_checkpoint", "1").grad_checkpoint is True
+    assert s.with_value("batch_size", "8").batch_size == 8
+    assert parse_compare("grad-checkpoint=0,1") == ("grad_checkpoint", ["0", "1"])
+    with pytest.raises(ValueError, match="unknown setting"):
+        s.with_value("colour", "red")
+    with pytest.raises(ValueError, match="expects a value"):
+        s.with_value("batch_size", "many")
+    with pytest.raises(ValueError, match="KEY=a,b"):
+        parse_compare("attention")
+    assert main(["bench", "--quick", "--model", "JiT-Q/3"]) == 2
+    assert "unknown model" in capsys.readouterr().err
