@@ -35,6 +35,15 @@ def tiny_denoiser(seed: int = 0) -> tuple[Denoiser, object]:
     return den.eval(), cfg
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # a 2-block model at batch 1: one thread is fastest, and the machine is shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_denoiser()
@@ -88,7 +97,7 @@ def test_trajectory_shape_and_final_frame(client, method, steps):
 
 
 def test_more_steps_than_one_over_t_eps_reports_the_difference(client):
-    d = client.get("/api/sample?steps=25&seed=3").get_json()  # 1/25 < t_eps = 0.05
+    d = client.get("/api/sample?steps=25&seed=3&sampler=euler").get_json()  # 1/25 < t_eps = 0.05
     x, final = frames(d, "x")[-1].astype(int), frames(d, "z")[-1].astype(int)
     assert d["last_x_max_abs_diff"] == int(np.abs(x - final).max())
 
@@ -233,7 +242,7 @@ def test_page_is_self_contained(client):
     for a in assets:
         assert client.get(a).status_code == 200
     for f in STATIC.iterdir():
-        text = f.read_text()
+        text = f.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a namespace, not a fetch
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), f"external URL in {f.name}"
         assert "@import" not in text
 
@@ -306,3 +315,62 @@ def test_load_model_names_what_it_expected(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="run folder"):
         load_model(tmp_path / "missing")
+
+
+def _save_tiny_run(root: Path) -> tuple[Path, Denoiser]:
+    from jitkit.checkpoint import save_checkpoint
+    from jitkit.config import preset_dict, resolve_run_config
+
+    den, mcfg = tiny_denoiser(seed=1)
+    d = preset_dict("shapes")
+    d["model"] = mcfg.to_dict()
+    d["sampler"]["steps"] = 7
+    rc = resolve_run_config(d)
+    sd = den.state_dict()
+    save_checkpoint(root / "checkpoints" / "last", config=rc, classes=CLASSES, model=sd, ema1=sd, ema2=sd)
+    return root, den
+
+
+def test_cli_serves_a_named_run(tmp_path, monkeypatch):
+    import jitkit.demo.server as server_mod
+    from jitkit.cli import main
+
+    run, den = _save_tiny_run(tmp_path / "run")
+    served = {}
+    monkeypatch.setattr(server_mod, "serve", lambda app, **kw: served.update(app=app, **kw))
+    assert main(["demo", str(run), "--port", "0", "--max-steps", "9"]) == 0
+    assert served["host"] == "127.0.0.1" and served["port"] == 0 and served["open_browser"] is False
+    c = served["app"].test_client()
+    info = c.get("/api/info").get_json()
+    assert info["classes"] == CLASSES and info["steps_range"] == [1, 9] and info["defaults"]["steps"] == 7
+    got = c.post("/api/sample", json={"seed": 5, "steps": 3}).get_json()
+    # the same run sampled from the in-memory model that was saved
+    ref = (
+        create_app(den, den.net.cfg, CLASSES).test_client().post("/api/sample", json={"seed": 5, "steps": 3})
+    )
+    assert got["final"] == ref.get_json()["final"]
+
+
+def test_cli_without_a_run_uses_the_cached_shapes_model(tmp_path, monkeypatch):
+    import jitkit.demo.model as model_mod
+    import jitkit.demo.server as server_mod
+    from jitkit.cli import main
+
+    run, _ = _save_tiny_run(tmp_path / "cache" / "whatever")
+    asked = {}
+
+    def fake_ensure(cache_dir, *, retrain, overrides):
+        asked.update(cache_dir=cache_dir, retrain=retrain, overrides=overrides)
+        return run
+
+    monkeypatch.setattr(model_mod, "ensure_shapes_model", fake_ensure)
+    monkeypatch.setattr(server_mod, "serve", lambda app, **kw: None)
+    assert main(["demo", "--cache-dir", str(tmp_path / "cache"), "--epochs", "3"]) == 0
+    assert asked == {"cache_dir": str(tmp_path / "cache"), "retrain": False, "overrides": {"train.epochs": 3}}
+
+
+def test_cli_reports_a_missing_run(tmp_path, capsys):
+    from jitkit.cli import main
+
+    assert main(["demo", str(tmp_path / "nope")]) == 2
+    assert "jitkit demo: error:" in capsys.readouterr().err

@@ -65,6 +65,14 @@ def _model():
     return den, rc.model, classes, f"trained {rc.model.name} shapes run"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # batch-1 sampling of a small model on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def browser_paths():
     chromium = _find(
@@ -103,6 +111,7 @@ def driver(browser_paths, tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     chromium, chromedriver = browser_paths
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must never download a browser or driver
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for a in (
