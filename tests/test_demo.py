@@ -374,3 +374,49 @@ def test_cli_reports_a_missing_run(tmp_path, capsys):
 
     assert main(["demo", str(tmp_path / "nope")]) == 2
     assert "jitkit demo: error:" in capsys.readouterr().err
+
+
+def test_jitkit_demo_command_serves_the_page(tmp_path):
+    """The real command in a subprocess: prints its address, binds 127.0.0.1, answers the API."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    run, _ = _save_tiny_run(tmp_path / "run")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jitkit", "demo", str(run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:  # until the address line (or the process ends)
+            lines.append(line)
+            if "serving on" in line:
+                break
+        m = re.search(r"serving on (http://127\.0\.0\.1:(\d+)/)", "".join(lines))
+        assert m, "".join(lines)
+        with urllib.request.urlopen(m.group(1) + "api/info", timeout=30) as r:
+            info = json.loads(r.read())
+        assert info["classes"] == CLASSES and info["grid_size"] == 4
+        with urllib.request.urlopen(m.group(1), timeout=30) as r:
+            assert b"jitkit" in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_busy_port_is_a_clear_error(model):
+    import socket
+
+    from jitkit.demo.server import serve
+
+    den, cfg = model
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with pytest.raises(ValueError, match="--port"):
+            serve(create_app(den, cfg, CLASSES), port=port)

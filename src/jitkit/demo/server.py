@@ -317,16 +317,21 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8765, open_browser: b
     """Serve ``app`` with werkzeug's threaded server until Ctrl-C; print the address; optionally open it."""
     from werkzeug.serving import make_server
 
-    server = make_server(host, port, app, threaded=True)
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except (OSError, SystemExit) as e:  # werkzeug reports a busy port with SystemExit(1)
+        raise ValueError(
+            f"cannot listen on {host}:{port}; choose another port with --port (0 picks a free one)"
+        ) from e
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{shown if ':' not in shown else f'[{shown}]'}:{server.server_port}/"
     print(f"jitkit demo: serving on {url}  (Ctrl-C to stop)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"jitkit demo: warning: bound to {host}, reachable from other machines", flush=True)
-    if open_browser:
+    if open_browser:  # the socket already listens, so the browser's first request just waits for us
         import webbrowser
 
-        threading.Timer(0.5, lambda: webbrowser.open(url)).start()
+        webbrowser.open(url)
     try:
         server.serve_forever()
     finally:
