@@ -96,12 +96,20 @@ def test_inception_score_closed_forms():
     # confident predictions spread evenly over K classes in every split → IS = K
     logits = np.full((100, K), -1e4)
     logits[np.arange(100), np.arange(100) % K] = 0.0
-    mean, std = inception_score(logits, splits=10)
+    mean, std = inception_score(logits, splits=10, shuffle_seed=None)
     assert mean == pytest.approx(K, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
     # confident but all the same class → IS = 1
     logits2 = np.full((100, K), -1e4)
     logits2[:, 3] = 0.0
     assert inception_score(logits2)[0] == pytest.approx(1.0)
+    # the shuffle only reorders rows: a split-free score (splits=1) does not depend on it
+    rng = np.random.default_rng(0)
+    lg = rng.standard_normal((50, K)) * 3
+    assert inception_score(lg, 1)[0] == pytest.approx(inception_score(lg, 1, shuffle_seed=None)[0])
+    # against a direct formula for one split
+    p = np.exp(lg) / np.exp(lg).sum(1, keepdims=True)
+    direct = np.exp((p * (np.log(p) - np.log(p.mean(0)))).sum(1).mean())
+    assert inception_score(lg, 1)[0] == pytest.approx(direct, rel=1e-10)
 
 
 def _brute_pr(real, fake, k):

@@ -125,19 +125,27 @@ def load_stats(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def inception_score(logits: Any, splits: int = 10) -> tuple[float, float]:
+def inception_score(logits: Any, splits: int = 10, shuffle_seed: int | None = 2020) -> tuple[float, float]:
     """Inception Score from classifier logits [N, K]: IS = exp(E_x KL(p(y|x) ‖ p(y))), mean and std over
-    ``splits`` consecutive chunks (as torch-fidelity and the original code)."""
+    ``splits`` chunks [i·N/splits, (i+1)·N/splits).
+
+    As torch-fidelity (whose numbers the JiT paper reports), the rows are first permuted with
+    ``numpy.random.RandomState(shuffle_seed)`` (2020 there); ``shuffle_seed=None`` keeps the order.
+    """
     lg = _f64(logits)
     if lg.ndim != 2 or lg.shape[0] < splits:
         raise ValueError(f"Inception Score needs logits [N >= splits={splits}, K], found {list(lg.shape)}")
+    N = lg.shape[0]
+    if shuffle_seed is not None:
+        lg = lg[np.random.RandomState(shuffle_seed).permutation(N)]
     lg = lg - lg.max(1, keepdims=True)
     logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))  # log p(y|x)
     p = np.exp(logp)
     scores = []
-    for chunk_p, chunk_logp in zip(np.array_split(p, splits), np.array_split(logp, splits)):
-        py = chunk_p.mean(0)  # p(y)
-        kl = (chunk_p * (chunk_logp - np.log(np.clip(py, 1e-300, None)))).sum(1).mean()
+    for i in range(splits):
+        a, b = i * N // splits, (i + 1) * N // splits
+        py = p[a:b].mean(0)  # p(y) within the split
+        kl = (p[a:b] * (logp[a:b] - np.log(np.clip(py, 1e-300, None)))).sum(1).mean()
         scores.append(np.exp(kl))
     return float(np.mean(scores)), float(np.std(scores))
 

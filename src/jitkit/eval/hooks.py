@@ -1,0 +1,247 @@
+"""Evaluation during training, as callbacks for ``jitkit.train.train(cfg, callbacks=[...])``.
+
+A callback is ``cb(event, info)`` with events "step", "epoch_end", "end"; ``info`` holds "step", "epoch",
+"run_dir", "denoiser" (EMA1 weights, eval mode) and "config". Training never imports this module: the train
+CLI builds the callbacks with ``make_eval_callbacks(cfg, ...)`` and passes them in.
+
+- ``ShapesEval``: at the end of a run on ``shapes``, sample ``per_class`` images per class with the run's
+  sampler and report the shapes metric (accuracy, colour/shape accuracy, mean IoU).
+- ``FIDEval``: every N epochs (and at the end) sample ``num`` images and report FID (and IS) against
+  reference statistics, through torch-fidelity's Inception with local weights.
+
+Results are printed, appended to ``RUN/eval.jsonl`` and returned (the callback's return value is a dict).
+Only rank 0 evaluates under torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jitkit.config import RunConfig, SamplerConfig
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def append_eval_log(run_dir: str | Path | None, record: dict[str, Any]) -> None:
+    """Append one JSON line to RUN/eval.jsonl (flushed and fsync'ed)."""
+    if run_dir is None:
+        return
+    p = Path(run_dir) / "eval.jsonl"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    try:
+        return next(module.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+class ShapesEval:
+    """The shapes metric on ``per_class`` samples per class at the end of training (event "end")."""
+
+    def __init__(
+        self,
+        per_class: int = 16,
+        seed: int = 0,
+        batch_size: int = 64,
+        sampler: SamplerConfig | None = None,
+        events: tuple[str, ...] = ("end",),
+        save_grid: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.per_class, self.seed, self.batch_size = per_class, seed, batch_size
+        self.sampler, self.events, self.save_grid, self.progress = sampler, events, save_grid, progress
+        self.last: dict[str, Any] | None = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
+        if event not in self.events or _rank() != 0:
+            return None
+        from jitkit.data.shapes import class_names
+        from jitkit.eval.generate import balanced_labels, generate_images, save_grid
+        from jitkit.eval.shapes_metric import format_shapes_metrics, shapes_metrics
+
+        den = info["denoiser"]
+        cfg: RunConfig | None = info.get("config")
+        scfg = self.sampler or (cfg.sampler if cfg is not None else SamplerConfig())
+        names = class_names()
+        labels = balanced_labels(len(names), per_class=self.per_class)
+        t0 = time.time()
+        images = generate_images(
+            den,
+            labels,
+            scfg,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            device=_device_of(den),
+            progress=self.progress,
+            desc="eval shapes",
+        )
+        m = shapes_metrics(images, labels)
+        m["seconds"] = round(time.time() - t0, 2)
+        record = {
+            "event": event,
+            "step": info.get("step"),
+            "epoch": info.get("epoch"),
+            "metric": "shapes",
+            **m,
+        }
+        run_dir = info.get("run_dir")
+        if run_dir is not None and self.save_grid:
+            path = Path(run_dir) / "samples" / f"eval-shapes-step-{int(info.get('step') or 0):06d}.png"
+            save_grid(images, labels, path, names)
+            record["grid"] = str(path)
+        append_eval_log(run_dir, record)
+        print(f"[eval] step {info.get('step')}: {format_shapes_metrics(m)}", file=sys.stderr)
+        self.last = record
+        return record
+
+
+class FIDEval:
+    """FID/IS against reference statistics every ``every_epochs`` epochs (0: only at the end)."""
+
+    def __init__(
+        self,
+        ref_stats: str | Path,
+        num: int = 1000,
+        every_epochs: int = 0,
+        seed: int = 0,
+        batch_size: int = 32,
+        sampler: SamplerConfig | None = None,
+        inception_weights: str | Path | None = None,
+        at_end: bool = True,
+        progress: bool = True,
+    ) -> None:
+        from jitkit.eval.fid import load_stats
+        from jitkit.eval.fidelity import find_inception_weights, import_torch_fidelity
+
+        # fail at start-up, not after hours of training
+        self.ref = load_stats(ref_stats)
+        import_torch_fidelity()
+        self.weights = find_inception_weights(inception_weights)
+        self.ref_path = str(ref_stats)
+        self.num, self.every, self.seed, self.batch_size = num, every_epochs, seed, batch_size
+        self.sampler, self.at_end, self.progress = sampler, at_end, progress
+        self._extractor = None
+        self.last: dict[str, Any] | None = None
+
+    def due(self, event: str, info: dict[str, Any]) -> bool:
+        if event == "end":
+            return self.at_end
+        if event == "epoch_end" and self.every > 0:
+            epoch = int(info.get("epoch") or 0)
+            return epoch > 0 and epoch % self.every == 0
+        return False
+
+    def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.due(event, info) or _rank() != 0:
+            return None
+        from jitkit.eval.fidelity import InceptionFeatures, extract_features, image_metrics
+        from jitkit.eval.generate import balanced_labels, generate_images
+
+        den = info["denoiser"]
+        cfg: RunConfig | None = info.get("config")
+        scfg = self.sampler or (cfg.sampler if cfg is not None else SamplerConfig())
+        dev = _device_of(den)
+        if self._extractor is None:
+            self._extractor = InceptionFeatures(self.weights, dev)
+        t0 = time.time()
+        labels = balanced_labels(den.num_classes, num=self.num)
+        images = generate_images(
+            den,
+            labels,
+            scfg,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            device=dev,
+            progress=self.progress,
+            desc="eval FID",
+        )
+        feats = extract_features(images.split(self.batch_size), self._extractor, len(images), progress=False)
+        m = image_metrics(feats, self.ref, prc=False)
+        m["seconds"] = round(time.time() - t0, 2)
+        record = {
+            "event": event,
+            "step": info.get("step"),
+            "epoch": info.get("epoch"),
+            "metric": "fid",
+            "ref": self.ref_path,
+            **m,
+        }
+        append_eval_log(info.get("run_dir"), record)
+        print(
+            f"[eval] epoch {info.get('epoch')} step {info.get('step')}: FID {m['fid']:.3f} "
+            f"(n {m['n']}), IS {m['inception_score']:.3f}",
+            file=sys.stderr,
+        )
+        self.last = record
+        return record
+
+
+def make_eval_callbacks(
+    cfg: RunConfig,
+    *,
+    ref_stats: str | Path | None = None,
+    fid_every_epochs: int | None = None,
+    fid_num: int = 1000,
+    inception_weights: str | Path | None = None,
+    shapes_per_class: int = 16,
+) -> list:
+    """The eval callbacks a run wants: the shapes metric at the end on ``shapes`` data (when
+    ``cfg.train.eval_at_end``), and FID every ``fid_every_epochs`` (default ``cfg.train.eval_every_epochs``)
+    epochs when reference statistics are given."""
+    cbs: list = []
+    if str(cfg.data.data).strip().lower() == "shapes" and cfg.train.eval_at_end:
+        cbs.append(ShapesEval(per_class=shapes_per_class, sampler=cfg.sampler))
+    every = cfg.train.eval_every_epochs if fid_every_epochs is None else fid_every_epochs
+    if ref_stats is not None:
+        cbs.append(
+            FIDEval(
+                ref_stats,
+                num=fid_num,
+                every_epochs=every,
+                sampler=cfg.sampler,
+                inception_weights=inception_weights,
+            )
+        )
+    elif every and every > 0:
+        raise ValueError(
+            f"FID every {every} epochs needs reference statistics: pass --eval-ref STATS.npz "
+            "(make them with jitkit ref-stats DATA --out STATS.npz)"
+        )
+    return cbs
+
+
+def make_eval_callback(cfg: RunConfig, **kw: Any):
+    """One callback running all of ``make_eval_callbacks(cfg, **kw)`` (None when there is nothing to do)."""
+    cbs = make_eval_callbacks(cfg, **kw)
+    if not cbs:
+        return None
+
+    def callback(event: str, info: dict[str, Any]) -> dict[str, Any] | None:
+        out: dict[str, Any] = {}
+        for cb in cbs:
+            r = cb(event, info)
+            if r:
+                out[r["metric"]] = r
+        return out or None
+
+    callback.callbacks = cbs  # type: ignore[attr-defined]
+    return callback

@@ -1,0 +1,178 @@
+"""Where images to evaluate come from: a sample folder, an npz, or a data set (shapes, image folder, cache).
+
+Everything is streamed in uint8 batches [B, 3, S, S] so that 50,000 images at 256 px never sit in memory at
+once (except npz files, which numpy loads whole).
+
+Shape key: N images, B batch, S side.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ImageSource:
+    """``n`` images of side ``size`` with ``batches(batch_size)`` → iterator of uint8 tensors [B, 3, S, S]."""
+
+    description: str
+    n: int
+    size: int
+    labels: np.ndarray | None
+    _batches: object  # callable(batch_size) -> iterator
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        return self._batches(batch_size)  # type: ignore[operator]
+
+
+def _png_list(root: Path) -> tuple[list[Path], np.ndarray | None]:
+    csv_path = root / "labels.csv"
+    if csv_path.is_file():
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"file", "class_index"} <= set(rows[0]):
+            raise ValueError(
+                f"{csv_path}: expected columns file,class_index,class_name, found {list(rows[0])}"
+            )
+        files = [root / r["file"] for r in rows]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{csv_path} lists {len(missing)} missing file(s), e.g. {missing[:3]}; was sampling interrupted? "
+                "re-run the same jitkit sample command to finish it"
+            )
+        return files, np.asarray([int(r["class_index"]) for r in rows], dtype=np.int64)
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in exts and not p.name.startswith("."))
+    return files, None
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).transpose(2, 0, 1)  # [3,H,W]
+
+
+def is_image_folder_of_files(root: Path) -> bool:
+    """True for a flat folder of image files (a sample folder), False for class folders / caches."""
+    if (root / "labels.csv").is_file():
+        return True
+    if (root / "manifest.json").is_file():
+        return False
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    return any(p.suffix.lower() in exts for p in root.iterdir()) and not any(
+        p.is_dir() for p in root.iterdir()
+    )
+
+
+def folder_source(root: str | Path) -> ImageSource:
+    """A flat folder of images (a jitkit sample folder or any folder of same-sized images)."""
+    root = Path(root)
+    files, labels = _png_list(root)
+    if not files:
+        raise ValueError(f"{root}: no images (png/jpg/jpeg/webp/bmp) found; expected a sample folder")
+    first = _read_rgb(files[0])
+    if first.shape[1] != first.shape[2]:
+        raise ValueError(f"{files[0]}: expected square images, found {first.shape[2]}x{first.shape[1]}")
+
+    def batches(bs: int) -> Iterator[torch.Tensor]:
+        for i in range(0, len(files), bs):
+            arrs = [_read_rgb(f) for f in files[i : i + bs]]
+            for f, a in zip(files[i : i + bs], arrs):
+                if a.shape != first.shape:
+                    raise ValueError(
+                        f"{f}: size {a.shape[2]}x{a.shape[1]} differs from {files[0].name} "
+                        f"({first.shape[2]}x{first.shape[1]}); a sample folder holds images of one size"
+                    )
+            yield torch.from_numpy(np.stack(arrs))
+
+    return ImageSource(f"{len(files)} images in {root}", len(files), first.shape[1], labels, batches)
+
+
+def npz_source(path: str | Path) -> ImageSource:
+    from jitkit.eval.generate import load_npz
+
+    a, y, _ = load_npz(path)
+
+    def batches(bs: int) -> Iterator[torch.Tensor]:
+        for i in range(0, len(a), bs):
+            yield torch.from_numpy(a[i : i + bs])
+
+    return ImageSource(f"{len(a)} images in {path}", len(a), a.shape[-1], y, batches)
+
+
+def dataset_source(
+    data: str, size: int | None, split: str = "auto", limit: int = 0, per_class: int = 200
+) -> ImageSource:
+    """A jitkit data set: ``shapes``, an image folder (ImageNet layout: split ``val`` by default when
+    PATH/val exists), or a prepared cache; images are center-cropped to ``size`` (the ADM crop)."""
+    from jitkit.config import DataConfig
+    from jitkit.data import build_dataset
+
+    p = Path(data).expanduser()
+    if split == "auto":
+        split = "val" if (p / "val").is_dir() else "train"
+    if size is None:
+        if data.strip().lower() == "shapes":
+            size = 16
+        else:
+            raise ValueError(f"--size is needed to center-crop the images of {data!r} (e.g. --size 256)")
+    ds = build_dataset(
+        DataConfig(data=data, img_size=int(size), per_class=per_class, hflip=False), split=split
+    )
+    n = len(ds) if not limit else min(limit, len(ds))
+    labels = None
+    if hasattr(ds, "labels"):
+        labels = np.asarray(ds.labels[:n])
+
+    def batches(bs: int) -> Iterator[torch.Tensor]:
+        if hasattr(ds, "images"):
+            for i in range(0, n, bs):
+                yield torch.as_tensor(ds.images[i : min(i + bs, n)])
+            return
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, range(n)), batch_size=bs, shuffle=False, num_workers=min(4, _cpus())
+        )
+        for x, _ in loader:
+            yield x
+
+    classes = getattr(ds, "classes", [])
+    return ImageSource(
+        f"{n} images of {data} (split {split}, {len(classes)} classes, {size}px)",
+        n,
+        int(size),
+        labels,
+        batches,
+    )
+
+
+def _cpus() -> int:
+    import os
+
+    return max(0, (os.cpu_count() or 1) - 1)
+
+
+def open_source(
+    spec: str | Path, *, size: int | None = None, split: str = "auto", limit: int = 0
+) -> ImageSource:
+    """Sample folder, npz, or a data set name/path (see ``dataset_source``)."""
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".npz":
+        if not p.is_file():
+            raise FileNotFoundError(f"npz file not found: {p}")
+        return npz_source(p)
+    if p.is_dir() and is_image_folder_of_files(p):
+        return folder_source(p)
+    if str(spec).strip().lower() != "shapes" and not p.exists():
+        raise FileNotFoundError(
+            f"{spec} does not exist; expected a sample folder, an .npz of images, 'shapes', an image folder "
+            "or a prepared cache"
+        )
+    return dataset_source(str(spec), size, split, limit)
