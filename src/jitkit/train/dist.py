@@ -1,0 +1,176 @@
+"""Everything that knows torch.distributed: process groups, DDP/FSDP wrapping, collectives, rank checks.
+
+One process needs no environment variables: ``init()`` returns a world of size 1 and every helper
+degenerates to a no-op. Under ``torchrun`` (WORLD_SIZE > 1) it joins the process group with NCCL on CUDA
+and gloo on CPU, pins each rank to its local GPU, and the trainer wraps the model in DDP, or shards it
+with FSDP2 (``torch.distributed.fsdp.fully_shard``) when asked.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DistInfo",
+    "all_reduce_mean",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "full_tensors",
+    "init",
+    "no_sync",
+    "wrap_model",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment (0, 1, 0 without it)."""
+    ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    local = int(os.environ.get("LOCAL_RANK", str(rank)) or 0)
+    return rank, ws, local
+
+
+def is_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init(device: torch.device) -> DistInfo:
+    """Join the process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA); return this rank's info.
+
+    On CUDA each rank uses GPU LOCAL_RANK. Works also when the group was initialised by the caller
+    (tests spawn processes and call ``init_process_group`` themselves).
+    """
+    rank, ws, local = env_world()
+    if is_initialized():
+        rank, ws = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if ws <= 1:
+        return DistInfo(0, 1, 0, device, "")
+    if not torch.distributed.is_available():
+        raise RuntimeError(f"WORLD_SIZE={ws} but this torch build has no torch.distributed")
+    if device.type == "cuda":
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not is_initialized():
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise RuntimeError(
+                    f"WORLD_SIZE={ws} but {var} is not set; start multi-process runs with "
+                    f"torchrun --nproc_per_node={ws} -m jitkit train ..."
+                )
+        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=ws)
+    else:
+        backend = torch.distributed.get_backend()
+    return DistInfo(rank, ws, local, device, backend)
+
+
+def cleanup(info: DistInfo | None = None) -> None:
+    if is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (``x`` itself in one process)."""
+    if not is_initialized():
+        return x
+    y = x.detach().clone()
+    torch.distributed.all_reduce(y, op=torch.distributed.ReduceOp.SUM)
+    return y / torch.distributed.get_world_size()
+
+
+def all_reduce_flag(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""
+    if not is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
+    """DDP (or FSDP2 ``fully_shard`` per block, then the root) when running on several processes."""
+    if not info.enabled:
+        return model
+    if fsdp:
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError as e:  # torch < 2.6
+            raise RuntimeError("--fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)") from e
+        net = getattr(model, "net", model)
+        for block in getattr(net, "blocks", []):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def no_sync(model: nn.Module, skip_sync: bool):
+    """Context in which gradients are not all-reduced (accumulation micro-steps before the last one).
+
+    DDP: ``model.no_sync()``; FSDP2: ``set_requires_gradient_sync(False)`` for the duration.
+    """
+    if not skip_sync:
+        return nullcontext()
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(model)
+    return nullcontext()
+
+
+@contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def full_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gather FSDP2 DTensor shards into whole tensors (a collective: call on every rank); others unchanged."""
+    out = {}
+    for k, v in sd.items():
+        full = getattr(v, "full_tensor", None)
+        out[k] = full() if callable(full) else v
+    return out
