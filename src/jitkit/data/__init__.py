@@ -7,6 +7,7 @@ DataLoader sized for the host; ``to_model_range`` and ``random_hflip`` run on th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from jitkit.config import DataConfig
@@ -83,4 +84,8 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
         return ds
     from jitkit.data.folder import ImageFolderDataset
 
-    return ImageFolderDataset(path, cfg.img_size, split=split, hflip=hflip, strict=cfg.strict)
+    # under torchrun every rank builds the data set; only rank 0 prints the layout line and warnings
+    verbose = os.environ.get("RANK", "0") == "0"
+    return ImageFolderDataset(
+        path, cfg.img_size, split=split, hflip=hflip, strict=cfg.strict, verbose=verbose
+    )
