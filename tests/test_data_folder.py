@@ -106,6 +106,10 @@ def test_folder_without_images(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected 'shapes'"):
         build_dataset(DataConfig(data=str(tmp_path / "nope")))
+    with pytest.raises(FileNotFoundError, match="did you mean 'shapes'"):
+        build_dataset(DataConfig(data="shape"))
+    with pytest.raises(FileNotFoundError, match="downloads nothing"):
+        build_dataset(DataConfig(data="imagenet"))
 
 
 def test_mixed_layout(tmp_path):

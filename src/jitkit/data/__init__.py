@@ -7,6 +7,7 @@ DataLoader sized for the host; ``to_model_range`` and ``random_hflip`` run on th
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -66,9 +67,15 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
 
     path = Path(name).expanduser()
     if not path.exists():
+        if name.lower() in ("imagenet", "imagenette"):
+            raise FileNotFoundError(
+                f"data {name!r} names no folder (jitkit downloads nothing): pass --data PATH to your {name} "
+                f"images (PATH/train/<class>/*, PATH/<class>/*) or to a cache made by `jitkit prepare`"
+            )
+        hint = " (did you mean 'shapes'?)" if difflib.get_close_matches(name.lower(), ["shapes"], n=1) else ""
         raise FileNotFoundError(
             f"data {name!r}: expected 'shapes', 'swissroll-D', an image folder or a cache made by "
-            f"`jitkit prepare`, found no such path"
+            f"`jitkit prepare`, found no such path{hint}"
         )
     from jitkit.data.cache import is_cache, open_cache
 
