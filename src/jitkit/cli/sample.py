@@ -384,8 +384,38 @@ def run_ref_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- jitkit import: filled in below -----------------------------------------------------------------------
+# -- jitkit import --------------------------------------------------------------------------------------
 
 
 def _register_import(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser(
+        "import",
+        help="convert a JiT reference checkpoint (checkpoint-last.pth) into a jitkit run folder",
+        description=(
+            "Read a checkpoint of the JiT reference code without executing pickled code (tensors and "
+            "argparse.Namespace only), infer the model/diffusion/sampler config from its args, check it against "
+            "the tensor shapes, and write a jitkit run folder usable by jitkit sample / eval / train --resume."
+        ),
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_PTH")
+    p.add_argument("--out", required=True, metavar="RUN", help="new run folder")
+    p.add_argument("--classes", default=None, metavar="FILE", help="class names: JSON list or one per line")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from jitkit.checkpoint.reference import import_reference
+    from jitkit.config import RunConfig
+
+    out = import_reference(args.checkpoint, args.out, classes=args.classes, overwrite=args.overwrite)
+    import json
+
+    cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    m, s = cfg.model, cfg.sampler
+    print(
+        f"jitkit import: wrote {out} ({m.name}, {m.img_size}px, {m.num_classes} classes; sampler {s.method} "
+        f"{s.steps} steps, cfg {s.cfg}, interval {list(s.interval)}). Try: jitkit sample {out} --grid grid.png"
+    )
+    return 0

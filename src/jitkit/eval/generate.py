@@ -558,6 +558,14 @@ def sample_to_outputs(
     """
     if out_dir is None and npz is None and grid is None:
         raise ValueError("choose an output: --grid FILE.png, --out DIR or --npz FILE.npz")
+    # check the outputs before spending time on sampling
+    if grid is not None and Path(grid).suffix.lower() != ".png":
+        raise ValueError(f"--grid expects a .png file name, found {str(grid)!r}")
+    if npz is not None and Path(npz).suffix.lower() != ".npz":
+        raise ValueError(f"--npz expects a .npz file name, found {str(npz)!r}")
+    for f in (grid, npz):
+        if f is not None and Path(f).is_dir():
+            raise IsADirectoryError(f"{f} is a folder; expected a file name")
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     n = len(labels)
     summary: dict[str, Any] = {"num_images": n, "rank": rank, "world_size": world_size}

@@ -1,0 +1,134 @@
+"""jitkit sample end to end on an imported run: defaults from the checkpoint, overrides, outputs, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jitkit.checkpoint.reference import import_reference
+from jitkit.cli import main
+from jitkit.eval.generate import load_npz, read_sample_folder
+
+
+@pytest.fixture(scope="module")
+def run(shared_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    g = load_file(str(shared_dir / "golden" / "jit_small.safetensors"))
+    state = {k[len("state.") :]: v for k, v in g.items() if k.startswith("state.")}
+    args = argparse.Namespace(
+        model="JiT-T/4",
+        img_size=32,
+        class_num=10,
+        bottleneck_dim=16,
+        num_sampling_steps=3,
+        cfg=2.0,
+        interval_min=0.1,
+        interval_max=1.0,
+        sampling_method="heun",
+    )
+    torch.save({"model": state, "model_ema1": state, "model_ema2": state, "args": args}, tmp / "c.pth")
+    names = tmp / "names.txt"
+    names.write_text("\n".join(f"class{i}" for i in range(10)))
+    import_reference(tmp / "c.pth", tmp / "run", classes=names)
+    return tmp
+
+
+def test_sample_outputs_and_defaults(run, tmp_path, capsys):
+    r = run / "run"
+    out, npz, grid = tmp_path / "s", tmp_path / "s.npz", tmp_path / "g.png"
+    rc = main(
+        [
+            "sample",
+            str(r),
+            "--classes",
+            "0,class3",
+            "--per-class",
+            "2",
+            "--out",
+            str(out),
+            "--npz",
+            str(npz),
+            "--grid",
+            str(grid),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "3",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    meta = json.loads((out / "sample_meta.json").read_text())
+    assert meta["sampler"]["steps"] == 3 and meta["sampler"]["cfg"] == 2.0 and meta["ema"] == "1"
+    imgs, labels = read_sample_folder(out)
+    assert labels.tolist() == [0, 0, 3, 3]
+    a, ly, classes = load_npz(npz)
+    assert np.array_equal(a, imgs) and ly.tolist() == [0, 0, 3, 3] and classes[3] == "class3"
+    assert grid.is_file()
+    err = capsys.readouterr().err
+    assert "heun 3 steps" in err and "cfg 2.0" in err
+    # overrides land in the request record; resuming the same folder with them is refused
+    assert (
+        main(
+            [
+                "sample",
+                str(r),
+                "--classes",
+                "1",
+                "--steps",
+                "2",
+                "--sampler",
+                "euler",
+                "--cfg",
+                "1.5",
+                "--interval",
+                "0",
+                "1",
+                "--npz",
+                str(tmp_path / "o.npz"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                str(r),
+                "--classes",
+                "0,class3",
+                "--per-class",
+                "2",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "different request" in capsys.readouterr().err
+
+
+def test_sample_errors_explain(run, tmp_path, capsys):
+    r = run / "run"
+    assert main(["sample", str(r)]) == 2
+    assert "choose an output" in capsys.readouterr().err
+    # the reference's .pth file where a run folder is expected: say to import it
+    assert main(["sample", str(run / "c.pth"), "--grid", str(tmp_path / "g.png")]) == 2
+    assert "jitkit import" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path), "--grid", str(tmp_path / "g.png")]) == 2
+    assert "expected a run folder" in capsys.readouterr().err
+    assert main(["sample", str(r), "--classes", "dog", "--grid", str(tmp_path / "g.png")]) == 2
+    assert "neither a class index nor a class name" in capsys.readouterr().err
+    assert main(["sample", str(r), "--classes", "12", "--grid", str(tmp_path / "g.png")]) == 2
+    assert "[0, 9]" in capsys.readouterr().err
+    assert main(["sample", str(r), "--grid", str(tmp_path / "g.jpg")]) == 2
+    assert ".png" in capsys.readouterr().err
