@@ -154,3 +154,11 @@ def test_fid_hook_needs_reference_stats():
     with pytest.raises(ValueError, match="needs reference statistics"):
         hooks.make_eval_callbacks(cfg)
     assert hooks.make_eval_callback(RunConfig().override({"data.data": "folder"})) is None
+
+
+def test_fid_schedule():
+    due = [e for e in range(1, 11) if hooks.fid_due("epoch_end", e, every=4)]
+    assert due == [4, 8]
+    assert hooks.fid_due("end", 3, every=4) and not hooks.fid_due("end", 3, every=4, at_end=False)
+    assert not any(hooks.fid_due("epoch_end", e, every=0) for e in range(1, 5))
+    assert not hooks.fid_due("step", 4, every=4)

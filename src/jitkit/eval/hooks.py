@@ -114,6 +114,13 @@ class ShapesEval:
         return record
 
 
+def fid_due(event: str, epoch: int, every: int, at_end: bool = True) -> bool:
+    """FID runs at "end" (when ``at_end``) and at "epoch_end" of epochs every, 2·every, … (``every`` > 0)."""
+    if event == "end":
+        return at_end
+    return event == "epoch_end" and every > 0 and epoch > 0 and epoch % every == 0
+
+
 class FIDEval:
     """FID/IS against reference statistics every ``every_epochs`` epochs (0: only at the end)."""
 
@@ -143,12 +150,7 @@ class FIDEval:
         self.last: dict[str, Any] | None = None
 
     def due(self, event: str, info: dict[str, Any]) -> bool:
-        if event == "end":
-            return self.at_end
-        if event == "epoch_end" and self.every > 0:
-            epoch = int(info.get("epoch") or 0)
-            return epoch > 0 and epoch % self.every == 0
-        return False
+        return fid_due(event, int(info.get("epoch") or 0), self.every, self.at_end)
 
     def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
         if not self.due(event, info) or _rank() != 0:
