@@ -63,6 +63,11 @@ def test_make_loader_batches_and_pinning():
     assert torch.equal(y, y2)
     dl3 = make_loader(ds, 32, shuffle=False, drop_last=True)
     assert len(list(dl3)) == 2
+    # pinned memory only for CUDA (constructing the loader needs no GPU)
+    assert make_loader(ds, 16, device="cuda").pin_memory
+    assert not make_loader(ds, 16, device="mps").pin_memory
+    # explicit workers win over the in-memory default of 0
+    assert make_loader(ds, 16, workers=2).num_workers == 2
 
 
 def test_make_loader_distributed_split():

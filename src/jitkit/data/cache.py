@@ -145,7 +145,7 @@ def prepare_cache(
     workers: int = -1,
     strict: bool = False,
     overwrite: bool = False,
-    chunk: int = 256,
+    chunk: int = 64,
     progress: bool = True,
 ) -> Path:
     """Decode and ADM-center-crop every image of the folder ``data`` into a cache at ``out``.
