@@ -281,11 +281,13 @@ def test_shapes_model_is_trained_once_then_cached(tmp_path):
 
     calls = []
 
-    def fake_train(cfg):
+    def fake_train(cfg, callbacks):
         calls.append(cfg)
         run = Path(cfg.train.out)
         (run / "checkpoints" / "last").mkdir(parents=True)
         (run / "checkpoints" / "last" / "model.safetensors").write_bytes(b"x")
+        for cb in callbacks:
+            cb("end", {"run_dir": run})
         return run
 
     logs: list[str] = []
@@ -301,12 +303,24 @@ def test_shapes_model_is_trained_once_then_cached(tmp_path):
 def test_interrupted_training_leaves_no_cached_model(tmp_path):
     from jitkit.demo.model import cached_run_dir, ensure_shapes_model
 
-    def crashing_train(cfg):
+    def crashing_train(cfg, callbacks):
         Path(cfg.train.out).mkdir(parents=True)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         ensure_shapes_model(tmp_path, train_fn=crashing_train, log=lambda s: None)
+    assert not cached_run_dir(tmp_path).exists() and list(tmp_path.iterdir()) == []
+
+    def stopped_train(cfg, callbacks):  # Ctrl-C: the trainer saves a checkpoint and returns without "end"
+        last = Path(cfg.train.out) / "checkpoints" / "last"
+        last.mkdir(parents=True)
+        (last / "model.safetensors").write_bytes(b"x")
+        return Path(cfg.train.out)
+
+    logs: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        ensure_shapes_model(tmp_path, train_fn=stopped_train, log=logs.append)
+    assert "nothing was cached" in logs[-1]
     assert not cached_run_dir(tmp_path).exists() and list(tmp_path.iterdir()) == []
 
 

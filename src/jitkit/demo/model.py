@@ -51,7 +51,8 @@ def ensure_shapes_model(
 ) -> Path:
     """The cached shapes run folder, training it first (with progress) when it is missing or ``retrain``.
 
-    ``train_fn`` defaults to ``jitkit.train.train`` (``train(cfg) -> run folder``); tests pass a stand-in.
+    ``train_fn`` defaults to ``jitkit.train.train`` (``train(cfg, callbacks=[...]) -> run folder``; its "end"
+    event marks a run that reached its last step); tests pass a stand-in.
     """
     final = cached_run_dir(cache_dir)
     if is_complete_run(final) and not retrain:
@@ -67,8 +68,20 @@ def ensure_shapes_model(
         f"jitkit demo: training the small shapes model ({cfg.model.name}, {cfg.train.epochs} epochs on "
         f"16x16 shapes) once; it is cached in {final}"
     )
+    finished: list[bool] = []
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "end":  # sent only when training ran to its last step
+            finished.append(True)
+
     try:
-        run_dir = Path(train_fn(cfg))
+        run_dir = Path(train_fn(cfg, callbacks=[on_event]))
+        if not finished:  # the trainer saves and returns on Ctrl-C / SIGTERM
+            log(
+                "jitkit demo: training stopped before its last step; nothing was cached "
+                "(run `jitkit demo` again to train the shapes model from the start)"
+            )
+            raise KeyboardInterrupt
         if not is_complete_run(run_dir):
             raise FileNotFoundError(f"training finished but {run_dir} has no checkpoints/last/*.safetensors")
         if final.exists():
