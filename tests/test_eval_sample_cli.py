@@ -132,3 +132,46 @@ def test_sample_errors_explain(run, tmp_path, capsys):
     assert "[0, 9]" in capsys.readouterr().err
     assert main(["sample", str(r), "--grid", str(tmp_path / "g.jpg")]) == 2
     assert ".png" in capsys.readouterr().err
+
+
+def test_file_or_folder_mixups_do_the_right_thing(run, tmp_path, capsys):
+    r = run / "run"
+    # a file inside a checkpoint folder is as good as the folder
+    npz = tmp_path / "a.npz"
+    assert (
+        main(
+            [
+                "sample",
+                str(r / "checkpoints" / "last" / "model.safetensors"),
+                "--classes",
+                "2",
+                "--npz",
+                str(npz),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert load_npz(npz)[1].tolist() == [2]
+    # --out naming an existing file
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert main(["sample", str(r), "--classes", "2", "--out", str(f), "--no-progress"]) == 2
+    assert "expects a folder" in capsys.readouterr().err
+    # importing into a non-empty folder, or from a jitkit run folder
+    assert main(["import", str(run / "c.pth"), "--out", str(r)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["import", str(r), "--out", str(tmp_path / "new")]) == 2
+    assert "needs no import" in capsys.readouterr().err
+
+
+def test_weights_into_another_architecture_name_both_configs(run):
+    from jitkit.checkpoint import load_denoiser
+    from jitkit.config import model_config
+
+    want = model_config("JiT-T/4", img_size=64, num_classes=10, bottleneck_dim=16)
+    with pytest.raises(ValueError) as e:
+        load_denoiser(run / "run", model_cfg=want)
+    msg = str(e.value)
+    assert "net.pos_embed" in msg and "[1, 64, 96]" in msg and "[1, 256, 96]" in msg
+    assert "img_size" in msg and "32" in msg and "64" in msg
