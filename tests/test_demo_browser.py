@@ -225,7 +225,9 @@ def test_page_steps_through_a_run(server, driver, tmp_path):
     driver.set_window_size(1060, int(height) + 4)
     driver.save_screenshot(str(tmp_path / "demo-final.png"))
     # a frame a third of the way in shows noisy state and clean guess side by side
-    driver.execute_script("window.jitkitDemo.setFrame(arguments[0]);", STEPS // 3)
+    driver.execute_script(
+        "window.jitkitDemo.setFrame(arguments[0]); document.activeElement.blur();", STEPS // 3
+    )
     shot = tmp_path / "demo.png"
     driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
