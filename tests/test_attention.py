@@ -85,3 +85,26 @@ def test_network_paths_agree_forward_and_gradients(grad_checkpoint):
 def test_unknown_attention_kind_is_rejected():
     with pytest.raises(ValueError, match="attention"):
         JiT(_cfg(attention="flash3"))
+
+
+def test_rope_matches_the_spec_formula_forward_and_backward():
+    from jitkit.models.layers import apply_rope, rope_tables
+
+    cos, sin = rope_tables(4, 8, prefix=2)  # [2 + 16, 8]
+    g = torch.Generator().manual_seed(3)
+    # a strided q as the attention produces it: [B,T,3,H,h] → permuted [B,H,T,h]
+    qkv = torch.randn(2, 18, 3, 3, 8, generator=g).permute(2, 0, 3, 1, 4)
+    u = qkv[0].clone().requires_grad_(True)
+    uf = u.detach().clone().requires_grad_(True)
+    # spec: u·cos θ + rot(u)·sin θ, rot maps (u_2m, u_2m+1) → (−u_2m+1, u_2m)
+    rot = torch.stack((-uf[..., 1::2], uf[..., 0::2]), dim=-1).flatten(-2)
+    ref = uf * cos + rot * sin
+    out = apply_rope(u, cos, sin)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    assert torch.equal(out[..., :2, :], u[..., :2, :])  # prefix tokens: no rotation
+    w = torch.randn(out.shape, generator=g)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(u.grad, uf.grad, atol=1e-6, rtol=1e-6)
+    # bf16 input: computed in fp32, returned in bf16
+    assert apply_rope(u.detach().bfloat16(), cos, sin).dtype == torch.bfloat16

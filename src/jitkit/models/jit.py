@@ -43,9 +43,8 @@ class JiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # each [B,D]
-        x = x + g1.unsqueeze(1) * self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin)
-        x = x + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sh2, sc2))
-        return x
+        x = torch.addcmul(x, g1.unsqueeze(1), self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin))
+        return torch.addcmul(x, g2.unsqueeze(1), self.mlp(modulate(self.norm2(x), sh2, sc2)))
 
 
 class FinalLayer(nn.Module):

@@ -54,10 +54,25 @@ def rope_tables(grid: int, head_dim: int, prefix: int = 0) -> tuple[torch.Tensor
 
 
 def apply_rope(u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """u·cos + rot(u)·sin where rot maps pairs (u_2m, u_2m+1) → (−u_2m+1, u_2m).  u [B,H,T,h], cos/sin [T,h]."""
-    u1, u2 = u.unflatten(-1, (-1, 2)).unbind(-1)  # [B,H,T,h/2] each
-    rot = torch.stack((-u2, u1), dim=-1).flatten(-2)
-    return u * cos.to(u.dtype) + rot * sin.to(u.dtype)
+    """u·cos + rot(u)·sin where rot maps pairs (u_2m, u_2m+1) → (−u_2m+1, u_2m).  u [..., T, h], cos/sin [T, h].
+
+    Both entries of a pair share one angle θ_m (cos[2m] = cos[2m+1]), so the rotation is the complex product
+    (u_2m + i·u_2m+1)·(cos θ_m + i·sin θ_m): one kernel on a free view of u instead of splitting, negating and
+    re-stacking the pairs. Computed in float32 (as the reference's fp32 tables promote it) and cast back.
+    """
+    uf = u.float()
+    if uf.device.type == "mps" or torch.compiler.is_compiling():
+        # no complex kernels on MPS, and inductor cannot fuse complex ops: the same formula with real tensors
+        u1, u2 = uf.unflatten(-1, (-1, 2)).unbind(-1)  # [..., h/2] each
+        rot = torch.stack((-u2, u1), dim=-1).flatten(-2)
+        return (uf * cos.float() + rot * sin.float()).to(u.dtype)
+    pairs = uf.unflatten(-1, (-1, 2))  # [..., T, h/2, 2] (a view)
+    try:
+        uc = torch.view_as_complex(pairs)
+    except RuntimeError:  # strides that a complex view cannot express
+        uc = torch.view_as_complex(pairs.contiguous())
+    rot = torch.complex(cos[..., 0::2].float(), sin[..., 0::2].float())  # [T, h/2] e^{iθ}
+    return torch.view_as_real(uc * rot).flatten(-2).to(u.dtype)
 
 
 # --- layers -------------------------------------------------------------------------------------------------
