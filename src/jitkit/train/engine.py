@@ -44,6 +44,7 @@ from jitkit.checkpoint import (
     step_dir_name,
 )
 from jitkit.config import RunConfig, TrainConfig
+from jitkit.data import random_hflip, to_model_range
 from jitkit.train import dist
 from jitkit.train.ema import EMA, unwrap_model
 from jitkit.train.schedule import lr_at, scaled_lr, set_lr
@@ -193,6 +194,34 @@ def make_optimizer(
         except (RuntimeError, TypeError):
             pass
     return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Generator | None, int | None]],
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    scaler=None,
+) -> torch.Tensor:
+    """Forward and backward over k micro-batches (x, y, generator, seed): backward(loss_a / k) each, so the
+    gradients add up to those of the mean loss over the k·m images; the gradient all-reduce (DDP/FSDP) runs
+    only on the last one. ``seed`` (if not None) re-seeds the global generator first (dropout).
+    Returns the mean of the k micro-batch losses (detached)."""
+    k = len(micro_batches)
+    total = torch.zeros((), device=device)
+    for a, (x, y, gen, seed) in enumerate(micro_batches):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with dist.no_sync(model, a < k - 1), _autocast(device, precision):
+            loss = model(x, y, generator=gen)
+        scaled = loss / k
+        if scaler is not None:
+            scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        total += loss.detach().float()
+    return total / k
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -822,30 +851,23 @@ class _Trainer:
                     )
                     set_lr(self.opt, lr)
                     self.opt.zero_grad(set_to_none=True)
-                    loss_sum = torch.zeros((), device=self.device)
-                    for a in range(plan.accum_steps):
+                    micro = []
+                    for _a in range(plan.accum_steps):
                         _, c, _ = chunks[ci]
                         ci += 1
                         x_u8, y = next(it)
                         seed = chunk_seed(tc.seed, self.step, c)
-                        torch.manual_seed(seed)  # dropout draws from the global generator
                         gen = torch.Generator(device=self.device).manual_seed(seed)
-                        from jitkit.data import random_hflip, to_model_range
-
                         x = to_model_range(x_u8)
                         if hflip:
                             x = random_hflip(x, generator=gen)
-                        with (
-                            dist.no_sync(self.fwd, a < plan.accum_steps - 1),
-                            _autocast(self.device, self.precision),
-                        ):
-                            loss = self.fwd(x, y, generator=gen)
-                        scaled = loss / plan.accum_steps
-                        if self.scaler is not None:
-                            self.scaler.scale(scaled).backward()
-                        else:
-                            scaled.backward()
-                        loss_sum += loss.detach().float()
+                        micro.append((x, y, gen, seed))
+                    loss_sum = (
+                        accumulate_gradients(
+                            self.fwd, micro, device=self.device, precision=self.precision, scaler=self.scaler
+                        )
+                        * plan.accum_steps
+                    )
                     # one collective per step: mean loss, non-finite flag, stop flag
                     stop_flag = 1.0 if sig.signum is not None else 0.0
                     packed = torch.stack(
