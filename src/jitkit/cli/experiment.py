@@ -1,0 +1,131 @@
+"""``jitkit experiment manifold|shapes``: the two explanatory experiments, each one command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _dims(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.replace(",", " ").split())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"expected ambient dimensions like '2,8,16,32,128,512', found {s!r}"
+        ) from e
+
+
+def _preds(s: str) -> tuple[str, ...]:
+    return tuple(x for x in s.replace(",", " ").split())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="run the manifold toy or the shapes DiT-vs-JiT study (figures, report.md, results.json)",
+        description="Run one of jitkit's explanatory experiments; each writes PNG figures, a report.md "
+        "embedding them with tables, and results.json into --out.",
+    )
+    es = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+
+    m = es.add_parser(
+        "manifold",
+        help="the JiT paper's swiss-roll toy: x-, eps- and v-prediction with the v-loss in D = 2 … 512",
+        description="Swiss roll embedded in D dims; an MLP per D and prediction (x, eps, v), all with the v-loss. "
+        "Default epochs fit ~10 minutes on 2 CPU cores; --epochs 2000 is the notebook's budget.",
+    )
+    m.add_argument("--out", default="runs/experiments/manifold", help="output folder")
+    m.add_argument("--quick", action="store_true", help="a miniature run (seconds), for tests")
+    m.add_argument("--epochs", type=int, default=None, help="epochs per model (default 120; notebook 2000)")
+    m.add_argument("--dims", type=_dims, default=None, help="ambient dimensions, e.g. 2,8,16,32,128,512")
+    m.add_argument("--preds", type=_preds, default=None, help="prediction types, subset of x,eps,v")
+    m.add_argument("--n", type=int, default=None, help="number of swiss-roll points (10000)")
+    m.add_argument("--noise", type=float, default=None, help="roll noise before the 1/10 scaling (0.5)")
+    m.add_argument("--batch-size", type=int, default=None, help="batch size (1024)")
+    m.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-3)")
+    m.add_argument("--steps", type=int, default=None, help="Euler sampling steps (100)")
+    m.add_argument("--samples", type=int, default=None, help="samples per model (2000)")
+    m.add_argument("--seed", type=int, default=None)
+    m.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.add_argument("--debug", action="store_true", help="show tracebacks")
+    m.set_defaults(func=run_manifold)
+
+    s = es.add_parser(
+        "shapes",
+        help="the toy-scale DiT study: DiT eps-pred DDPM vs JiT x-pred on shapes 16x16, and JiT until crisp",
+        description="(a) DiT eps-prediction DDPM baseline, (b) JiT of the same width/depth, same recipe and epochs, "
+        "(c) JiT trained until shapes accuracy >= 0.95 and mean IoU >= 0.9.",
+    )
+    s.add_argument("--out", default="runs/experiments/shapes", help="output folder")
+    s.add_argument("--quick", action="store_true", help="a miniature run (seconds), for tests")
+    s.add_argument("--epochs", type=int, default=None, help="epochs of (a) and (b) (30)")
+    s.add_argument("--max-epochs", type=int, default=None, help="epoch budget of (c) (300)")
+    s.add_argument("--check-every", type=int, default=None, help="(c) checks the targets every N epochs (25)")
+    s.add_argument("--no-long", action="store_true", help="skip run (c)")
+    s.add_argument("--heun-steps", type=int, default=None, help="JiT sampler steps (20)")
+    s.add_argument("--per-class", type=int, default=None, help="training images per class (200)")
+    s.add_argument("--samples-per-class", type=int, default=None, help="evaluation samples per class (16)")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.set_defaults(func=run_shapes)
+    p.set_defaults(func=lambda args: p.print_help() or 0)
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
+    return {field: getattr(args, a) for a, field in mapping.items() if getattr(args, a) is not None}
+
+
+def run_manifold(args: argparse.Namespace) -> int:
+    from jitkit.experiments.manifold import ManifoldConfig, quick_config, run_manifold
+
+    kw = _overrides(
+        args,
+        {
+            "epochs": "epochs",
+            "dims": "dims",
+            "preds": "preds",
+            "n": "n",
+            "noise": "noise",
+            "batch_size": "batch_size",
+            "lr": "lr",
+            "steps": "sample_steps",
+            "samples": "n_samples",
+            "seed": "seed",
+        },
+    )
+    kw["threads"] = args.threads
+    cfg = quick_config(**kw) if args.quick else ManifoldConfig(**kw)
+    res = run_manifold(cfg, args.out, progress=not args.no_progress)
+    print(
+        f"manifold: {res['wall_seconds']:.0f} s; wrote {args.out}/report.md, manifold.png, samples.npz, results.json"
+    )
+    for D in cfg.dims:
+        cells = ", ".join(f"{p} {res['metrics'][f'D{D}_{p}']['mean_nn_dist']:.3f}" for p in cfg.preds)
+        print(f"  D={D:<4} mean NN distance: {cells}")
+    return 0
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from jitkit.experiments.shapes_study import ShapesStudyConfig, quick_config, run_shapes_study
+
+    kw = _overrides(
+        args,
+        {
+            "epochs": "epochs",
+            "max_epochs": "long_max_epochs",
+            "check_every": "long_check_every",
+            "heun_steps": "heun_steps",
+            "per_class": "per_class",
+            "samples_per_class": "samples_per_class",
+            "seed": "seed",
+        },
+    )
+    kw["threads"] = args.threads
+    if args.no_long:
+        kw["long_run"] = False
+    cfg = quick_config(**kw) if args.quick else ShapesStudyConfig(**kw)
+    run_shapes_study(cfg, args.out, progress=not args.no_progress)
+    print(f"shapes: wrote {args.out}/report.md, grid_*.png, trajectory.png, losses.png, results.json")
+    return 0
