@@ -219,17 +219,11 @@ def make_ema(model: torch.nn.Module, kind: str) -> Any:
         return _ForeachEMA(model)
 
 
-def _time(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        fn()
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    t0 = time.perf_counter()
+    fn()
     synchronize(device)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        out.append(time.perf_counter() - t0)
-    return out
+    return time.perf_counter() - t0
 
 
 def _rates(batch: int, times: list[float]) -> dict[str, Any]:
@@ -240,10 +234,22 @@ def _rates(batch: int, times: list[float]) -> dict[str, Any]:
     }
 
 
-# --- the three measurements ---------------------------------------------------------------------------------
+def _set_threads(s: BenchSettings) -> None:
+    if s.threads is not None and torch.get_num_threads() != s.threads:
+        torch.set_num_threads(s.threads)
 
 
-def bench_train(s: BenchSettings, device: torch.device, measure_memory: bool = True) -> dict[str, Any]:
+# --- the three measurements: each prepares a callable that runs one timed unit ------------------------------
+
+
+def prepare_train(
+    s: BenchSettings, device: torch.device, mem: PeakMemory | None = None
+) -> tuple[Callable[[], None], dict[str, Any]]:
+    """One training step on an in-memory batch: loss (autocast unless fp32) → backward → AdamW → EMAs.
+
+    With ``mem`` the peak memory is measured from just before the optimizer and EMA are created (the model
+    and the batch are the baseline) over ``max(warmup, 1)`` steps run here.
+    """
     den = build_denoiser(s, device)
     den.train()
     mc = s.model_config()
@@ -252,8 +258,7 @@ def bench_train(s: BenchSettings, device: torch.device, measure_memory: bool = T
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, mc.num_classes, (s.batch_size,), generator=g).to(device)
-    mem = PeakMemory(device)
-    if measure_memory:
+    if mem is not None:
         mem.start()
     opt = make_optimizer([p for p in den.parameters() if p.requires_grad], s.optim, device)
     ema = make_ema(den, s.ema)
@@ -266,19 +271,26 @@ def bench_train(s: BenchSettings, device: torch.device, measure_memory: bool = T
         opt.step()
         if ema is not None:
             ema.update(den)
-        mem.sample()
+        if mem is not None:
+            mem.sample()
 
-    times = _time(step, s.warmup, s.repeats, device)
-    out = _rates(s.batch_size, times)
-    if measure_memory:
-        out["peak_mem_mib"] = mem.stop()
-        out["peak_mem_kind"] = mem.kind
-    out["optimizer"] = {k: v for k, v in opt.defaults.items() if k in ("fused", "foreach")}
-    out["ema"] = type(ema).__module__ + "." + type(ema).__name__ if ema is not None else None
-    return out
+    info: dict[str, Any] = {
+        "optimizer": {k: opt.defaults.get(k) for k in ("fused", "foreach")},
+        "ema": None if ema is None else f"{type(ema).__module__}.{type(ema).__name__}",
+    }
+    _set_threads(s)
+    for _ in range(max(s.warmup, 1 if mem is not None else 0)):
+        step()
+    synchronize(device)
+    if mem is not None:
+        info["peak_mem_mib"] = mem.stop()
+        info["peak_mem_kind"] = mem.kind
+        mem = None  # no more sampling after the measurement
+    return step, info
 
 
-def bench_forward(s: BenchSettings, device: torch.device) -> dict[str, Any]:
+def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None]:
+    """The network alone, eval mode, no grad, on a batch of noisy images."""
     den = build_denoiser(s, device).eval()
     mc = s.model_config()
     g = torch.Generator(device="cpu").manual_seed(s.seed + 1)
@@ -292,10 +304,14 @@ def bench_forward(s: BenchSettings, device: torch.device) -> dict[str, Any]:
         with torch.no_grad(), autocast_ctx(device, s.dtype):
             den.net(z, t, y)
 
-    return _rates(s.batch_size, _time(fwd, s.warmup, s.repeats, device))
+    _set_threads(s)
+    for _ in range(s.warmup):
+        fwd()
+    return fwd
 
 
-def bench_sample(s: BenchSettings, device: torch.device) -> dict[str, Any]:
+def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[], None], dict[str, Any]]:
+    """A full Heun run (``sample_steps``, CFG ``cfg`` on [0.1, 1]) with the library sampler."""
     from jitkit.diffusion.sampling import initial_noise, network_evaluations, sample
 
     den = build_denoiser(s, device).eval()
@@ -313,14 +329,14 @@ def bench_sample(s: BenchSettings, device: torch.device) -> dict[str, Any]:
     def run() -> None:
         sample(velocity, z0, y, scfg, mc.num_classes, t_eps=den.cfg.t_eps)
 
-    warm = min(s.warmup, 1)
-    out = _rates(B, _time(run, warm, s.sample_repeats, device))
-    out["batch_size"] = B
-    out["network_evaluations"] = network_evaluations(scfg)
-    return out
+    _set_threads(s)
+    if s.warmup:  # one short run warms the kernels up (a full run would double the cost)
+        short = SamplerConfig(method="heun", steps=2, cfg=s.cfg, interval=SAMPLE_INTERVAL)
+        sample(velocity, z0, y, short, mc.num_classes, t_eps=den.cfg.t_eps)
+    return run, {"batch_size": B, "network_evaluations": network_evaluations(scfg)}
 
 
-# --- one configuration ---------------------------------------------------------------------------------------
+# --- configurations ------------------------------------------------------------------------------------------
 
 
 def settings_record(s: BenchSettings, device: torch.device) -> dict[str, Any]:
@@ -331,7 +347,7 @@ def settings_record(s: BenchSettings, device: torch.device) -> dict[str, Any]:
             "img_size": mc.img_size,
             "num_classes": mc.num_classes,
             "device": str(device),
-            "threads": torch.get_num_threads(),
+            "threads": s.threads if s.threads is not None else torch.get_num_threads(),
             "torch": torch.__version__,
             "cpu": cpu_name(),
             "device_name": device_name(device),
@@ -339,58 +355,6 @@ def settings_record(s: BenchSettings, device: torch.device) -> dict[str, Any]:
         }
     )
     return rec
-
-
-def run_config(
-    s: BenchSettings, *, memory_in_process: bool = True, peak: dict | None = None
-) -> dict[str, Any]:
-    """Measure one configuration; returns the flat result dict (fields None where a mode was not run)."""
-    s.validate()
-    device = resolve_device(s.device)
-    if s.threads is not None:
-        torch.set_num_threads(s.threads)
-    configure_backends(device, s.tf32)
-    modes = ("train", "forward", "sample") if s.mode == "all" else (s.mode,)
-    mc = s.model_config()
-    fl = flops_per_image(mc)
-    res: dict[str, Any] = {
-        "train_img_per_s": None,
-        "forward_img_per_s": None,
-        "sample_img_per_s": None,
-        "peak_mem_mib": None,
-        "flops_per_img": fl["forward"],
-        "train_flops_per_img": fl["train"],
-        "mfu": None,
-        "mfu_train": None,
-        "mfu_forward": None,
-        "gemm_peak_flops": None,
-        "details": {},
-    }
-    if "train" in modes:
-        tr = bench_train(s, device, measure_memory=memory_in_process and s.memory != "off")
-        res["train_img_per_s"] = tr["img_per_s"]
-        res["peak_mem_mib"] = tr.pop("peak_mem_mib", None)
-        res["peak_mem_kind"] = tr.pop("peak_mem_kind", None)
-        res["details"]["train"] = tr
-    if "forward" in modes:
-        fw = bench_forward(s, device)
-        res["forward_img_per_s"] = fw["img_per_s"]
-        res["details"]["forward"] = fw
-    if "sample" in modes:
-        sm = bench_sample(s, device)
-        res["sample_img_per_s"] = sm["img_per_s"]
-        res["details"]["sample"] = sm
-    if peak is None:
-        peak = gemm_peak(device, DTYPES[s.dtype], n=s.gemm_n, seconds=s.gemm_seconds)
-    res["gemm_peak_flops"] = peak["flops"]
-    res["details"]["gemm"] = peak
-    if res["train_img_per_s"] is not None:
-        res["mfu_train"] = res["train_img_per_s"] * fl["train"] / peak["flops"]
-    if res["forward_img_per_s"] is not None:
-        res["mfu_forward"] = res["forward_img_per_s"] * fl["forward"] / peak["flops"]
-    res["mfu"] = res["mfu_train"] if res["mfu_train"] is not None else res["mfu_forward"]
-    res["settings"] = settings_record(s, device)
-    return res
 
 
 def memory_in_subprocess(s: BenchSettings) -> dict[str, Any]:
@@ -414,55 +378,135 @@ def parse_compare(spec: str) -> tuple[str, list[str]]:
     return key.strip().replace("-", "_"), values
 
 
+def _interleaved(
+    cases: list[tuple[BenchSettings, Callable[[], None]]], repeats: int, device: torch.device
+) -> list[list[float]]:
+    """Time every case ``repeats`` times, round-robin, so that load drift hits all variants alike."""
+    times: list[list[float]] = [[] for _ in cases]
+    for _ in range(repeats):
+        for i, (v, fn) in enumerate(cases):
+            _set_threads(v)
+            times[i].append(_timed(fn, device))
+    return times
+
+
 def run_bench(
     s: BenchSettings, compare: tuple[str, list[str]] | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Measure ``s`` (one flat result) or, with ``compare=(key, values)``, each variant in this process one
-    after the other, returning ``{"compare": key, "variants": [...], "ratios": {...}}`` where the ratios
-    are each variant's metric over the first variant's. The GEMM peak is measured once per dtype. On CPU
-    the peak memory of every variant after the first is measured in a fresh process (see hardware.py)."""
+    """Measure ``s`` and return one flat result, or with ``compare=(key, values)`` measure each variant in
+    this process — timed repeats interleaved round-robin across the variants — and return
+    ``{"compare": key, "values": [...], "variants": [results], "ratios": {value: {metric: ratio}}}``, the
+    ratios being over the first variant. The GEMM peak is measured once per dtype. Peak memory is measured
+    per variant over its warm-up steps; on CPU the variants of a comparison are measured in fresh processes
+    (see :mod:`jitkit.bench.hardware`)."""
     s.validate()
     variants = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
     for v in variants:
         v.validate()
     device = resolve_device(s.device)
+    say = log or (lambda msg: None)
     peaks: dict[str, dict] = {}
-    results = []
-    for i, v in enumerate(variants):
-        if log is not None and compare is not None:
-            log(f"[{i + 1}/{len(variants)}] {compare[0]}={compare[1][i]}")
-        runs_train = v.mode in ("train", "all") and v.memory != "off"
-        sub = runs_train and (
-            v.memory == "subprocess" or (v.memory == "auto" and device.type == "cpu" and i > 0)
-        )
+    for v in variants:
+        configure_backends(device, v.tf32)
         if v.dtype not in peaks:
-            if v.threads is not None:
-                torch.set_num_threads(v.threads)
+            _set_threads(v)
+            say(f"measuring the {v.dtype} GEMM peak on {device}")
             peaks[v.dtype] = gemm_peak(device, DTYPES[v.dtype], n=v.gemm_n, seconds=v.gemm_seconds)
-        r = run_config(v, memory_in_process=not sub, peak=peaks[v.dtype])
-        if sub:
-            m = memory_in_subprocess(v)
-            r["peak_mem_mib"], r["peak_mem_kind"] = m["peak_mem_mib"], m["peak_mem_kind"] + " (fresh process)"
-        results.append(r)
+    results: list[dict[str, Any]] = []
+    for v in variants:
+        fl = flops_per_image(v.model_config())
+        results.append(
+            {
+                "train_img_per_s": None,
+                "forward_img_per_s": None,
+                "sample_img_per_s": None,
+                "peak_mem_mib": None,
+                "flops_per_img": fl["forward"],
+                "train_flops_per_img": fl["train"],
+                "mfu": None,
+                "mfu_train": None,
+                "mfu_forward": None,
+                "gemm_peak_flops": peaks[v.dtype]["flops"],
+                "peak_mem_kind": None,
+                "details": {"gemm": peaks[v.dtype]},
+            }
+        )
+    modes = ("train", "forward", "sample") if s.mode == "all" else (s.mode,)
+    labels = ["" if compare is None else f"{compare[0]}={val}" for val in (compare[1] if compare else [""])]
+
+    if "train" in modes:
+        cases = []
+        subprocess_mem = []
+        for i, v in enumerate(variants):
+            # CPU RSS is only trustworthy in a fresh process: every variant of a comparison gets one
+            in_proc = v.memory == "inprocess" or (
+                v.memory == "auto" and (device.type != "cpu" or len(variants) == 1)
+            )
+            say(f"train: preparing {labels[i]} (warm-up {v.warmup})".replace("  ", " "))
+            fn, info = prepare_train(v, device, PeakMemory(device) if in_proc else None)
+            results[i]["peak_mem_mib"] = info.pop("peak_mem_mib", None)
+            results[i]["peak_mem_kind"] = info.pop("peak_mem_kind", None)
+            results[i]["details"]["train"] = info
+            subprocess_mem.append(not in_proc and v.memory != "off")
+            cases.append((v, fn))
+        say(f"train: {s.repeats} timed steps per variant")
+        for i, ts in enumerate(_interleaved(cases, s.repeats, device)):
+            results[i]["details"]["train"].update(_rates(variants[i].batch_size, ts))
+            results[i]["train_img_per_s"] = results[i]["details"]["train"]["img_per_s"]
+        del cases
+        for i, v in enumerate(variants):
+            if subprocess_mem[i]:
+                say(f"train: peak memory of {labels[i]} in a fresh process")
+                m = memory_in_subprocess(v)
+                results[i]["peak_mem_mib"] = m["peak_mem_mib"]
+                results[i]["peak_mem_kind"] = m["peak_mem_kind"] + " (fresh process)"
+    if "forward" in modes:
+        cases = []
+        for i, v in enumerate(variants):
+            say(f"forward: preparing {labels[i]}".rstrip())
+            cases.append((v, prepare_forward(v, device)))
+        say(f"forward: {s.repeats} timed passes per variant")
+        for i, ts in enumerate(_interleaved(cases, s.repeats, device)):
+            results[i]["details"]["forward"] = _rates(variants[i].batch_size, ts)
+            results[i]["forward_img_per_s"] = results[i]["details"]["forward"]["img_per_s"]
+        del cases
+    if "sample" in modes:
+        for i, v in enumerate(variants):
+            say(f"sample: {labels[i]} Heun {v.sample_steps} steps, cfg {v.cfg}".replace(" Heun", " Heun"))
+            fn, info = prepare_sample(v, device)
+            ts = [_timed(fn, device) for _ in range(v.sample_repeats)]
+            results[i]["details"]["sample"] = {**info, **_rates(info["batch_size"], ts)}
+            results[i]["sample_img_per_s"] = results[i]["details"]["sample"]["img_per_s"]
+    for v, r in zip(variants, results):
+        peak = r["gemm_peak_flops"]
+        if r["train_img_per_s"] is not None:
+            r["mfu_train"] = r["train_img_per_s"] * r["train_flops_per_img"] / peak
+        if r["forward_img_per_s"] is not None:
+            r["mfu_forward"] = r["forward_img_per_s"] * r["flops_per_img"] / peak
+        r["mfu"] = r["mfu_train"] if r["mfu_train"] is not None else r["mfu_forward"]
+        r["settings"] = settings_record(v, device)
     if compare is None:
         return results[0]
     keys = ("train_img_per_s", "forward_img_per_s", "sample_img_per_s", "peak_mem_mib", "mfu")
-    ratios = {}
-    for val, r in zip(compare[1], results):
-        ratios[val] = {
-            k: (r[k] / results[0][k] if r[k] is not None and results[0][k] else None) for k in keys
-        }
+    ratios = {
+        val: {k: (r[k] / results[0][k] if r[k] is not None and results[0][k] else None) for k in keys}
+        for val, r in zip(compare[1], results)
+    }
     return {"compare": compare[0], "values": compare[1], "variants": results, "ratios": ratios}
+
+
+def run_config(s: BenchSettings) -> dict[str, Any]:
+    """Measure one configuration (the flat result of :func:`run_bench` without ``compare``)."""
+    return run_bench(s)
 
 
 def _worker(argv: list[str]) -> int:
     s = BenchSettings(**json.loads(argv[0]))
     device = resolve_device(s.device)
-    if s.threads is not None:
-        torch.set_num_threads(s.threads)
+    _set_threads(s)
     configure_backends(device, s.tf32)
-    tr = bench_train(s, device, measure_memory=True)
-    print(json.dumps({"peak_mem_mib": tr["peak_mem_mib"], "peak_mem_kind": tr["peak_mem_kind"]}))
+    _, info = prepare_train(s, device, PeakMemory(device))
+    print(json.dumps({"peak_mem_mib": info["peak_mem_mib"], "peak_mem_kind": info["peak_mem_kind"]}))
     return 0
 
 

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--memory",
         default="auto",
         choices=("auto", "inprocess", "subprocess", "off"),
-        help="how peak memory is measured (auto: fresh process for every CPU variant after the first)",
+        help="how peak memory is measured (auto: in this process, but a fresh process per variant of a CPU --compare)",
     )
     p.add_argument(
         "--compare",
@@ -107,7 +107,8 @@ def _settings(args: argparse.Namespace):  # -> BenchSettings
 
 
 def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    width = int(spec.split(".")[0] or 0)
+    return "-".rjust(width) if v is None else format(v, spec)
 
 
 def _print_table(res: dict) -> None:
