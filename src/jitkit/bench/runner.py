@@ -46,6 +46,7 @@ MODES = ("train", "forward", "sample", "all")
 OPTIMS = ("fused", "foreach", "loop")
 EMAS = ("foreach", "loop", "none")
 MEMORY = ("auto", "inprocess", "subprocess", "off")
+CFG_MODES = ("batched", "separate")
 SAMPLE_INTERVAL = (0.1, 1.0)
 
 
@@ -69,6 +70,8 @@ class BenchSettings:
     channels_last: bool = False
     optim: str = "fused"
     ema: str = "foreach"
+    item_sync: bool = False
+    cfg_mode: str = "batched"
     tf32: bool = True
     num_classes: int | None = None
     warmup: int = 2
@@ -88,6 +91,8 @@ class BenchSettings:
             raise ValueError(f"optim must be one of {OPTIMS}, found {self.optim!r}")
         if self.ema not in EMAS:
             raise ValueError(f"ema must be one of {EMAS}, found {self.ema!r}")
+        if self.cfg_mode not in CFG_MODES:
+            raise ValueError(f"cfg_mode must be one of {CFG_MODES}, found {self.cfg_mode!r}")
         if self.memory not in MEMORY:
             raise ValueError(f"memory must be one of {MEMORY}, found {self.memory!r}")
         for name in ("batch_size", "sample_steps", "repeats", "sample_repeats"):
@@ -271,6 +276,8 @@ def prepare_train(
         opt.step()
         if ema is not None:
             ema.update(den)
+        if s.item_sync:  # the reference reads loss.item() every step (a host sync on GPUs)
+            loss.item()
         if mem is not None:
             mem.sample()
 
@@ -327,13 +334,50 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
             return den.predict(z, t, yy, kind="v")
 
     def run() -> None:
-        sample(velocity, z0, y, scfg, mc.num_classes, t_eps=den.cfg.t_eps)
+        if s.cfg_mode == "batched":
+            sample(velocity, z0, y, scfg, mc.num_classes, t_eps=den.cfg.t_eps)
+        else:
+            sample_separate_cfg(velocity, z0, y, scfg, mc.num_classes)
 
     _set_threads(s)
     if s.warmup:  # one short run warms the kernels up (a full run would double the cost)
         short = SamplerConfig(method="heun", steps=2, cfg=s.cfg, interval=SAMPLE_INTERVAL)
         sample(velocity, z0, y, short, mc.num_classes, t_eps=den.cfg.t_eps)
-    return run, {"batch_size": B, "network_evaluations": network_evaluations(scfg)}
+    evals = network_evaluations(scfg)
+    return run, {"batch_size": B, "network_evaluations": evals, "cfg_mode": s.cfg_mode}
+
+
+def sample_separate_cfg(
+    velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    y: torch.Tensor,
+    cfg: SamplerConfig,
+    null_class: int,
+) -> torch.Tensor:
+    """The "before" of batched CFG: Heun where every velocity is two separate forwards (conditional, then
+    unconditional), also where the guidance scale is 1 — the reference's way, for ``--compare
+    cfg_mode=separate,batched``. Same result as :func:`jitkit.diffusion.sampling.sample`."""
+    from jitkit.diffusion.sampling import guidance_scale
+
+    B = z0.shape[0]
+    ts = torch.linspace(0.0, 1.0, cfg.steps + 1).tolist()
+    y_null = torch.full_like(y, null_class)
+
+    def vel(z: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.full((B,), t, device=z.device, dtype=z.dtype)
+        v_c, v_u = velocity(z, tt, y), velocity(z, tt, y_null)
+        return v_u + guidance_scale(t, cfg.cfg, cfg.interval) * (v_c - v_u)
+
+    z = z0
+    with torch.no_grad():
+        for k in range(cfg.steps):
+            dt = ts[k + 1] - ts[k]
+            v1 = vel(z, ts[k])
+            if k < cfg.steps - 1:
+                z = z + dt * 0.5 * (v1 + vel(z + dt * v1, ts[k + 1]))
+            else:
+                z = z + dt * v1
+    return z
 
 
 # --- configurations ------------------------------------------------------------------------------------------

@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--optim", default="fused", choices=("fused", "foreach", "loop"), help="AdamW implementation"
     )
     p.add_argument("--ema", default="foreach", choices=("foreach", "loop", "none"), help="EMA implementation")
+    p.add_argument(
+        "--cfg-mode",
+        default="batched",
+        choices=("batched", "separate"),
+        help="sampling CFG: one batched forward with skipped unconditional passes (default) or two forwards",
+    )
+    p.add_argument("--item-sync", action="store_true", help="read loss.item() every step (as the reference)")
     p.add_argument("--no-tf32", action="store_true", help="keep full fp32 matmuls on Ampere+ GPUs")
     p.add_argument("--num-classes", type=int, default=None, help="label classes (default: the model's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
@@ -90,6 +97,8 @@ def _settings(args: argparse.Namespace):  # -> BenchSettings
         channels_last=args.channels_last,
         optim=args.optim,
         ema=args.ema,
+        item_sync=args.item_sync,
+        cfg_mode=args.cfg_mode,
         tf32=not args.no_tf32,
         num_classes=args.num_classes,
         warmup=args.warmup,
