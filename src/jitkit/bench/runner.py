@@ -44,7 +44,7 @@ from jitkit.config import DiffusionConfig, ModelConfig, SamplerConfig, model_con
 
 MODES = ("train", "forward", "sample", "all")
 OPTIMS = ("fused", "foreach", "loop")
-EMAS = ("foreach", "loop", "none")
+EMAS = ("foreach", "lerp", "loop", "none")
 MEMORY = ("auto", "inprocess", "subprocess", "off")
 CFG_MODES = ("batched", "separate")
 SAMPLE_INTERVAL = (0.1, 1.0)
@@ -83,8 +83,10 @@ class BenchSettings:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, found {self.mode!r}")
+        if not self.modes() or any(m not in MODES[:3] for m in self.modes()):
+            raise ValueError(
+                f"mode must be one of {MODES} or a comma list like train,forward; found {self.mode!r}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, found {self.dtype!r}")
         if self.optim not in OPTIMS:
@@ -103,6 +105,11 @@ class BenchSettings:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, found {self.threads}")
         self.model_config().validate()
+
+    def modes(self) -> tuple[str, ...]:
+        if self.mode == "all":
+            return MODES[:3]
+        return tuple(m.strip() for m in self.mode.split(",") if m.strip())
 
     def model_config(self) -> ModelConfig:
         kw: dict[str, Any] = {"attention": self.attention, "grad_checkpoint": self.grad_checkpoint}
@@ -210,12 +217,15 @@ class _ForeachEMA(_LoopEMA):
 
 
 def make_ema(model: torch.nn.Module, kind: str) -> Any:
-    """``foreach``: the training engine's :class:`jitkit.train.ema.EMA` when it is installed (it uses
-    torch._foreach ops), else an equivalent local one; ``loop``: the reference's per-tensor update."""
+    """``foreach``: the training engine's :class:`jitkit.train.ema.EMA` (torch._foreach ops), or the local
+    ``lerp`` one if the train package is absent; ``lerp``: one ``torch._foreach_lerp_`` per decay;
+    ``loop``: the reference's per-tensor mul_/add_."""
     if kind == "none":
         return None
     if kind == "loop":
         return _LoopEMA(model)
+    if kind == "lerp":
+        return _ForeachEMA(model)
     try:
         from jitkit.train.ema import EMA
 
@@ -475,7 +485,7 @@ def run_bench(
                 "details": {"gemm": peaks[v.dtype]},
             }
         )
-    modes = ("train", "forward", "sample") if s.mode == "all" else (s.mode,)
+    modes = s.modes()
     labels = ["" if compare is None else f"{compare[0]}={val}" for val in (compare[1] if compare else [""])]
 
     if "train" in modes:

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("fp32", "bf16", "fp16"),
         help="fp32, or autocast to bf16/fp16 (default fp32)",
     )
-    p.add_argument("--mode", default="all", choices=("train", "forward", "sample", "all"))
+    p.add_argument(
+        "--mode", default="all", help="train | forward | sample | all, or a comma list such as train,forward"
+    )
     p.add_argument("--sample-steps", type=int, default=50, help="Heun steps for --mode sample (default 50)")
     p.add_argument("--cfg", type=float, default=2.9, help="CFG scale on the interval [0.1, 1] (default 2.9)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -42,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--optim", default="fused", choices=("fused", "foreach", "loop"), help="AdamW implementation"
     )
-    p.add_argument("--ema", default="foreach", choices=("foreach", "loop", "none"), help="EMA implementation")
+    p.add_argument(
+        "--ema", default="foreach", choices=("foreach", "lerp", "loop", "none"), help="EMA implementation"
+    )
     p.add_argument(
         "--cfg-mode",
         default="batched",
