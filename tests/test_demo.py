@@ -298,6 +298,10 @@ def test_shapes_model_is_trained_once_then_cached(tmp_path):
     assert ensure_shapes_model(tmp_path, train_fn=fake_train, log=logs.append) == run
     assert len(calls) == 1  # cached
     assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]  # no partial folders left
+    # another training config is another cache entry
+    other = ensure_shapes_model(tmp_path, overrides={"train.epochs": 1}, train_fn=fake_train, log=logs.append)
+    assert other != run and len(calls) == 2 and calls[1].train.epochs == 1
+    assert cached_run_dir(tmp_path, {"train.epochs": 1}) == other
 
 
 def test_interrupted_training_leaves_no_cached_model(tmp_path):

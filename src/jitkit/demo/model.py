@@ -1,20 +1,23 @@
 """Which model the demo shows: a run or checkpoint the user names, or the small built-in shapes model.
 
-The shapes model (preset ``shapes``: JiT-S/4 on 16×16 coloured shapes, 16 classes) is trained once and
-cached in the user's cache folder (``$XDG_CACHE_HOME/jitkit`` or ``~/.cache/jitkit``). Training writes into a
-temporary folder that is renamed into place only when it finished, so an interrupted run never leaves a
-half-trained model in the cache.
+The shapes model (preset ``shapes``: a small JiT on 16×16 coloured shapes, 16 classes) is trained once and
+cached in the user's cache folder (``$XDG_CACHE_HOME/jitkit`` or ``~/.cache/jitkit``) under a name that
+includes a hash of its training config, so a changed preset or ``--epochs`` trains a new one. Training
+writes into a temporary folder that is renamed into place only when it finished, so an interrupted run
+never leaves a half-trained model in the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CACHED_RUN_NAME = "demo-shapes-v1"
+CACHED_RUN_PREFIX = "demo-shapes"
 
 
 def default_cache_dir() -> Path:
@@ -23,8 +26,12 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "jitkit"
 
 
-def cached_run_dir(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or default_cache_dir()).expanduser() / CACHED_RUN_NAME
+def cached_run_dir(cache_dir: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Path:
+    """``CACHE/demo-shapes-<hash of the training config>`` (the output folder left out of the hash)."""
+    d = shapes_run_config("", overrides).to_dict()
+    d["train"].pop("out", None)
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cache_dir or default_cache_dir()).expanduser() / f"{CACHED_RUN_PREFIX}-{digest}"
 
 
 def is_complete_run(run_dir: Path) -> bool:
@@ -54,7 +61,7 @@ def ensure_shapes_model(
     ``train_fn`` defaults to ``jitkit.train.train`` (``train(cfg, callbacks=[...]) -> run folder``; its "end"
     event marks a run that reached its last step); tests pass a stand-in.
     """
-    final = cached_run_dir(cache_dir)
+    final = cached_run_dir(cache_dir, overrides)
     if is_complete_run(final) and not retrain:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
