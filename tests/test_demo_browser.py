@@ -235,3 +235,20 @@ def test_page_steps_through_a_run(server, driver, tmp_path):
         dest = REPO / "docs" / "img" / "demo.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, dest)
+
+
+def test_page_shows_a_bad_parameter_as_a_message(server, driver):
+    from selenium.webdriver.common.by import By
+
+    url, _ = server
+    driver.get(url + "/")
+    _wait(driver, "window.jitkitDemo && window.jitkitDemo.state === 'ready'")
+    before = driver.execute_script("return window.jitkitDemo.run.final;")
+    cfg = driver.find_element(By.ID, "cfg-input")
+    cfg.clear()
+    cfg.send_keys("-1")
+    driver.find_element(By.ID, "sample-btn").click()
+    _wait(driver, "window.jitkitDemo.state === 'error'")
+    status = driver.find_element(By.ID, "status")
+    assert "cfg must lie in" in status.text and "error" in status.get_attribute("class")
+    assert driver.execute_script("return window.jitkitDemo.run.final;") == before  # the last run stays
