@@ -1,0 +1,255 @@
+"""Render benchmarks/results/*.json into the tables of benchmarks/README.md (between the results markers).
+
+python benchmarks/make_table.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RES = HERE / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def load(name: str) -> dict | None:
+    p = RES / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def f(v, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if v is None else f"{format(v, spec)}{suffix}"
+
+
+def load_str(d: dict | None) -> str:
+    if not d:
+        return "–"
+    st = d.get("settings", d)
+    a, b = st.get("loadavg_start"), st.get("loadavg_end")
+    if not a:
+        return "–"
+    return f"{float(a[0]):.2f}→{float(b[0]):.2f}" if b else f"{float(a[0]):.2f}"
+
+
+def ratio(a, b) -> str:
+    return "–" if a is None or b in (None, 0) else f"{a / b:.2f}×"
+
+
+def targets() -> list[str]:
+    j2, j8, js = load("b16_bs2"), load("b16_bs8"), load("b16_sample_bs4")
+    rt, rte, rf, rfe = (
+        load("ref_train_bs2"),
+        load("ref_train_bs2_eager"),
+        load("ref_forward_bs2"),
+        load("ref_forward_bs2_eager"),
+    )
+    rs, rse, rm = load("ref_sample_bs4"), load("ref_sample_bs4_eager"), load("ref_mem_bs8")
+    rows = [
+        "| JiT-B/16 @ 256 px, fp32, 2 threads | jitkit | reference (compiled) | reference (eager) | jitkit ÷ best reference | target |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def g(d, k):
+        return None if d is None else d.get(k)
+
+    def best(*vals):
+        v = [x for x in vals if x is not None]
+        return max(v) if v else None
+
+    jt, jf = g(j2, "train_img_per_s"), g(j2, "forward_img_per_s")
+    rows.append(
+        f"| training img/s, batch 2 | {f(jt, '.3f')} | {f(g(rt, 'img_per_s_median'), '.3f')} | {f(g(rte, 'img_per_s_median'), '.3f')} "
+        f"| {ratio(jt, best(g(rt, 'img_per_s_median'), g(rte, 'img_per_s_median')))} | ≥ 1.3× |"
+    )
+    rows.append(
+        f"| forward img/s, batch 2 | {f(jf, '.3f')} | {f(g(rf, 'img_per_s_median'), '.3f')} | {f(g(rfe, 'img_per_s_median'), '.3f')} "
+        f"| {ratio(jf, best(g(rf, 'img_per_s_median'), g(rfe, 'img_per_s_median')))} | |"
+    )
+    peak, fl = g(j2, "gemm_peak_flops"), g(j2, "flops_per_img")
+
+    def mfu(d):
+        v = g(d, "img_per_s_median")
+        return None if v is None or not peak else v * fl / peak
+
+    rows.append(
+        f"| forward MFU, batch 2 (of the measured fp32 GEMM peak {f(peak and peak / 1e9, '.0f')} GFLOP/s) | {f(g(j2, 'mfu_forward'), '.1%')} "
+        f"| {f(mfu(rf), '.1%')} | {f(mfu(rfe), '.1%')} | | ≥ 80% |"
+    )
+    js_v = g(js, "sample_img_per_s")
+    rows.append(
+        f"| sampling img/s, Heun 50, CFG 2.9 on [0.1, 1], batch 4 | {f(js_v, '.4f')} | {f(g(rs, 'img_per_s_median'), '.4f')} "
+        f"| {f(g(rse, 'img_per_s_median'), '.4f')} | {ratio(js_v, best(g(rs, 'img_per_s_median'), g(rse, 'img_per_s_median')))} | ≥ 1.2× |"
+    )
+    jm, refm = g(j8, "peak_mem_mib"), g(rm, "peak_rss_growth_mib")
+    rows.append(
+        f"| peak training-step memory, batch 8 (MiB, RSS growth) | {f(jm, '.0f')} | {f(refm, '.0f')} | | {ratio(jm, refm)} | ≤ 1× |"
+    )
+    loads = ", ".join(
+        f"{n} {load_str(d)}"
+        for n, d in [
+            ("jitkit b2", j2),
+            ("b8", j8),
+            ("sample", js),
+            ("ref train", rt),
+            ("ref fwd", rf),
+            ("ref sample", rs),
+        ]
+        if d
+    )
+    rows.append("")
+    rows.append(f"1-minute load average at start→end of each run: {loads or '–'}.")
+    return rows
+
+
+def issue_table() -> list[str]:
+    rows = [
+        "| model | batch | train img/s | forward img/s | sampling img/s | peak train memory (MiB) | MFU train | MFU forward |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    js = load("b16_sample_bs4")
+    for name, b in (("b16_bs2", 2), ("b16_bs8", 8)):
+        d = load(name)
+        if not d:
+            continue
+        rows.append(
+            f"| JiT-B/16 @ 256 | {b} | {f(d['train_img_per_s'], '.3f')} | {f(d['forward_img_per_s'], '.3f')} | "
+            f"{f(js and js['sample_img_per_s'], '.4f') + ' (batch 4)' if b == 2 else '–'} | {f(d['peak_mem_mib'], '.0f')} | "
+            f"{f(d['mfu_train'], '.1%')} | {f(d['mfu_forward'], '.1%')} |"
+        )
+    d = load("shapes")
+    if d:
+        rows.append(
+            f"| JiT-S/4 @ 16 (shapes) | 128 | {f(d['train_img_per_s'], '.1f')} | {f(d['forward_img_per_s'], '.1f')} | "
+            f"{f(d['sample_img_per_s'], '.1f')} (Heun 20) | {f(d['peak_mem_mib'], '.0f')} | {f(d['mfu_train'], '.1%')} | {f(d['mfu_forward'], '.1%')} |"
+        )
+    return rows
+
+
+CMPS = [
+    ("cmp_attention_bs2", "attention: reference math-fp32 → SDPA (batch 2)"),
+    ("cmp_attention_bs8", "attention: math-fp32 → SDPA, training memory (batch 8)"),
+    ("cmp_optim", "AdamW: per-tensor loop (torch's CPU default, the reference) → foreach → fused"),
+    ("cmp_ema", "EMA: per-tensor loop (reference) → jitkit.train.ema (foreach mul/add) → foreach lerp"),
+    (
+        "cmp_cfg",
+        "sampling CFG: two separate passes → one batched pass + skipped unconditional (Heun 10, batch 4)",
+    ),
+    ("cmp_item", "loss.item() every step → none"),
+    ("cmp_gradckpt_bs8", "activation checkpointing off → on (batch 8)"),
+    ("cmp_channels_last", "channels-last images/conv weights off → on"),
+    ("cmp_compile", "torch.compile of the blocks off → on"),
+    ("cmp_bf16", "fp32 → bf16 autocast (CPU; MFU against each dtype's own GEMM peak)"),
+    ("cmp_threads", "threads 1 → 2"),
+]
+
+
+def compare_tables() -> list[str]:
+    rows = [
+        "| comparison | variant | train img/s | forward img/s | sampling img/s | peak MiB | MFU | ratio (train / fwd / sample / mem) | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, title in CMPS:
+        d = load(name)
+        if not d:
+            continue
+        for val, r in zip(d["values"], d["variants"]):
+            rat = d["ratios"][val]
+            rs = " / ".join(
+                f(rat[k], ".2f")
+                for k in ("train_img_per_s", "forward_img_per_s", "sample_img_per_s", "peak_mem_mib")
+            )
+            rows.append(
+                f"| {title} | {d['compare']}={val} | {f(r['train_img_per_s'], '.3f')} | {f(r['forward_img_per_s'], '.3f')} | "
+                f"{f(r['sample_img_per_s'], '.4f')} | {f(r['peak_mem_mib'], '.0f')} | {f(r['mfu'], '.1%')} | {rs} | {load_str(r)} |"
+            )
+            title = ""
+    d = load("rope")
+    if d:
+        rows.append("")
+        rows.append(
+            f"RoPE at B/16 shapes {d['shape']} ({d['threads']} threads): forward {d['forward_ms_before']:.2f} → "
+            f"{d['forward_ms_after']:.2f} ms, forward+backward {d['fwd_bwd_ms_before']:.2f} → {d['fwd_bwd_ms_after']:.2f} ms "
+            f"(max difference {d['max_abs_diff']:.1e}); residual gate x + g·a → addcmul: {d['gate_ms_before']:.2f} → "
+            f"{d['gate_ms_after']:.2f} ms."
+        )
+    return rows
+
+
+def planner_table() -> list[str]:
+    d = load("planner")
+    if not d:
+        return []
+    rows = [
+        "| model @ 256 | GPU | micro-batch without checkpointing (peak GiB) | micro-batch with checkpointing (peak GiB) |",
+        "|---|---|---|---|",
+    ]
+    by = {}
+    for r in d["rows"]:
+        by.setdefault((r["model"], r["gpu"]), {})[r["grad_checkpoint"]] = r
+
+    def cell(r):
+        return (
+            f"{r['micro_batch']} ({r['peak_gib']:.1f})"
+            if r["fits"]
+            else f"does not fit ({r['peak_gib']:.1f} at 1)"
+        )
+
+    for (m, gpu), v in by.items():
+        rows.append(f"| {m} | {gpu} | {cell(v[False])} | {cell(v[True])} |")
+    rows.append("")
+    rows.append(
+        f"Assumptions: {d['assumptions']}. For scale: the planner's CPU fp32 estimate of the B/16 batch-8 step is "
+        f"{d['cpu_b16_bs8_fp32_estimate_mib']:.0f} MiB ({d['cpu_b16_bs8_fp32_gc_estimate_mib']:.0f} MiB with checkpointing), "
+        "which includes the weights (0.5 GiB) that `jitkit bench` has in its baseline."
+    )
+    return rows
+
+
+def machine() -> list[str]:
+    d = load("b16_bs2") or load("shapes")
+    if not d:
+        return []
+    st = d["settings"]
+    return [f"Machine: {st['cpu']}, {st['threads']} threads, torch {st['torch']}, Python {st['python']}."]
+
+
+def main() -> None:
+    body = [
+        "",
+        *machine(),
+        "",
+        "### Targets",
+        "",
+        *targets(),
+        "",
+        "### JiT-B/16 and the shapes model",
+        "",
+        *issue_table(),
+        "",
+        "### Optimisations, before → after",
+        "",
+        *compare_tables(),
+        "",
+        "### Planner: micro-batch that fits (bf16)",
+        "",
+        *planner_table(),
+        "",
+    ]
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    pre, rest = text.split(BEGIN, 1)
+    post = rest.split(END, 1)[1] if END in rest else ""
+    new = pre + BEGIN + "\n" + "\n".join(body) + "\n" + END + post
+    fd, tmp = tempfile.mkstemp(dir=HERE, suffix=".md")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(new)
+    os.replace(tmp, readme)
+
+
+if __name__ == "__main__":
+    main()
