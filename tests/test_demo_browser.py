@@ -61,7 +61,7 @@ def _model():
         return _tiny_model()
     from jitkit.checkpoint import load_denoiser
 
-    den, rc, classes = load_denoiser(run, ema="1", device="cpu")
+    den, rc, classes = load_denoiser(run, ema=os.environ.get("JITKIT_DEMO_EMA", "1"), device="cpu")
     return den, rc.model, classes, f"trained {rc.model.name} shapes run"
 
 
@@ -224,7 +224,7 @@ def test_page_steps_through_a_run(server, driver, tmp_path):
     )
     driver.set_window_size(1060, int(height) + 4)
     driver.save_screenshot(str(tmp_path / "demo-final.png"))
-    # a frame a third of the way in shows noisy state and clean guess side by side
+    # the middle frame shows the noisy state and the clean guess side by side
     driver.execute_script(
         "window.jitkitDemo.setFrame(arguments[0]); document.activeElement.blur();", STEPS // 3
     )
