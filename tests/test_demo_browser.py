@@ -226,7 +226,7 @@ def test_page_steps_through_a_run(server, driver, tmp_path):
     driver.save_screenshot(str(tmp_path / "demo-final.png"))
     # the middle frame shows the noisy state and the clean guess side by side
     driver.execute_script(
-        "window.jitkitDemo.setFrame(arguments[0]); document.activeElement.blur();", STEPS // 3
+        "window.jitkitDemo.setFrame(arguments[0]); document.activeElement.blur();", STEPS // 2
     )
     shot = tmp_path / "demo.png"
     driver.save_screenshot(str(shot))
