@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -249,6 +250,14 @@ def _rates(batch: int, times: list[float]) -> dict[str, Any]:
     }
 
 
+def _loadavg() -> list[float] | None:
+    """The 1/5/15-minute load averages (how busy the machine was: timings need a quiet one)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def _set_threads(s: BenchSettings) -> None:
     if s.threads is not None and torch.get_num_threads() != s.threads:
         torch.set_num_threads(s.threads)
@@ -454,6 +463,7 @@ def run_bench(
     per variant over its warm-up steps; on CPU the variants of a comparison are measured in fresh processes
     (see :mod:`jitkit.bench.hardware`)."""
     s.validate()
+    load_start = _loadavg()
     variants = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
     for v in variants:
         v.validate()
@@ -539,6 +549,8 @@ def run_bench(
             r["mfu_forward"] = r["forward_img_per_s"] * r["flops_per_img"] / peak
         r["mfu"] = r["mfu_train"] if r["mfu_train"] is not None else r["mfu_forward"]
         r["settings"] = settings_record(v, device)
+        r["settings"]["loadavg_start"] = load_start
+        r["settings"]["loadavg_end"] = _loadavg()
     if compare is None:
         return results[0]
     keys = ("train_img_per_s", "forward_img_per_s", "sample_img_per_s", "peak_mem_mib", "mfu")
