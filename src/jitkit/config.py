@@ -274,6 +274,7 @@ class TrainConfig(_Base):
     keep_ckpts: int = 2
     eval_at_end: bool = True
     eval_every_epochs: int = 0
+    threads: int = 0  # CPU threads for torch ops (0: torch's default, one per core)
 
     def validate(self) -> None:
         if self.schedule not in ("constant", "cosine"):

@@ -35,6 +35,7 @@ _FLAG_KEYS = {
     "ckpt_every": "train.ckpt_every",
     "log_every": "train.log_every",
     "workers": "data.workers",
+    "threads": "train.threads",
 }
 
 
@@ -84,6 +85,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (-1: sized from the host)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (0: one per core)")
     p.add_argument("--sample-every", type=int, default=None, help="write a sample grid every N steps")
     p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (0: every epoch)")
     p.add_argument("--log-every", type=int, default=None)

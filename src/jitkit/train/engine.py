@@ -522,6 +522,8 @@ class _Trainer:
     # setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, tc = self.cfg, self.cfg.train
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         self.info = dist.init(self.device)
         self.device = self.info.device

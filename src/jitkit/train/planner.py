@@ -83,7 +83,7 @@ _PROFILE_CACHE: dict[tuple, ActivationProfile] = {}
 
 def activation_profile(cfg: ModelConfig, batch: int = 2) -> ActivationProfile:
     """Trace one training forward (loss included) on the meta device and count saved-tensor bytes."""
-    key = tuple(sorted(cfg.to_dict().items()))
+    key = tuple(sorted(cfg.replace(grad_checkpoint=False).to_dict().items()))
     if key in _PROFILE_CACHE:
         return _PROFILE_CACHE[key]
     import torch
@@ -140,8 +140,14 @@ def activation_profile(cfg: ModelConfig, batch: int = 2) -> ActivationProfile:
     return prof
 
 
+_COUNT_CACHE: dict[tuple, tuple[int, int]] = {}
+
+
 def param_counts(cfg: ModelConfig) -> tuple[int, int]:
     """(all parameters, trainable parameters) of the network, counted on the meta device."""
+    key = tuple(sorted(cfg.replace(grad_checkpoint=False).to_dict().items()))
+    if key in _COUNT_CACHE:
+        return _COUNT_CACHE[key]
     import torch
 
     from jitkit.models.jit import JiT
@@ -150,6 +156,7 @@ def param_counts(cfg: ModelConfig) -> tuple[int, int]:
         net = JiT(cfg)
     total = sum(p.numel() for p in net.parameters())
     train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    _COUNT_CACHE[key] = (total, train)
     return total, train
 
 
