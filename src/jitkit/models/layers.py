@@ -92,6 +92,16 @@ class RMSNorm(nn.Module):
         return (xf * self.weight.float()).to(x.dtype)
 
 
+def rms_norm_qk(qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm) -> torch.Tensor:
+    """q_norm(qk[0]) and k_norm(qk[1]) in one pass over qk [2, ..., h] (the same float32 arithmetic as RMSNorm)."""
+    if q_norm.eps != k_norm.eps:
+        return torch.stack((q_norm(qk[0]), k_norm(qk[1])))
+    xf = qk.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + q_norm.eps)
+    w = torch.stack((q_norm.weight, k_norm.weight)).float()  # [2, h]
+    return (xf * w.view(2, *([1] * (qk.dim() - 2)), -1)).to(qk.dtype)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [B,T,D] · (1 + scale[B,D]) + shift[B,D], broadcast over tokens."""
     return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
@@ -177,9 +187,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,T,h]
-        q, k, v = qkv.unbind(0)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
+        # q and k normalised and rotated together: one kernel per step for both ([2,B,H,T,h])
+        qk = apply_rope(rms_norm_qk(qkv[:2], self.q_norm, self.k_norm), cos, sin)
+        q, k = qk.unbind(0)
+        v = qkv[2]
         drop = self.attn_drop if self.training else 0.0
         if self.kind == "sdpa":
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
