@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -79,34 +78,33 @@ def parse_classes(spec: str | None, classes: list[str]) -> list[int] | None:
 
 
 def _init_distributed(device_arg: str):
-    """(rank, world_size, device) under torchrun (process group for barriers), or (0, 1, device)."""
-    from jitkit.eval.generate import dist_env, resolve_device
+    """(rank, world_size, device): under torchrun joins the process group (gloo on CPU, NCCL on CUDA, each rank
+    on its local GPU) through jitkit.train.dist; otherwise (0, 1, device)."""
+    from jitkit.eval.generate import resolve_device
+    from jitkit.train import dist
 
-    rank, world = dist_env()
-    if world <= 1:
-        return 0, 1, resolve_device(device_arg)
-    import torch
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device_arg)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
+    info = dist.init(resolve_device(device_arg))
+    return info.rank, info.world_size, info.device
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    if args.grid is None and args.out is None and args.npz is None:
+        raise ValueError("choose an output: --grid FILE.png, --out DIR or --npz FILE.npz")
+    rank, world, device = _init_distributed(args.device)
+    try:
+        return _sample(args, rank, world, device)
+    finally:
+        from jitkit.train import dist
+
+        dist.cleanup()
+
+
+def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     from pathlib import Path
 
     from jitkit.checkpoint import load_denoiser
     from jitkit.eval.generate import balanced_labels, sample_to_outputs, sampling_cost
 
-    if args.grid is None and args.out is None and args.npz is None:
-        raise ValueError("choose an output: --grid FILE.png, --out DIR or --npz FILE.npz")
-    rank, world, device = _init_distributed(args.device)
     denoiser, cfg, classes = load_denoiser(args.checkpoint, ema=args.ema, device=device)
     scfg = cfg.sampler
     upd = {}
