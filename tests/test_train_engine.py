@@ -150,32 +150,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
-    """World 2 × micro 4 (gloo, like torchrun) equals world 1 × micro 4 × accumulation 2."""
-    d = tiny_dict(tmp_path / "ddp", accum_steps=1, epochs=2)
+def _run_two_ranks(d: dict, out: Path, resume: bool = False) -> str:
     env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    procs = []
-    for r in range(2):
-        e = dict(env, RANK=str(r), LOCAL_RANK=str(r))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _DDP_WORKER, json.dumps(d), str(tmp_path / "ddp")],
-                env=e,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+    script = _DDP_WORKER.replace(
+        "progress=False,", "progress=False, resume='auto' if len(sys.argv) > 3 else None,"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(d), str(out), *(["resume"] if resume else [])],
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
-    assert "world size 2" in outs[0][0] and "micro 4 × accum 1 × world 2" in outs[0][0]
+    return outs[0][0]
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    """World 2 × micro 4 (gloo, like torchrun) equals world 1 × micro 4 × accumulation 2."""
+    d = tiny_dict(tmp_path / "ddp", accum_steps=1, epochs=2)
+    stdout = _run_two_ranks(d, tmp_path / "ddp")
+    assert "world size 2" in stdout and "micro 4 × accum 1 × world 2" in stdout
     single = train(tiny_cfg(tmp_path / "one", accum_steps=2, epochs=2), progress=False)
     l_ddp, l_one = losses(tmp_path / "ddp"), losses(single)
     assert len(l_ddp) == len(l_one) == 8
     torch.testing.assert_close(torch.tensor(l_ddp), torch.tensor(l_one), rtol=1e-4, atol=1e-5)
     # only rank 0 wrote: one run folder, weights equal to the single-process run's
     a, b = load_checkpoint(tmp_path / "ddp"), load_checkpoint(single)
+    for k in a.model:
+        torch.testing.assert_close(a.model[k], b.model[k], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_matches_single_process_and_resumes(tmp_path):
+    """FSDP2 (fully_shard, gloo): same losses as one process; a resumed sharded run continues the log."""
+    d = tiny_dict(tmp_path / "fsdp", accum_steps=1, epochs=1, fsdp=True)
+    _run_two_ranks(d, tmp_path / "fsdp")
+    d["train"]["epochs"] = 2
+    _run_two_ranks(d, tmp_path / "fsdp", resume=True)
+    single = train(tiny_cfg(tmp_path / "one", accum_steps=2, epochs=2), progress=False)
+    l_fsdp, l_one = losses(tmp_path / "fsdp"), losses(single)
+    assert len(l_fsdp) == len(l_one) == 8
+    torch.testing.assert_close(torch.tensor(l_fsdp), torch.tensor(l_one), rtol=1e-4, atol=1e-5)
+    a, b = load_checkpoint(tmp_path / "fsdp"), load_checkpoint(single)
+    assert a.step == 8
     for k in a.model:
         torch.testing.assert_close(a.model[k], b.model[k], rtol=1e-3, atol=1e-5)
 

@@ -174,3 +174,35 @@ def full_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         full = getattr(v, "full_tensor", None)
         out[k] = full() if callable(full) else v
     return out
+
+
+def copy_full_into(dst: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a whole tensor into ``dst``, which may be an FSDP2 DTensor shard (then only its shard is copied)."""
+    if hasattr(dst, "device_mesh") and hasattr(dst, "placements"):
+        from torch.distributed.tensor import distribute_tensor
+
+        src = distribute_tensor(full.to(dst.device, dst.dtype), dst.device_mesh, dst.placements)
+        dst.to_local().copy_(src.to_local())
+    else:
+        dst.copy_(full.to(device=dst.device, dtype=dst.dtype))
+
+
+def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(sd)`` that also works when the parameters are FSDP2 DTensors."""
+    own = model.state_dict()
+    if not any(hasattr(v, "device_mesh") for v in own.values()):
+        model.load_state_dict(sd)
+        return
+    with torch.no_grad():
+        for k, v in own.items():
+            copy_full_into(v, sd[k])
+
+
+def load_optimizer_state(model: nn.Module, optimizer, sd: dict, sharded: bool) -> None:
+    """Load a full (gathered) optimizer state dict, resharding it under FSDP2."""
+    if not sharded:
+        optimizer.load_state_dict(sd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, sd, options=StateDictOptions(full_state_dict=True))

@@ -631,12 +631,14 @@ class _Trainer:
 
     def load_state(self, ck) -> None:
         check_state_dict(self.raw, ck.model, ck.config.model, self.cfg.model)
-        self.raw.load_state_dict(ck.model)
+        dist.load_model_state(self.raw, ck.model)
         for which, sd in (("1", ck.ema1), ("2", ck.ema2)):
             self.ema.load_averaged(which, sd if sd is not None else ck.model)
         st = ck.state or {}
         if "optimizer" in st:
-            self.opt.load_state_dict(st["optimizer"])
+            dist.load_optimizer_state(
+                self.fwd, self.opt, st["optimizer"], self.cfg.train.fsdp and self.info.enabled
+            )
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.step = int(st.get("step", ck.meta.get("step", 0)))
