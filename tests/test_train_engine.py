@@ -310,3 +310,31 @@ def test_cli_bad_inputs(tmp_path):
     cfg2, resume, notes = build_config(args)
     assert resume is not None and cfg2.model.depth == 2 and cfg2.train.epochs == 5
     assert any("train.epochs: 1 -> 5" in n for n in notes)
+
+
+def test_cli_config_layers_and_auto_batch(tmp_path, capsys):
+    from jitkit.cli import build_parser, main
+    from jitkit.cli.train import build_config
+
+    y = tmp_path / "run.yaml"
+    y.write_text("model:\n  depth: 3\ntrain:\n  epochs: 7\n  blr: 0.001\n")
+    args = build_parser().parse_args(
+        ["train", "--config", str(y), "--epochs", "9", "--set", "train.seed=4", "ema_decay1=0.99"]
+    )
+    cfg, resume, _ = build_config(args)
+    # preset ← YAML ← command line
+    assert resume is None and cfg.model.name == "JiT-S/4" and cfg.model.depth == 3
+    assert (
+        cfg.train.epochs == 9
+        and cfg.train.blr == 0.001
+        and cfg.train.seed == 4
+        and cfg.train.ema_decay1 == 0.99
+    )
+    y.write_text("modle:\n  depth: 3\n")
+    with pytest.raises(ValueError, match="unknown section 'modle'"):
+        build_config(build_parser().parse_args(["train", "--config", str(y)]))
+    rc = main(["train", "--batch-size", "auto", "--dry-run", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert (
+        rc == 0 and "--batch-size auto" in out and "effective batch   128" in out and "batch_size=128" in out
+    )
