@@ -145,8 +145,10 @@ class BottleneckPatchEmbed(nn.Module):
         self.proj2 = nn.Conv2d(bottleneck, hidden, kernel_size=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj2(self.proj1(x))  # [B,D,G,G]
-        return x.flatten(2).transpose(1, 2)  # [B,N,D], token i·G + j
+        x = self.proj1(x).flatten(2).transpose(1, 2)  # [B,b,G,G] → [B,N,b], token i·G + j
+        # the 1×1 conv as a linear on the tokens: the result is a contiguous [B,N,D] (a transposed view here
+        # would make every element-wise op and norm of the blocks before the in-context tokens run strided)
+        return F.linear(x, self.proj2.weight.flatten(1), self.proj2.bias)  # [B,N,D]
 
 
 class SwiGLU(nn.Module):
