@@ -48,6 +48,7 @@ OPTIMS = ("fused", "foreach", "loop")
 EMAS = ("foreach", "lerp", "loop", "none")
 MEMORY = ("auto", "inprocess", "subprocess", "off")
 CFG_MODES = ("batched", "separate")
+CLOCKS = ("wall", "cpu")
 SAMPLE_INTERVAL = (0.1, 1.0)
 
 
@@ -81,6 +82,7 @@ class BenchSettings:
     gemm_seconds: float = 2.0
     gemm_n: int | None = None
     memory: str = "auto"
+    clock: str = "wall"
     seed: int = 0
 
     def validate(self) -> None:
@@ -96,6 +98,8 @@ class BenchSettings:
             raise ValueError(f"ema must be one of {EMAS}, found {self.ema!r}")
         if self.cfg_mode not in CFG_MODES:
             raise ValueError(f"cfg_mode must be one of {CFG_MODES}, found {self.cfg_mode!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, found {self.clock!r}")
         if self.memory not in MEMORY:
             raise ValueError(f"memory must be one of {MEMORY}, found {self.memory!r}")
         for name in ("batch_size", "sample_steps", "repeats", "sample_repeats"):
@@ -235,11 +239,14 @@ def make_ema(model: torch.nn.Module, kind: str) -> Any:
         return _ForeachEMA(model)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], Any], device: torch.device, clock: str = "wall") -> float:
+    """Seconds of one call: wall clock, or (``clock="cpu"``) this process's CPU time — with one thread a
+    load-robust proxy for before/after comparisons on a busy machine (not a throughput)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = now()
     fn()
     synchronize(device)
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def _rates(batch: int, times: list[float]) -> dict[str, Any]:
@@ -449,7 +456,7 @@ def _interleaved(
     for _ in range(repeats):
         for i, (v, fn) in enumerate(cases):
             _set_threads(v)
-            times[i].append(_timed(fn, device))
+            times[i].append(_timed(fn, device, v.clock))
     return times
 
 
@@ -475,7 +482,9 @@ def run_bench(
         if v.dtype not in peaks:
             _set_threads(v)
             say(f"measuring the {v.dtype} GEMM peak on {device}")
-            peaks[v.dtype] = gemm_peak(device, DTYPES[v.dtype], n=v.gemm_n, seconds=v.gemm_seconds)
+            peaks[v.dtype] = gemm_peak(
+                device, DTYPES[v.dtype], n=v.gemm_n, seconds=v.gemm_seconds, clock=v.clock
+            )
     results: list[dict[str, Any]] = []
     for v in variants:
         fl = flops_per_image(v.model_config())
@@ -538,7 +547,7 @@ def run_bench(
         for i, v in enumerate(variants):
             say(f"sample: {labels[i]} Heun {v.sample_steps} steps, cfg {v.cfg}".replace(" Heun", " Heun"))
             fn, info = prepare_sample(v, device)
-            ts = [_timed(fn, device) for _ in range(v.sample_repeats)]
+            ts = [_timed(fn, device, v.clock) for _ in range(v.sample_repeats)]
             results[i]["details"]["sample"] = {**info, **_rates(info["batch_size"], ts)}
             results[i]["sample_img_per_s"] = results[i]["details"]["sample"]["img_per_s"]
     for v, r in zip(variants, results):

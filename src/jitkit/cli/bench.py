@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how peak memory is measured (auto: in this process, but a fresh process per variant of a CPU --compare)",
     )
     p.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="wall clock (default), or process CPU time: with --threads 1 a load-robust proxy for before/after "
+        "comparisons on a busy machine (its img/s is then per CPU-second, not a throughput)",
+    )
+    p.add_argument(
         "--compare",
         default=None,
         metavar="KEY=a,b",
@@ -110,6 +117,7 @@ def _settings(args: argparse.Namespace):  # -> BenchSettings
         sample_repeats=args.sample_repeats,
         gemm_seconds=args.gemm_seconds,
         memory=args.memory,
+        clock=args.clock,
     )
     if args.quick:
         # the quick preset replaces the size knobs the user left at their defaults
