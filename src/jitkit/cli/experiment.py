@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--out", default="runs/experiments/manifold", help="output folder")
     m.add_argument("--quick", action="store_true", help="a miniature run (seconds), for tests")
-    m.add_argument("--epochs", type=int, default=None, help="epochs per model (default 120; notebook 2000)")
+    m.add_argument("--epochs", type=int, default=None, help="epochs per model (default 150; notebook 2000)")
     m.add_argument("--dims", type=_dims, default=None, help="ambient dimensions, e.g. 2,8,16,32,128,512")
     m.add_argument("--preds", type=_preds, default=None, help="prediction types, subset of x,eps,v")
     m.add_argument("--n", type=int, default=None, help="number of swiss-roll points (10000)")

@@ -14,8 +14,11 @@ Runs (all on the same 3,200 images, 16 classes, same batches order given the see
 (a) and (b) share the optimisation recipe of the study: AdamW lr 5e-4, weight decay 0, gradient clipping
 at 1.0, cosine decay over the run (no warm-up), batch 128, 30 epochs, random horizontal flips. The loop is
 ``fit`` below — a minimal loop over library pieces (the model's loss, torch's AdamW); both models go
-through the same code. Samples are drawn from the raw weights (no EMA) for (a) and (b); (c) samples an EMA
-of the weights (decay ``ema_decay``), since a longer run is what EMA is for.
+through the same code, and samples are drawn from the raw weights (no EMA).
+
+(c) goes through the library's trainer ``jitkit.train.train`` (AdamW β = (0.9, 0.95), 1 warm-up epoch,
+cosine over ``long_max_epochs``, clip 1.0, EMA ``ema_decay``) with a callback that scores the EMA weights
+every ``long_check_every`` epochs and stops the run (``StopTraining``) once the targets are met.
 
 Shape key: B batch, C = 3 channels, S = 16 side; images are uint8 [N, 3, S, S] or floats in [−1, 1].
 """
@@ -36,9 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from jitkit.config import DiffusionConfig, ModelConfig, SamplerConfig
+from jitkit.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplerConfig, TrainConfig
 
 LOSS_EPOCHS = (1, 4, 8, 16, 24, 30)
+TRAJECTORY_CLASS = 10  # blue_triangle
 PUBLISHED = {"params": 323_696, "loss_epoch1": 0.9147, "loss_epoch30": 0.1228, "wall_seconds": 42.7}
 
 
@@ -255,8 +259,6 @@ def fit(
     total_epochs: int | None = None,
     start_epoch: int = 0,
     opt: torch.optim.Optimizer | None = None,
-    ema: nn.Module | None = None,
-    ema_decay: float = 0.999,
     desc: str = "train",
     progress: bool = True,
 ) -> tuple[FitResult, torch.optim.Optimizer]:
@@ -299,10 +301,6 @@ def fit(
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
-                        pe.lerp_(pm, 1 - ema_decay)
             total += loss.item()
             bar.update(1)
         losses.append(total / steps_per_epoch)
@@ -366,7 +364,7 @@ def save_trajectory_png(
     for name, ts, states, preds, unit in runs:
         for k in range(states.shape[1]):
             rows.append((f"{name}\nstate", ts, states[:, k], unit))
-            rows.append((f"{name}\npred. x̂", ts, preds[:, k], unit))
+            rows.append((f"{name}\npredicted x", ts, preds[:, k], unit))
     ncol = max(r[2].shape[0] for r in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(1.05 * ncol + 0.9, 1.05 * len(rows)), squeeze=False)
     for r, (label, ts, imgs, unit) in enumerate(rows):
@@ -379,7 +377,11 @@ def save_trajectory_png(
                 continue
             ax.imshow(imgs[c].permute(1, 2, 0).numpy(), interpolation="nearest")
             if r % 2 == 0:
-                ax.set_title(f"{unit}={ts[c]:.2f}" if unit == "t" else f"{unit}={ts[c]}", fontsize=7)
+                if unit == "t":
+                    title = f"t={ts[c]:.2f}"
+                else:
+                    title = "output" if ts[c] < 0 else f"step {ts[c]}"
+                ax.set_title(title, fontsize=7)
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
     fig.tight_layout(pad=0.3)
@@ -441,7 +443,6 @@ def run_shapes_study(
     Files: ``grid_dit.png``, ``grid_jit.png``, ``grid_jit_long.png`` (one row per class), ``trajectory.png``,
     ``losses.png``, ``report.md``, ``results.json``.
     """
-    from jitkit.config import DataConfig
     from jitkit.data import build_dataset
     from jitkit.eval.generate import save_grid
     from jitkit.models.registry import count_params
@@ -495,8 +496,8 @@ def run_shapes_study(
     if cfg.long_run:
         runs["jit_long"], models["jit_long"] = _long_run(cfg, images, labels, classes, out, common, say)
 
-    # the denoising trajectories: one example of 4 classes, ~10 evenly spaced steps each
-    ex = [0, 5, 10, 15]
+    # the denoising trajectories: one sample (the same class and noise for every run), ~10 evenly spaced steps
+    ex = [TRAJECTORY_CLASS]
     traj_runs = []
     for key in models:
         ts, states, preds = trajectory_frames(
@@ -520,73 +521,125 @@ def run_shapes_study(
     return results
 
 
-def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tuple[dict[str, Any], nn.Module]:
-    """(c) Train JiT in chunks of ``long_check_every`` epochs (one cosine schedule over ``long_max_epochs``)
-    and stop at the first check whose EMA samples reach the targets."""
-    from jitkit.eval.generate import save_grid
-    from jitkit.models.registry import count_params
+def long_run_config(cfg: ShapesStudyConfig, out: Path) -> RunConfig:
+    """The RunConfig of run (c): the study's JiT through ``jitkit.train.train`` (EMA, cosine, clip)."""
+    return RunConfig(
+        model=cfg.jit_model_config(),
+        diffusion=DiffusionConfig(pred="x", loss="v"),
+        sampler=cfg.jit_sampler(),
+        data=DataConfig(
+            data="shapes", img_size=cfg.img_size, per_class=cfg.per_class, seed=cfg.seed, hflip=cfg.hflip
+        ),
+        train=TrainConfig(
+            out=str(out / "jit_long_run"),
+            epochs=cfg.long_max_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.long_lr,
+            schedule="cosine",
+            warmup_epochs=1.0,
+            weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+            ema_decay1=cfg.ema_decay,
+            ema_decay2=0.99,
+            precision="fp32",
+            device="cpu",
+            seed=cfg.seed,
+            log_every=25,
+            keep_ckpts=1,
+            eval_at_end=False,
+        ),
+    )
 
-    torch.manual_seed(cfg.seed)
-    model = JiTFlow(cfg)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = None
-    losses: list[float] = []
-    checks = []
-    seconds = 0.0
-    done = 0
-    reached = False
-    metrics: dict[str, Any] = {}
-    imgs = y = None
-    while done < cfg.long_max_epochs:
-        n = min(cfg.long_check_every, cfg.long_max_epochs - done)
-        res, opt = fit(
-            model,
-            images,
-            labels,
-            epochs=n,
-            total_epochs=cfg.long_max_epochs,
-            start_epoch=done,
-            opt=opt,
-            ema=ema,
-            ema_decay=cfg.ema_decay,
-            desc=f"jit_long {done + n}/{cfg.long_max_epochs}",
-            **{**common, "lr": cfg.long_lr},
-        )
-        done += n
-        seconds += res.seconds
-        losses += res.epoch_losses
-        metrics, imgs, y, secs = _score(ema, cfg, cfg.seed + 99)
-        checks.append(
+
+class _CrispnessCheck:
+    """A ``jitkit.train.train`` callback: every ``every`` epochs, score 16 samples per class of the EMA
+    denoiser; stop the run once accuracy and mean IoU reach the targets. Tracks training-only wall time."""
+
+    def __init__(self, cfg: ShapesStudyConfig, say: Callable[[str], None]) -> None:
+        self.cfg, self.say = cfg, say
+        self.checks: list[dict[str, Any]] = []
+        self.losses: list[float] = []
+        self._epoch_loss: list[float] = []
+        self.eval_seconds = 0.0
+        self.t0 = time.perf_counter()
+        self.reached = False
+        self.last: tuple | None = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        from jitkit.train.engine import StopTraining
+
+        if event == "step":
+            self._epoch_loss.append(float(info["loss"]))
+            return
+        if event != "epoch_end":
+            return
+        self.losses.append(float(np.mean(self._epoch_loss)) if self._epoch_loss else float("nan"))
+        self._epoch_loss = []
+        epoch = len(self.losses)
+        if epoch % self.cfg.long_check_every and epoch < self.cfg.long_max_epochs:
+            return
+        te = time.perf_counter()
+        flow = _DenoiserView(info["denoiser"], self.cfg.jit_sampler())
+        metrics, imgs, y, _ = _score(flow, self.cfg, self.cfg.seed + 99)
+        self.eval_seconds += time.perf_counter() - te
+        train_s = time.perf_counter() - self.t0 - self.eval_seconds
+        self.checks.append(
             {
-                "epoch": done,
-                "train_seconds": round(seconds, 1),
+                "epoch": epoch,
+                "step": int(info["step"]),
+                "train_seconds": round(train_s, 1),
                 "accuracy": metrics["accuracy"],
                 "mean_iou": metrics["mean_iou"],
-                "loss": res.epoch_losses[-1],
+                "loss": self.losses[-1],
             }
         )
-        say(
-            f"jit_long: epoch {done}, {seconds:.0f} s, accuracy {metrics['accuracy']:.3f}, IoU {metrics['mean_iou']:.3f}"
+        self.last = (metrics, imgs, y, flow)
+        self.say(
+            f"jit_long: epoch {epoch}, {train_s:.0f} s of training, accuracy {metrics['accuracy']:.3f}, "
+            f"IoU {metrics['mean_iou']:.3f}"
         )
-        if metrics["accuracy"] >= cfg.target_accuracy and metrics["mean_iou"] >= cfg.target_iou:
-            reached = True
-            break
+        if metrics["accuracy"] >= self.cfg.target_accuracy and metrics["mean_iou"] >= self.cfg.target_iou:
+            self.reached = True
+            raise StopTraining("shapes targets reached")
+
+
+class _DenoiserView(JiTFlow):
+    """A trained Denoiser (e.g. the trainer's EMA) behind the study's generate() interface."""
+
+    def __init__(self, denoiser: nn.Module, sampler: SamplerConfig) -> None:
+        nn.Module.__init__(self)
+        self.denoiser = copy.deepcopy(denoiser).eval()
+        self.sampler = sampler
+
+
+def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tuple[dict[str, Any], nn.Module]:
+    """(c) Train JiT with ``jitkit.train.train`` (one cosine schedule over ``long_max_epochs``), checking the
+    EMA samples every ``long_check_every`` epochs and stopping at the first check that reaches the targets."""
+    from jitkit.eval.generate import save_grid
+    from jitkit.models.registry import count_params
+    from jitkit.train import train
+
+    rc = long_run_config(cfg, out)
+    check = _CrispnessCheck(cfg, say)
+    run_dir = train(rc, callbacks=[check], progress=common.get("progress", True))
+    metrics, imgs, y, flow = check.last
     save_grid(imgs, y, out / "grid_jit_long.png", classes)
-    steps_per_epoch = images.shape[0] // cfg.batch_size
+    last = check.checks[-1]
     info = {
-        "title": f"JiT until crisp (EMA {cfg.ema_decay}, lr {cfg.long_lr})",
-        "params": count_params(model.net),
-        "epoch_losses": losses,
-        "train_seconds": round(seconds, 1),
-        "steps": done * steps_per_epoch,
-        "epochs": done,
-        "reached_target": reached,
-        "checks": checks,
+        "title": f"JiT until crisp (jitkit train, EMA {cfg.ema_decay}, lr {cfg.long_lr})",
+        "params": count_params(flow.net),
+        "epoch_losses": check.losses,
+        "train_seconds": last["train_seconds"],
+        "steps": last["step"],
+        "epochs": last["epoch"],
+        "reached_target": check.reached,
+        "checks": check.checks,
+        "run_dir": str(run_dir),
         "sampler": f"Heun {cfg.heun_steps} steps",
-        "nfe": model.nfe,
+        "nfe": flow.nfe,
         "metrics": metrics,
     }
-    return info, ema
+    return info, flow
 
 
 def _fmt_loss(h: list[float], e: int) -> str:
