@@ -110,3 +110,11 @@ def test_bad_input_is_explained():
         shapes_metrics(np.zeros((2, 3, 16, 16), np.uint8), [0])
     with pytest.raises(ValueError, match=r"0, 15"):
         shapes_metrics(np.zeros((1, 3, 16, 16), np.uint8), [16])
+
+
+def test_all_foreground_scores_the_largest_square():
+    # a flat grey image (what an untrained model makes) is all foreground: its best match is the largest
+    # square, side 3S/4, so IoU = (3/4)² whatever the colour — accuracy, not IoU alone, shows it is wrong
+    img = np.full((1, 3, 16, 16), 128, dtype=np.uint8)
+    color, shape, iou, _ = classify_shapes(img)
+    assert shape[0] == SHAPES.index("square") and iou[0] == pytest.approx(0.5625)
