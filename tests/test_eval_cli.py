@@ -162,3 +162,30 @@ def test_fid_schedule():
     assert hooks.fid_due("end", 3, every=4) and not hooks.fid_due("end", 3, every=4, at_end=False)
     assert not any(hooks.fid_due("epoch_end", e, every=0) for e in range(1, 5))
     assert not hooks.fid_due("step", 4, every=4)
+
+
+def test_image_sources(shapes_folder, tmp_path):
+    from PIL import Image
+
+    from jitkit.eval.sources import open_source
+
+    src = open_source("shapes")
+    assert src.n == 3200 and src.size == 16
+    b = next(src.batches(100))
+    assert b.dtype == torch.uint8 and b.shape == (100, 3, 16, 16)
+    root, images, labels = shapes_folder
+    src = open_source(root)
+    got = torch.cat(list(src.batches(5)))
+    assert torch.equal(got, torch.as_tensor(images)) and src.labels.tolist() == labels.tolist()
+    # an ImageNet-layout folder: PATH/val is used when it exists, cropped to --size
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("cat", "dog"):
+            d = tmp_path / "inet" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (24, 20), (10 * i, 0, 0)).save(d / f"{i}.png")
+    src = open_source(tmp_path / "inet", size=16)
+    assert src.n == 4 and "split val" in src.description
+    assert torch.cat(list(src.batches(3))).shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="--size"):
+        open_source(tmp_path / "inet")
