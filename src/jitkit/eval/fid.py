@@ -173,7 +173,7 @@ def _coverage(points, centres, radii, chunk: int):
     return float(inside.double().mean())
 
 
-def precision_recall(real: Any, fake: Any, k: int = 3, chunk: int = 1024) -> dict[str, float]:
+def precision_recall(real: Any, fake: Any, k: int = 3, chunk: int = 256) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) on features real [N, F] and fake [M, F].
 
     Each set's manifold is the union of balls around its points with radius the distance to the point's

@@ -84,7 +84,7 @@ def _where_to_get() -> str:
 
 class InceptionFeatures:
     """torch-fidelity's InceptionV3 on a device: ``__call__(uint8 [B,3,H,W]) → {'2048': [B,2048], 'logits_unbiased':
-    [B,1008]}`` as float64 numpy arrays."""
+    [B,1008]}`` as float32 numpy arrays (statistics are computed in float64)."""
 
     FEATURES = ("2048", "logits_unbiased")
 
@@ -109,7 +109,7 @@ class InceptionFeatures:
                 f"Inception expects uint8 images [B, 3, H, W], found {images.dtype} {list(images.shape)}"
             )
         out = self.net(images.to(self.device))
-        return {k: v.detach().double().cpu().numpy() for k, v in zip(self.FEATURES, out)}
+        return {k: v.detach().float().cpu().numpy() for k, v in zip(self.FEATURES, out)}
 
 
 def extract_features(
