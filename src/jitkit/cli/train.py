@@ -335,10 +335,35 @@ def _apply_auto_batch(cfg, notes: list[str]):
     return cfg.override(upd)
 
 
+def _calm_openmp_on_busy_hosts() -> str | None:
+    """On a CPU host that is already busy (1-min load ≥ cores), make OpenMP threads sleep instead of spin.
+
+    Spinning worker threads of several processes starve each other: measured on a 2-core host at load 9,
+    JiT-T/4 trained at 13 img/s with spinning and 425 img/s with OMP_WAIT_POLICY=PASSIVE. Must run before
+    torch is imported; an explicit OMP_WAIT_POLICY is left alone.
+    """
+    import os
+
+    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return None
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cpus = os.cpu_count() or 1
+    if load >= cpus:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return f"host is busy (load {load:.1f} on {cpus} CPUs): OMP_WAIT_POLICY=PASSIVE"
+    return None
+
+
 def run_train(args: argparse.Namespace) -> int:
+    calm = _calm_openmp_on_busy_hosts()
     from jitkit.train.dist import env_world
 
     cfg, resume, notes = build_config(args)
+    if calm:
+        notes.append(calm)
     if args.batch_size is not None and str(args.batch_size).lower() == "auto":
         cfg = _apply_auto_batch(cfg, notes)
     rank, _, _ = env_world()
