@@ -209,3 +209,17 @@ def test_memory_estimate_matches_measured_cpu_peak(gc):
     measured = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
     est = estimate_memory(model_config("JiT-S/4", img_size=32, num_classes=16), 24, grad_checkpoint=gc).total
     assert math.isclose(est, measured, rel_tol=0.25), (est / 2**20, measured / 2**20)
+
+
+def test_ema_warmup_decay():
+    m = nn.Linear(2, 2)
+    ema = EMA(m, (0.999, 0.5), warmup=True)
+    assert ema.current_decays() == pytest.approx((0.1, 0.1))  # (1 + 0)/(10 + 0)
+    w0 = ema.averaged(1)["weight"].clone()
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m)
+    torch.testing.assert_close(ema.averaged(1)["weight"], 0.1 * w0 + 0.9 * m.weight.detach())
+    ema.num_updates = 10_000
+    assert ema.current_decays() == pytest.approx((0.999, 0.5))
+    assert EMA(m, (0.999, 0.5)).current_decays() == (0.999, 0.5)

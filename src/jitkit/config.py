@@ -263,6 +263,7 @@ class TrainConfig(_Base):
     grad_clip: float = 0.0
     ema_decay1: float = 0.9999
     ema_decay2: float = 0.9996
+    ema_warmup: bool = False  # decay min(d, (1+n)/(10+n)) at update n (not in the reference; for short runs)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
     fsdp: bool = False

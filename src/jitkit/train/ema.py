@@ -4,7 +4,9 @@ After every optimiser step, for each decay d ∈ {d1, d2} (0.9999 and 0.9996 in 
 
     ema ← d·ema + (1 − d)·param
 
-Sampling uses the first average. Parameters that are not trained (``requires_grad=False``, e.g. JiT's fixed
+Sampling uses the first average. With ``warmup`` (off in the reference; useful for runs of a few thousand
+steps) the decay used at update n (counting from 0) is min(d, (1 + n)/(10 + n)), so the averages forget the
+initial weights quickly early on. Parameters that are not trained (``requires_grad=False``, e.g. JiT's fixed
 ``pos_embed``) are copied rather than averaged; buffers are taken from the model when a state dict is built.
 """
 
@@ -35,12 +37,15 @@ class EMA:
     a model; ``state_dict()`` / ``load_state_dict()`` round-trip both averages and the decays.
     """
 
-    def __init__(self, model: nn.Module, decays: tuple[float, float] = (0.9999, 0.9996)) -> None:
+    def __init__(
+        self, model: nn.Module, decays: tuple[float, float] = (0.9999, 0.9996), warmup: bool = False
+    ) -> None:
         model = unwrap_model(model)
         for d in decays:
             if not (0.0 <= d < 1.0):
                 raise ValueError(f"EMA decays must lie in [0, 1), found {d}")
         self.decays = (float(decays[0]), float(decays[1]))
+        self.warmup = bool(warmup)
         named = list(model.named_parameters())
         self.names = [n for n, _ in named]
         self.trainable = [p.requires_grad for _, p in named]
@@ -59,12 +64,19 @@ class EMA:
             )
         return params
 
+    def current_decays(self) -> tuple[float, float]:
+        """The decays the next update uses (the configured ones, or lower during the warm-up)."""
+        if not self.warmup:
+            return self.decays
+        cap = (1.0 + self.num_updates) / (10.0 + self.num_updates)
+        return (min(self.decays[0], cap), min(self.decays[1], cap))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """ema_i ← d_i·ema_i + (1 − d_i)·param for both decays (trainable parameters; others are copied)."""
         params = self._params(model)
         train_p = [p.detach() for p, t in zip(params, self.trainable) if t]
-        for d, shadow in zip(self.decays, self.shadows):
+        for d, shadow in zip(self.current_decays(), self.shadows):
             train_s = [s for s, t in zip(shadow, self.trainable) if t]
             if train_s:
                 torch._foreach_mul_(train_s, d)
@@ -113,6 +125,7 @@ class EMA:
     def state_dict(self) -> dict:
         return {
             "decays": list(self.decays),
+            "warmup": self.warmup,
             "num_updates": self.num_updates,
             "ema1": {n: s.detach().clone() for n, s in zip(self.names, self.shadows[0])},
             "ema2": {n: s.detach().clone() for n, s in zip(self.names, self.shadows[1])},

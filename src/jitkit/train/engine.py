@@ -580,7 +580,7 @@ class _Trainer:
             self.raw if fwd_net is self.raw.net else Denoiser(fwd_net, cfg.diffusion, cfg.model.num_classes)
         )
         self.fwd = dist.wrap_model(self.fwd, self.info, fsdp=tc.fsdp)
-        self.ema = EMA(self.raw, (tc.ema_decay1, tc.ema_decay2))
+        self.ema = EMA(self.raw, (tc.ema_decay1, tc.ema_decay2), warmup=tc.ema_warmup)
         self.opt = make_optimizer(self.raw, tc, self.lr, self.device)
         self.scaler = (
             torch.amp.GradScaler(self.device.type)
