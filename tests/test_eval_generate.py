@@ -187,3 +187,13 @@ def test_grid_has_one_row_per_class(tmp_path):
 
     with Image.open(p) as im:
         assert im.size[1] == 2 + 2 * (64 + 2)  # 4-px images enlarged ×16 to 64 px
+
+
+def test_device_resolution_explains():
+    assert G.resolve_device("cpu").type == "cpu"
+    assert G.resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            G.resolve_device("cuda")
+    with pytest.raises(ValueError, match="auto, cpu, cuda, cuda:N or mps, found 'tpu'"):
+        G.resolve_device("tpu")

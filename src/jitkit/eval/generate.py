@@ -45,7 +45,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps, found {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device auto or cpu")
     if dev.type == "mps":
@@ -54,8 +59,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ValueError(
                 f"--device {name}: MPS is not available on this machine; use --device auto or cpu"
             )
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, found {name!r}")
     return dev
 
 
