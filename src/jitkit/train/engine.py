@@ -357,7 +357,7 @@ def plot_loss(log_path: Path, out_png: Path) -> Path | None:
     """loss.png from log.jsonl: the logged loss against the step (log scale), with a smoothed curve."""
     rows = read_log(log_path)
     pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
-    if len(pts) < 2:
+    if not pts:
         return None
     import matplotlib
 
@@ -366,7 +366,9 @@ def plot_loss(log_path: Path, out_png: Path) -> Path | None:
 
     steps, losses = zip(*pts)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    ax.plot(steps, losses, lw=0.8, alpha=0.45, label="loss (logged mean)")
+    ax.plot(
+        steps, losses, lw=0.8, alpha=0.45, marker="o" if len(pts) < 20 else None, label="loss (logged mean)"
+    )
     k = max(1, len(losses) // 25)
     if k > 1:
         sm = [
