@@ -59,7 +59,7 @@ class BenchSettings:
     model: str = "JiT-B/16"
     img_size: int | None = None
     batch_size: int = 2
-    device: str = "cpu"
+    device: str = "auto"
     dtype: str = "fp32"
     mode: str = "all"
     sample_steps: int = 50

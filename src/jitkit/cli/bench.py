@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sample-batch-size", type=int, default=None, help="batch for sampling (default: --batch-size)"
     )
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto (default cpu)")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps"
+    )
     p.add_argument(
         "--dtype",
         default="fp32",
