@@ -30,6 +30,20 @@ if want ref_mem_bs8 && [[ -f "$REF_HARNESS" ]]; then
 fi
 ab attention_bs8 $B16 --batch-size 8 --mode train --warmup 1 --repeats 1 --compare attention=math-fp32,sdpa
 ab gradckpt_bs8 $B16 --batch-size 8 --mode train --warmup 1 --repeats 1 --compare grad_checkpoint=0,1
+# jitkit vs the reference in CPU seconds at one thread (indicative ratios for the targets while the machine is busy)
+ab b16_bs2 $B16 --batch-size 2 --mode train,forward --repeats 3
+ab b16_sample10_bs4 $B16 --batch-size 4 --mode sample --sample-steps 10 --cfg 2.9
+refab() { # name, harness args...
+  local name=$1; shift
+  want "$name" && [[ -f "$REF_HARNESS" ]] || return 0
+  for c in 0 1; do
+    log "$name (REF_COMPILE=$c): reference $*"
+    CLOCK=cpu REF_COMPILE=$c THREADS=1 REPS=3 "$PY" "$REF_HARNESS" "$@" 2>/dev/null | tail -1 > "$OUT/${name}_compile$c.json"
+  done
+}
+refab ref_train_bs2 train 2
+refab ref_forward_bs2 forward 2
+refab ref_sample10_bs4 sample 4 10
 # speed, CPU seconds at one thread
 ab optim $B16 --batch-size 2 --mode train --repeats 3 --compare optim=loop,foreach,fused
 ab ema $B16 --batch-size 2 --mode train --repeats 3 --compare ema=loop,foreach,lerp
