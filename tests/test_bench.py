@@ -148,3 +148,23 @@ def test_separate_cfg_sampler_matches_the_library_sampler():
     b = sample_separate_cfg(vel, z0, y, sc, TINY.num_classes)
     assert (a - z0).abs().max() > 1e-3
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_peak_memory_sees_a_temporary_allocation():
+    from jitkit.bench.hardware import PeakMemory
+
+    mem = PeakMemory(torch.device("cpu"))
+    mem.start()
+    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    x.add_(1)
+    del x  # freed again: only the high-water mark remembers it
+    peak = mem.stop()
+    assert "cpu" in mem.kind
+    assert 60 <= peak < 2000
+
+
+def test_gemm_peak_is_a_positive_rate():
+    from jitkit.bench.hardware import gemm_peak
+
+    p = gemm_peak(torch.device("cpu"), n=128, seconds=0.05)
+    assert p["flops"] >= p["median_flops"] > 0
