@@ -228,6 +228,9 @@ def test_page_steps_through_a_run(server, driver, tmp_path):
     driver.execute_script(
         "window.jitkitDemo.setFrame(arguments[0]); document.activeElement.blur();", STEPS // 2
     )
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()  # no hover
     shot = tmp_path / "demo.png"
     driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
