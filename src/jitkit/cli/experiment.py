@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-epochs", type=int, default=None, help="epoch budget of (c) (300)")
     s.add_argument("--check-every", type=int, default=None, help="(c) checks the targets every N epochs (25)")
     s.add_argument("--no-long", action="store_true", help="skip run (c)")
+    s.add_argument("--beta-start", type=float, default=None, help="DDPM linear beta schedule start (1e-4)")
+    s.add_argument("--beta-end", type=float, default=None, help="DDPM linear beta schedule end (0.02)")
     s.add_argument("--heun-steps", type=int, default=None, help="JiT sampler steps (20)")
     s.add_argument("--per-class", type=int, default=None, help="training images per class (200)")
     s.add_argument("--samples-per-class", type=int, default=None, help="evaluation samples per class (16)")
@@ -117,6 +119,8 @@ def run_shapes(args: argparse.Namespace) -> int:
             "max_epochs": "long_max_epochs",
             "check_every": "long_check_every",
             "heun_steps": "heun_steps",
+            "beta_start": "beta_start",
+            "beta_end": "beta_end",
             "per_class": "per_class",
             "samples_per_class": "samples_per_class",
             "seed": "seed",

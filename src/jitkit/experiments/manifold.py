@@ -322,9 +322,9 @@ def metrics_table(results: dict[str, Any], dims, preds) -> str:
         cells = []
         for p in preds:
             m = results["metrics"][f"D{D}_{p}"]
-            cells.append(
-                f"{m['mean_nn_dist']:.3f} · {m['off_manifold_energy']:.3g} · {m['sliced_wasserstein']:.3f}"
-            )
+            off = m["off_manifold_energy"]
+            off_s = "0" if off < 1e-12 else f"{off:.3g}"
+            cells.append(f"{m['mean_nn_dist']:.3f} · {off_s} · {m['sliced_wasserstein']:.3f}")
         rows.append(f"| {D} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -375,26 +375,39 @@ def run_manifold(cfg: ManifoldConfig, out: str | Path, *, progress: bool = True)
                 zs[m] = np.nan_to_num(zs[m], nan=1e6, posinf=1e6, neginf=-1e6)
             samples[key] = (zs[m] @ ds.P).astype(np.float32)
             metrics[key] = swissroll_metrics(zs[m], ds.P, held.points2d)
+        _write_outputs(out, cfg, data2d, samples, histories, metrics, timings, time.perf_counter() - t_all)
     bar.close()
-    wall = time.perf_counter() - t_all
-    samples_out = {**samples, "data": data2d.astype(np.float32)}
-    _atomic_savez(out / "samples.npz", **samples_out)
-    plot_grid(data2d, samples, dims, preds, out / "manifold.png", metrics=metrics)
-    plot_losses(histories, dims, preds, out / "losses.png")
+    return json.loads((out / "results.json").read_text())
+
+
+def _write_outputs(
+    out: Path, cfg: ManifoldConfig, data2d, samples, histories, metrics, timings, wall
+) -> None:
+    """Write every output for the dimensions finished so far (called after each D, so an interrupted run
+    still leaves a consistent, smaller result)."""
+    import os
+
+    preds = tuple(cfg.preds)
+    done = tuple(sorted(D for D in cfg.dims if f"D{D}_{preds[0]}" in metrics))
+    _atomic_savez(out / "samples.npz", **samples, data=data2d.astype(np.float32))
+    plot_grid(data2d, samples, done, preds, out / "manifold.png", metrics=metrics)
+    plot_losses(histories, done, preds, out / "losses.png")
     results = {
         "experiment": "manifold",
         "config": cfg.to_dict(),
-        "steps_per_model": steps_per_model,
+        "dims_done": list(done),
+        "complete": set(done) == set(cfg.dims),
+        "steps_per_model": cfg.epochs * math.ceil(cfg.n / cfg.batch_size),
         "wall_seconds": round(wall, 1),
         "seconds_per_D": timings,
         "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "metrics": metrics,
         "final_loss": {k: v[-1] for k, v in histories.items()},
         "loss_history": histories,
     }
     _atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     _atomic_write_text(out / "report.md", manifold_report(results))
-    return results
 
 
 def replot_manifold(out: str | Path) -> Path:
@@ -404,7 +417,8 @@ def replot_manifold(out: str | Path) -> Path:
         if not (out / f).is_file():
             raise FileNotFoundError(f"{out} holds no {f}; expected the folder of a finished manifold run")
     results = json.loads((out / "results.json").read_text())
-    dims, preds = tuple(results["config"]["dims"]), tuple(results["config"]["preds"])
+    dims = tuple(results.get("dims_done", results["config"]["dims"]))
+    preds = tuple(results["config"]["preds"])
     with np.load(out / "samples.npz") as z:
         arrays = {k: z[k] for k in z.files}
     plot_grid(arrays["data"], arrays, dims, preds, out / "manifold.png", metrics=results["metrics"])
@@ -414,7 +428,8 @@ def replot_manifold(out: str | Path) -> Path:
 
 def manifold_report(results: dict[str, Any]) -> str:
     cfg = results["config"]
-    dims, preds = tuple(cfg["dims"]), tuple(cfg["preds"])
+    dims, preds = tuple(results.get("dims_done", cfg["dims"])), tuple(cfg["preds"])
+    load = results.get("load_average")
     lines = [
         "# Manifold toy: x-, ε- and v-prediction with the v-loss",
         "",
@@ -423,7 +438,14 @@ def manifold_report(results: dict[str, Any]) -> str:
         f"{cfg['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs ({results['steps_per_model']} steps) "
         f"per model; t ~ U clipped to [{cfg['t_min']}, {cfg['t_max']}]; {cfg['sample_steps']} Euler steps; "
         f"{cfg['n_samples']} samples per model. Wall time {results['wall_seconds']:.0f} s "
-        f"({results['torch_threads']} torch threads).",
+        f"({results['torch_threads']} torch threads"
+        + (
+            f"; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on this machine at the end"
+            if load
+            else ""
+        )
+        + ")."
+        + ("" if results.get("complete", True) else f" **Partial run: only D = {list(dims)} finished.**"),
         "",
         "![samples](manifold.png)",
         "",
