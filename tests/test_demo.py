@@ -251,6 +251,8 @@ def test_create_app_rejects_bad_setup(model):
     den, cfg = model
     with pytest.raises(ValueError, match="class"):
         create_app(den, cfg, [])
+    with pytest.raises(ValueError, match="num_classes=4"):
+        create_app(den, cfg, CLASSES + ["purple_blob"])
     with pytest.raises(ValueError, match="steps_range"):
         create_app(den, cfg, CLASSES, steps_range=(5, 2))
 

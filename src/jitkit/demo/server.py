@@ -142,6 +142,11 @@ def create_app(
     """
     if len(classes) < 1:
         raise ValueError("the demo needs at least one class name, found none")
+    if len(classes) > model_config.num_classes:
+        raise ValueError(
+            f"{len(classes)} class names for a model with num_classes={model_config.num_classes}; "
+            "expected at most one name per class the model was trained on"
+        )
     lo, hi = steps_range
     if not 1 <= lo <= hi:
         raise ValueError(f"steps_range must satisfy 1 <= low <= high, found {steps_range}")
