@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-epochs", type=int, default=None, help="epoch budget of (c) (300)")
     s.add_argument("--check-every", type=int, default=None, help="(c) checks the targets every N epochs (25)")
     s.add_argument("--no-long", action="store_true", help="skip run (c)")
+    s.add_argument("--runs", type=_preds, default=None, help="which runs, subset of dit,jit,jit_long (all)")
     s.add_argument("--beta-start", type=float, default=None, help="DDPM linear beta schedule start (1e-4)")
     s.add_argument("--beta-end", type=float, default=None, help="DDPM linear beta schedule end (0.02)")
     s.add_argument("--heun-steps", type=int, default=None, help="JiT sampler steps (20)")
@@ -116,6 +117,7 @@ def run_shapes(args: argparse.Namespace) -> int:
         args,
         {
             "epochs": "epochs",
+            "runs": "runs",
             "max_epochs": "long_max_epochs",
             "check_every": "long_check_every",
             "heun_steps": "heun_steps",
@@ -128,7 +130,7 @@ def run_shapes(args: argparse.Namespace) -> int:
     )
     kw["threads"] = args.threads
     if args.no_long:
-        kw["long_run"] = False
+        kw["runs"] = tuple(r for r in kw.get("runs", ("dit", "jit", "jit_long")) if r != "jit_long")
     cfg = quick_config(**kw) if args.quick else ShapesStudyConfig(**kw)
     run_shapes_study(cfg, args.out, progress=not args.no_progress)
     print(f"shapes: wrote {args.out}/report.md, grid_*.png, trajectory.png, losses.png, results.json")
