@@ -279,7 +279,8 @@ def prepare_train(
     """One training step on an in-memory batch: loss (autocast unless fp32) → backward → AdamW → EMAs.
 
     With ``mem`` the peak memory is measured from just before the optimizer and EMA are created (the model
-    and the batch are the baseline) over ``max(warmup, 1)`` steps run here.
+    and the batch are the baseline) over ``max(warmup, 2)`` steps run here (the second step is the first with
+    the AdamW moments allocated during its forward and backward).
     """
     den = build_denoiser(s, device)
     den.train()
@@ -312,7 +313,8 @@ def prepare_train(
         "ema": None if ema is None else f"{type(ema).__module__}.{type(ema).__name__}",
     }
     _set_threads(s)
-    for _ in range(max(s.warmup, 1 if mem is not None else 0)):
+    # memory needs two steps: the optimizer state only exists from the first step's end on
+    for _ in range(max(s.warmup, 2 if mem is not None else 0)):
         step()
     synchronize(device)
     if mem is not None:
@@ -429,7 +431,7 @@ def settings_record(s: BenchSettings, device: torch.device) -> dict[str, Any]:
 
 def memory_in_subprocess(s: BenchSettings) -> dict[str, Any]:
     """Peak training-step memory of ``s`` measured in a fresh Python process (robust RSS baseline)."""
-    probe = replace(s, mode="train", warmup=1, repeats=1, memory="inprocess")
+    probe = replace(s, mode="train", warmup=2, repeats=1, memory="inprocess")
     cmd = [sys.executable, "-m", "jitkit.bench.runner", json.dumps(asdict(probe))]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
