@@ -3,7 +3,7 @@
 Loads the page, picks a class, steps to the end with the page's buttons and checks what the three panes
 show against the API. Saves screenshots into the test's output folder, and to docs/img/demo.png when
 JITKIT_UPDATE_DOCS=1. The model is a tiny random JiT, or the run named by JITKIT_DEMO_RUN (a trained shapes
-run makes the documentation screenshot).
+run makes the documentation screenshot; JITKIT_DEMO_EMA and JITKIT_DEMO_CFG pick its weights and CFG scale).
 
 Skipped, with the reason shown, when chromium, chromedriver or selenium is missing.
 """
@@ -52,7 +52,7 @@ def _tiny_model():
     with torch.no_grad():
         for p in den.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    return den.eval(), cfg, CLASSES, "tiny random JiT-T/4 (test model)"
+    return den.eval(), cfg, CLASSES, SamplerConfig(steps=STEPS), "tiny random JiT-T/4 (test model)"
 
 
 def _model():
@@ -62,7 +62,9 @@ def _model():
     from jitkit.checkpoint import load_denoiser
 
     den, rc, classes = load_denoiser(run, ema=os.environ.get("JITKIT_DEMO_EMA", "1"), device="cpu")
-    return den, rc.model, classes, f"trained {rc.model.name} shapes run"
+    cfg_scale = float(os.environ.get("JITKIT_DEMO_CFG", rc.sampler.cfg))
+    sampler = rc.sampler.replace(steps=STEPS, cfg=cfg_scale)
+    return den, rc.model, classes, sampler, f"trained {rc.model.name} shapes run"
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +97,8 @@ def browser_paths():
 def server():
     from werkzeug.serving import make_server
 
-    den, cfg, classes, label = _model()
-    app = create_app(den, cfg, classes, sampler=SamplerConfig(steps=STEPS), source=label)
+    den, cfg, classes, sampler, label = _model()
+    app = create_app(den, cfg, classes, sampler=sampler, source=label)
     srv = make_server("127.0.0.1", 0, app, threaded=True)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
