@@ -127,7 +127,7 @@ def targets() -> list[str]:
 
 def targets_cpu() -> list[str]:
     """jitkit vs the reference in CPU seconds at one thread (run_ab_cpu.sh): indicative while the machine is busy."""
-    j, js = load_ab("b16_bs2"), load_ab("b16_sample10_bs4")
+    j, js = load_ab("b16_bs2"), load_ab("b16_sample5_bs4")
     if not j and not js:
         return []
 
@@ -148,7 +148,7 @@ def targets_cpu() -> list[str]:
     for label, jv, name in (
         ("training step, batch 2", g(j, "train_img_per_s"), "ref_train_bs2"),
         ("forward, batch 2", g(j, "forward_img_per_s"), "ref_forward_bs2"),
-        ("sampling Heun 10, CFG 2.9, batch 4", g(js, "sample_img_per_s"), "ref_sample10_bs4"),
+        ("sampling Heun 5, CFG 2.9 on [0.1, 1], batch 4", g(js, "sample_img_per_s"), "ref_sample5_bs4"),
     ):
         rc, re = g(r(name, 1), "img_per_s_median"), g(r(name, 0), "img_per_s_median")
         best = max([v for v in (rc, re) if v is not None], default=None)
