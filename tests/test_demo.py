@@ -295,7 +295,7 @@ def test_shapes_model_is_trained_once_then_cached(tmp_path):
     logs: list[str] = []
     run = ensure_shapes_model(tmp_path, train_fn=fake_train, log=logs.append)
     assert run == cached_run_dir(tmp_path) and (run / "checkpoints" / "last" / "model.safetensors").exists()
-    assert len(calls) == 1 and calls[0].model.name == "JiT-S/4" and calls[0].data.data == "shapes"
+    assert len(calls) == 1 and calls[0].model.name == "JiT-T/4" and calls[0].data.data == "shapes"
     assert logs and "training" in logs[0]
     assert ensure_shapes_model(tmp_path, train_fn=fake_train, log=logs.append) == run
     assert len(calls) == 1  # cached

@@ -323,7 +323,7 @@ def test_cli_config_layers_and_auto_batch(tmp_path, capsys):
     )
     cfg, resume, _ = build_config(args)
     # preset ← YAML ← command line
-    assert resume is None and cfg.model.name == "JiT-S/4" and cfg.model.depth == 3
+    assert resume is None and cfg.model.name == "JiT-T/4" and cfg.model.depth == 3
     assert (
         cfg.train.epochs == 9
         and cfg.train.blr == 0.001

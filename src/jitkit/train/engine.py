@@ -591,6 +591,7 @@ class _Trainer:
         )
         self.step = 0
         self.eval_den: nn.Module | None = None
+        self._last_save = self._last_plot = time.perf_counter()
 
         # run folder + resume
         self.ckpt_loaded = None
@@ -722,7 +723,11 @@ class _Trainer:
             if self.cfg.train.keep_ckpts > 0:
                 link_checkpoint(path, root / step_dir_name(self.step))
                 prune_checkpoints(root, self.cfg.train.keep_ckpts)
-            plot_loss(self.log_path, self.run_dir / "loss.png")
+            now = time.perf_counter()
+            if reason != "epoch" or now - self._last_plot >= 60.0:
+                plot_loss(self.log_path, self.run_dir / "loss.png")
+                self._last_plot = now
+        self._last_save = time.perf_counter()
         dist.barrier()
         return path
 
@@ -955,7 +960,13 @@ class _Trainer:
                 else:
                     # epoch finished
                     ep_done = self.step // self.steps_per_epoch
-                    if tc.ckpt_every <= 0 and self.step < self.total_steps and self.step != last_saved:
+                    due = time.perf_counter() - self._last_save >= tc.ckpt_min_seconds
+                    if (
+                        tc.ckpt_every <= 0
+                        and self.step < self.total_steps
+                        and self.step != last_saved
+                        and due
+                    ):
                         self.save("epoch")
                         last_saved = self.step
                     try:
