@@ -629,6 +629,23 @@ def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tup
     rc = long_run_config(cfg, out)
     check = _CrispnessCheck(cfg, say)
     run_dir = train(rc, callbacks=[check], progress=common.get("progress", True))
+    if check.last is None:  # interrupted before the first check: score the saved EMA weights
+        from jitkit.checkpoint import load_denoiser
+
+        den, _, _ = load_denoiser(run_dir, ema="1")
+        flow = _DenoiserView(den, cfg.jit_sampler())
+        metrics, imgs, y, _ = _score(flow, cfg, cfg.seed + 99)
+        check.checks.append(
+            {
+                "epoch": len(check.losses),
+                "step": len(check.losses) * (images.shape[0] // cfg.batch_size),
+                "train_seconds": round(time.perf_counter() - check.t0, 1),
+                "accuracy": metrics["accuracy"],
+                "mean_iou": metrics["mean_iou"],
+                "loss": check.losses[-1] if check.losses else float("nan"),
+            }
+        )
+        check.last = (metrics, imgs, y, flow)
     metrics, imgs, y, flow = check.last
     save_grid(imgs, y, out / "grid_jit_long.png", classes)
     last = check.checks[-1]
