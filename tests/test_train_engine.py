@@ -335,6 +335,4 @@ def test_cli_config_layers_and_auto_batch(tmp_path, capsys):
         build_config(build_parser().parse_args(["train", "--config", str(y)]))
     rc = main(["train", "--batch-size", "auto", "--dry-run", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert (
-        rc == 0 and "--batch-size auto" in out and "effective batch   128" in out and "batch_size=128" in out
-    )
+    assert rc == 0 and "--batch-size auto" in out and "effective batch   64" in out and "batch_size=64" in out
