@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -44,7 +45,12 @@ def main() -> None:
     cos, sin = rope_tables(16, h, prefix=32)
     qkv = torch.randn(B, T, 3, H, h).permute(2, 0, 3, 1, 4)
     q = qkv[0]
-    res = {"shape": [B, H, T, h], "threads": args.threads, "torch": torch.__version__}
+    res = {
+        "shape": [B, H, T, h],
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "loadavg_start": os.getloadavg(),
+    }
     res["max_abs_diff"] = (apply_rope(q, cos, sin) - rope_before(q, cos, sin)).abs().max().item()
     res["forward_ms_before"] = timeit(lambda: rope_before(q, cos, sin))
     res["forward_ms_after"] = timeit(lambda: apply_rope(q, cos, sin))
@@ -64,6 +70,7 @@ def main() -> None:
     x, a, g = torch.randn(B, T, H * h), torch.randn(B, T, H * h), torch.randn(B, 1, H * h)
     res["gate_ms_before"] = timeit(lambda: x + g * a)
     res["gate_ms_after"] = timeit(lambda: torch.addcmul(x, g, a))
+    res["loadavg_end"] = os.getloadavg()
     print(json.dumps(res, indent=1))
 
 
