@@ -29,3 +29,8 @@ def _torch_threads():
     # keep tests predictable on small shared machines
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+# tests/extra_eval needs the optional extra (torch-fidelity + a matching torchvision) in its own venv; it is
+# run by .ci/extra-eval (called from .ci/run), which sets JITKIT_EXTRA_EVAL=1.
+collect_ignore = [] if os.environ.get("JITKIT_EXTRA_EVAL") == "1" else ["extra_eval"]
