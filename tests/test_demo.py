@@ -363,11 +363,12 @@ def test_cli_serves_a_named_run(tmp_path, monkeypatch):
     c = served["app"].test_client()
     info = c.get("/api/info").get_json()
     assert info["classes"] == CLASSES and info["steps_range"] == [1, 9] and info["defaults"]["steps"] == 7
-    got = c.post("/api/sample", json={"seed": 5, "steps": 3}).get_json()
+    # the checkpoint's sampler defaults (cfg 3 in the shapes preset) are the page's defaults
+    assert info["defaults"]["cfg"] == 3.0
+    req = {"seed": 5, "steps": 3, "cfg": 3.0}
+    got = c.post("/api/sample", json=req).get_json()
     # the same run sampled from the in-memory model that was saved
-    ref = (
-        create_app(den, den.net.cfg, CLASSES).test_client().post("/api/sample", json={"seed": 5, "steps": 3})
-    )
+    ref = create_app(den, den.net.cfg, CLASSES).test_client().post("/api/sample", json=req)
     assert got["final"] == ref.get_json()["final"]
 
 
