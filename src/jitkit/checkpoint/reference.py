@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from jitkit.config import MODEL_NAMES, RunConfig, model_config
+from jitkit.fileio import atomic_write_bytes
 
 REFERENCE_KEYS = ("model", "model_ema1", "model_ema2", "args")
 _ARCH_OVERRIDES = (
@@ -179,23 +180,6 @@ def config_from_args(args: argparse.Namespace | dict[str, Any]) -> RunConfig:
     return RunConfig.from_dict(d)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_safe(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
@@ -280,8 +264,8 @@ def import_reference(
         "reference_args": args_dict,
     }
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
-    _atomic_write_bytes(out / "classes.json", (json.dumps(classes_list) + "\n").encode())
+    atomic_write_bytes(out / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    atomic_write_bytes(out / "classes.json", (json.dumps(classes_list) + "\n").encode())
     save_checkpoint(
         out / "checkpoints" / "last",
         config=cfg,

@@ -163,26 +163,6 @@ def _print_table(res: dict) -> None:
             print(f"  {lab}: " + "  ".join(parts))
 
 
-def _write_json_atomic(path: str, obj: dict) -> None:
-    import os
-    import tempfile
-
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".bench-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from jitkit.bench.runner import parse_compare, run_bench
 
@@ -194,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_bench(s, compare, log=log)
     if args.out:
-        _write_json_atomic(args.out, res)
+        from jitkit.fileio import atomic_write_bytes
+
+        atomic_write_bytes(args.out, (json.dumps(res, indent=1) + "\n").encode())
     if args.json:
         print(json.dumps(res))
     else:

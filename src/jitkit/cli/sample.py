@@ -301,9 +301,9 @@ def run_eval(args: argparse.Namespace) -> int:
             f"({100 * r['off_manifold_fraction']:.2f}%), sliced Wasserstein {r['sliced_wasserstein']:.4f}, n {r['n']}"
         )
     if args.json:
-        from jitkit.eval.generate import _atomic_write_bytes
+        from jitkit.fileio import atomic_write_bytes
 
-        _atomic_write_bytes(Path(args.json), (json.dumps(results, indent=2) + "\n").encode())
+        atomic_write_bytes(Path(args.json), (json.dumps(results, indent=2) + "\n").encode())
     return 0
 
 

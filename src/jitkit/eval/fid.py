@@ -93,7 +93,7 @@ def feature_stats(features: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def save_stats(path: str | Path, mu: Any, sigma: Any, features: Any | None = None, **extra: Any) -> Path:
     """Write ``mu``, ``sigma`` (and optionally ``features`` and scalar metadata) to an npz, atomically."""
-    from jitkit.eval.generate import _atomic_write_bytes
+    from jitkit.fileio import atomic_write_bytes
 
     path = Path(path)
     if path.suffix.lower() != ".npz":
@@ -104,7 +104,7 @@ def save_stats(path: str | Path, mu: Any, sigma: Any, features: Any | None = Non
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 
 from jitkit.config import SamplerConfig
 from jitkit.diffusion.sampling import network_evaluations, sample, to_uint8
+from jitkit.fileio import atomic_write_bytes
 
 # -- small utilities ---------------------------------------------------------------------------------------
 
@@ -122,21 +122,6 @@ def rank_indices(n: int, rank: int = 0, world_size: int = 1) -> list[int]:
 def dist_env() -> tuple[int, int]:
     """(rank, world_size) from torchrun's environment (0, 1 outside torchrun)."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -324,7 +309,7 @@ def save_grid(
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"--grid expects a .png file name, found {str(path)!r}")
-    _atomic_write_bytes(path, _png_bytes(make_grid(images, labels, classes, scale=scale)))
+    atomic_write_bytes(path, _png_bytes(make_grid(images, labels, classes, scale=scale)))
     return path
 
 
@@ -343,7 +328,7 @@ def save_npz(path: str | Path, images: Any, labels: Any, classes: Sequence[str] 
     buf = io.BytesIO()
     extra = {"classes": np.asarray(list(classes), dtype=str)} if classes is not None else {}
     np.savez(buf, arr_0=a, arr_1=y, **extra)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -423,7 +408,7 @@ class SampleFolder:
             raise ValueError(
                 f"{self.root} already contains PNG files that are not a jitkit sample folder; choose another --out"
             )
-        _atomic_write_bytes(p, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(p, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
 
     def existing(self) -> set[int]:
         """Plan indices whose PNG is already in the folder."""
@@ -439,7 +424,7 @@ class SampleFolder:
     def write(self, indices: Iterable[int], images: Any) -> None:
         a = _hwc(images)
         for i, img in zip(indices, a):
-            _atomic_write_bytes(self.root / image_name(int(i)), _png_bytes(img))
+            atomic_write_bytes(self.root / image_name(int(i)), _png_bytes(img))
 
     def complete(self) -> bool:
         return len(self.existing()) == len(self.labels)
@@ -466,7 +451,7 @@ def write_labels_csv(root: str | Path, labels: Sequence[int], classes: Sequence[
     for i, c in enumerate(np.asarray(labels).reshape(-1).tolist()):
         w.writerow([image_name(i), int(c), classes[int(c)] if 0 <= int(c) < len(classes) else str(c)])
     path = Path(root) / LABELS_CSV
-    _atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
     return path
 
 
@@ -656,7 +641,7 @@ def _gather_parts(
         return part
     buf = io.BytesIO()
     np.savez(buf, images=part if part is not None else np.zeros((0,), np.uint8), indices=np.asarray(mine))
-    _atomic_write_bytes(_part_path(target, rank, world_size), buf.getvalue())
+    atomic_write_bytes(_part_path(target, rank, world_size), buf.getvalue())
     _barrier()
     if _dist_initialized() and rank != 0:
         return None
