@@ -204,3 +204,39 @@ def test_in_context_tokens_change_with_label():
         a = net(x, t, torch.tensor([0]))
         b = net(x, t, torch.tensor([1]))
     assert (a - b).abs().max().item() > 1e-4
+
+
+def test_compiler_available_reports_a_missing_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jitkit.models.registry import compiler_available
+
+    monkeypatch.setenv("CXX", "/nonexistent/c++-compiler")
+    ok, why = compiler_available("cpu")
+    assert not ok and "/nonexistent/c++-compiler" in why
+    assert compiler_available("mps")[0] is False
+
+
+@pytest.mark.slow  # inductor builds C++ kernels for two graphs: ~30-70 s on 2 cores
+def test_compiled_blocks_match_eager_forward_and_backward() -> None:
+    """compile_blocks() keeps the state-dict keys and gives the eager outputs and gradients (in-context
+    tokens included, so the blocks see two token counts)."""
+    from jitkit.models.registry import compiler_available
+
+    ok, why = compiler_available("cpu")
+    if not ok:
+        pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
+    torch.manual_seed(0)
+    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2, in_context_len=2, in_context_start=1)
+    eager = build_model(cfg)
+    compiled = build_model(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    keys = list(compiled.state_dict())
+    compiled.compile_blocks()
+    assert list(compiled.state_dict()) == keys
+    x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 2])
+    out_e, out_c = eager(x, t, y), compiled(x, t, y)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    (out_e**2).sum().backward()
+    (out_c**2).sum().backward()
+    for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters()):
+        if p_e.grad is not None:
+            torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -176,9 +176,7 @@ def build_denoiser(s: BenchSettings, device: torch.device) -> torch.nn.Module:
     if s.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if s.compile:
-        for blk in net.blocks:
-            blk.compile()
-        net.final_layer.compile()
+        net.compile_blocks()
     return Denoiser(net, DiffusionConfig(), mc.num_classes)
 
 

@@ -118,6 +118,20 @@ class JiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
+    # -- compilation -----------------------------------------------------------------------------------------
+    def compile_blocks(self) -> JiT:
+        """``torch.compile`` each block and the final layer in place (state-dict keys unchanged).
+
+        Static shapes (``dynamic=False``): the blocks before and after the in-context tokens see two token
+        counts, and the automatic dynamic-shape recompilation that the second one would trigger fails in the
+        backward of the CPU flash-attention kernel (torch 2.13). Identical blocks share one compiled graph per
+        token count. On CPU inductor needs a C++ compiler; see :func:`compiler_available`.
+        """
+        for block in self.blocks:
+            block.compile(dynamic=False)
+        self.final_layer.compile(dynamic=False)
+        return self
+
     # -- shape checks ----------------------------------------------------------------------------------------
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
         C, S = self.cfg.in_channels, self.cfg.img_size

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+
 import torch
 from torch import nn
 
 from jitkit.config import MODEL_NAMES, ModelConfig, model_config
 from jitkit.models.jit import JiT
 
-__all__ = ["build_model", "list_models", "count_params", "model_config"]
+__all__ = ["build_model", "list_models", "count_params", "model_config", "compiler_available"]
 
 
 def build_model(cfg: ModelConfig | str, device: torch.device | str | None = None, **overrides) -> JiT:
@@ -38,3 +42,21 @@ def list_models() -> list[tuple[str, ModelConfig, int]]:
         cfg = model_config(name)
         out.append((name, cfg, count_params(build_model(cfg, device="meta"))))
     return out
+
+
+def compiler_available(device: torch.device | str) -> tuple[bool, str]:
+    """Whether ``torch.compile`` (inductor) can build kernels for ``device``, and why not.
+
+    CPU kernels are C++ built by the host compiler ($CXX, else g++/clang++/c++ on PATH); CUDA kernels are
+    Triton's. Other devices (MPS, …) are reported as unsupported so callers stay eager there.
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+        found = next((n for n in names if shutil.which(n)), None)
+        return (True, found) if found else (False, f"no C++ compiler on PATH (looked for {', '.join(names)})")
+    if kind == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return False, "the triton package is not installed"
+        return True, "triton"
+    return False, f"torch.compile is not used on {kind} by jitkit"

@@ -79,8 +79,9 @@ class EMA:
         for d, shadow in zip(self.current_decays(), self.shadows):
             train_s = [s for s, t in zip(shadow, self.trainable) if t]
             if train_s:
-                torch._foreach_mul_(train_s, d)
-                torch._foreach_add_(train_s, train_p, alpha=1.0 - d)
+                # ema + (1 − d)·(p − ema): one pass over both lists (mul_ then add_ was two; 1.4× faster
+                # for JiT-B/16 on CPU, benchmarks/README.md), equal up to float rounding
+                torch._foreach_lerp_(train_s, train_p, 1.0 - d)
             for s, p, t in zip(shadow, params, self.trainable):
                 if not t:
                     s.copy_(p.detach())

@@ -575,13 +575,15 @@ class _Trainer:
         net = build_model(cfg.model)
         self.raw = Denoiser(net, cfg.diffusion, cfg.model.num_classes).to(self.device)
         self.raw.train()
-        fwd_net = self.raw.net
         if tc.compile:
-            fwd_net = torch.compile(self.raw.net)
-        self.fwd = (
-            self.raw if fwd_net is self.raw.net else Denoiser(fwd_net, cfg.diffusion, cfg.model.num_classes)
-        )
-        self.fwd = dist.wrap_model(self.fwd, self.info, fsdp=tc.fsdp)
+            from jitkit.models.registry import compiler_available
+
+            ok, why = compiler_available(self.device)
+            if ok:
+                self.raw.net.compile_blocks()  # in place: the state dict keeps its keys
+            elif self.main:
+                print(f"[jitkit] --compile ignored: {why}; training eagerly", flush=True)
+        self.fwd = dist.wrap_model(self.raw, self.info, fsdp=tc.fsdp)
         self.ema = EMA(self.raw, (tc.ema_decay1, tc.ema_decay2), warmup=tc.ema_warmup)
         self.opt = make_optimizer(self.raw, tc, self.lr, self.device)
         self.scaler = (
