@@ -32,6 +32,7 @@ import torch
 from jitkit.data.crop import UnreadableImage, load_cropped
 from jitkit.data.datasets import InMemoryDataset
 from jitkit.data.folder import info, scan_folder, summarize_bad
+from jitkit.fileio import atomic_write_bytes, atomic_write_with
 
 FORMAT = "jitkit-cache"
 VERSION = 1
@@ -50,12 +51,7 @@ class CacheMismatch(ValueError):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -63,12 +59,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda f: np.save(f, arr))
 
 
 def _row_bytes(size: int) -> int:

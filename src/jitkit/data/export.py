@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jitkit.fileio import atomic_write_bytes
+
 LABELS_CSV = "labels.csv"
 
 
@@ -33,12 +35,7 @@ def _png_bytes(arr_hwc: np.ndarray) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def select_per_class(labels: np.ndarray, per_class: int | None, num_classes: int) -> np.ndarray:

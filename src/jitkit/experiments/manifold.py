@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from jitkit.diffusion.flow import convert, flow_loss, interpolate
+from jitkit.fileio import atomic_save_figure, atomic_write_text, atomic_write_with
 
 PRED_KINDS = ("x", "eps", "v")
 PRED_LABELS = {"x": "x-prediction", "eps": "ε-prediction", "v": "v-prediction"}
@@ -202,24 +203,11 @@ def euler_sample(
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def plot_grid(
@@ -276,12 +264,8 @@ def plot_grid(
                 ax.set_ylabel(f"D = {D}", fontsize=10)
     fig.suptitle("swiss roll in D dims, samples projected back by Pᵀ (v-loss for all)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
-    import os
-
-    os.replace(tmp, path)
     return path
 
 
@@ -304,12 +288,8 @@ def plot_losses(histories: dict[str, list[float]], dims, preds, path: Path) -> P
             ax.set_ylabel("v-loss")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    import os
-
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

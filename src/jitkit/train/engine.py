@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -45,6 +44,7 @@ from jitkit.checkpoint import (
 )
 from jitkit.config import RunConfig, TrainConfig
 from jitkit.data import random_hflip, to_model_range
+from jitkit.fileio import atomic_save_figure, atomic_write_text, atomic_write_with
 from jitkit.train import dist
 from jitkit.train.ema import EMA, unwrap_model
 from jitkit.train.schedule import lr_at, scaled_lr, set_lr
@@ -335,22 +335,11 @@ def save_image_grid(images: torch.Tensor, path: Path, nrow: int, *, min_side: in
 
 
 def _atomic_png(img, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        img.save(f, format="PNG")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda f: img.save(f, format="PNG"))
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def plot_loss(log_path: Path, out_png: Path) -> Path | None:
@@ -382,11 +371,8 @@ def plot_loss(log_path: Path, out_png: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    atomic_save_figure(fig, out_png)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 
