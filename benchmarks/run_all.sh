@@ -44,6 +44,7 @@ d['loadavg_end']=open('/proc/loadavg').read().split()[:3]; print(json.dumps(d, i
 B16="--model JiT-B/16 --img-size 256"
 # --- the targets: jitkit and the reference side by side ----------------------------------------------------
 bench b16_bs2 $B16 --batch-size 2 --mode train,forward --repeats 5
+bench b16_bs2_compile $B16 --batch-size 2 --mode train,forward --repeats 5 --warmup 3 --compile
 REF_COMPILE=1 ref ref_train_bs2 train 2
 REF_COMPILE=0 ref ref_train_bs2_eager train 2
 REF_COMPILE=1 ref ref_forward_bs2 forward 2
@@ -52,6 +53,7 @@ bench b16_bs8 $B16 --batch-size 8 --mode train,forward --repeats 3
 REF_COMPILE=1 ref ref_mem_bs8 mem 8
 REF_COMPILE=1 ref ref_train_bs8 train 8
 bench b16_sample_bs4 $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2.9
+bench b16_sample_bs4_compile $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2.9 --compile
 REF_COMPILE=1 ref ref_sample_bs4 sample 4 50
 REF_COMPILE=0 ref ref_sample_bs4_eager sample 4 50
 # --- the small shapes model (preset "shapes": JiT-S/4 at 16 px, 16 classes, batch 128, Heun 20) -----------
