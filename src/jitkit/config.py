@@ -381,16 +381,16 @@ _IMAGENET_TRAIN = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "shapes": {
-        # tuned for the 2-core CPU budget (docs/train.md): a 0.74 M-parameter JiT-T/4, 75 epochs of 3,200 images
+        # tuned for the 2-core CPU budget (docs/train.md): a 0.74 M-parameter JiT-T/4, 50 epochs of 3,200 images
         "model": {"name": "JiT-T/4", "img_size": 16, "num_classes": 16},
         "diffusion": {"noise_scale": 1.0},
         "sampler": {"method": "heun", "steps": 20, "cfg": 3.0, "interval": [0.0, 1.0]},
         "data": {"data": "shapes", "img_size": 16, "per_class": 200},
         "train": {
             "out": "runs/shapes",
-            "epochs": 75,
+            "epochs": 50,
             "batch_size": 64,
-            "blr": 4e-3,  # lr 1e-3 at batch 64
+            "blr": 1.2e-2,  # lr 3e-3 at batch 64
             "warmup_epochs": 2.0,
             "schedule": "cosine",
             "grad_clip": 1.0,
