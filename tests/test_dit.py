@@ -70,4 +70,6 @@ def test_class_label_is_learned_within_a_short_budget():
         xt = sched.q_sample(x0, t, eps)
         right = (net(xt, t, y) - eps).pow(2).mean().item()
         wrong = (net(xt, t, (y + 1) % 4) - eps).pow(2).mean().item()
-    assert wrong > 1.2 * right, f"the DiT ignores its class label: ε-MSE {right:.4f} (right) vs {wrong:.4f} (wrong)"
+    assert wrong > 1.2 * right, (
+        f"the DiT ignores its class label: ε-MSE {right:.4f} (right) vs {wrong:.4f} (wrong)"
+    )

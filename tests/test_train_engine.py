@@ -336,3 +336,14 @@ def test_cli_config_layers_and_auto_batch(tmp_path, capsys):
     rc = main(["train", "--batch-size", "auto", "--dry-run", "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0 and "--batch-size auto" in out and "effective batch   64" in out and "batch_size=64" in out
+
+
+def test_compile_without_a_compiler_trains_eagerly(tmp_path, monkeypatch, capsys):
+    """--compile where inductor has no compiler: a message, then the eager run (same losses as compile off)."""
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    run_c = train(tiny_cfg(tmp_path / "c", compile=True, epochs=1, eval_at_end=False), progress=False)
+    assert "--compile ignored: no C++ compiler" in capsys.readouterr().out
+    run_e = train(tiny_cfg(tmp_path / "e", epochs=1, eval_at_end=False), progress=False)
+    assert losses(run_c) == losses(run_e) and len(losses(run_c)) > 0
+    blocks = load_checkpoint(run_c).model
+    assert all(not k.startswith("_orig_mod") and "._orig_mod." not in k for k in blocks)

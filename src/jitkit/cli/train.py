@@ -93,7 +93,12 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "--resume", default=None, metavar="auto|PATH", help="continue a run ('auto': the latest under --out)"
     )
     p.add_argument("--fsdp", action="store_true", default=None, help="shard with FSDP2 under torchrun")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile each block (on in the ImageNet presets where a compiler exists; off for shapes)",
+    )
     p.add_argument("--grad-checkpoint", action="store_true", default=None, help="activation checkpointing")
     p.add_argument("--no-eval", action="store_true", help="skip the end-of-run evaluation (shapes metric)")
     p.add_argument(
@@ -212,8 +217,8 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
             ) from e
     if args.fsdp:
         flat["train.fsdp"] = True
-    if args.compile:
-        flat["train.compile"] = True
+    if args.compile is not None:
+        flat["train.compile"] = bool(args.compile)
     if args.grad_checkpoint:
         flat["model.grad_checkpoint"] = True
     flat.update(_parse_kv(list(args.sets) + list(args.overrides)))
