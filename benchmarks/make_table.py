@@ -241,6 +241,16 @@ def compare_tables() -> list[str]:
             f"(max difference {d['max_abs_diff']:.1e}); residual gate x + g·a → addcmul: {d['gate_ms_before']:.2f} → "
             f"{d['gate_ms_after']:.2f} ms."
         )
+    d = load("ema")
+    if d:
+        rows.append("")
+        rows.append(
+            f"Both EMA updates of a training step ({d['model']}, {d['params'] / 1e6:.0f} M parameters in "
+            f"{d['tensors']} tensors, {d['threads']} threads, `benchmarks/ema_micro.py`, best of the repeats): "
+            f"foreach mul + add {d['foreach_mul_add']['best_ms']:.0f} ms → one foreach lerp per decay "
+            f"{d['foreach_lerp']['best_ms']:.0f} ms (per-tensor lerp loop {d['loop_lerp']['best_ms']:.0f} ms; two "
+            f"lerps over one flat buffer, a bound, {d['flat_lerp']['best_ms']:.0f} ms)."
+        )
     return rows
 
 

@@ -72,6 +72,7 @@ bench cmp_compile $B16 --batch-size 2 --mode train,forward --warmup 3 --compare 
 bench cmp_bf16 $B16 --batch-size 2 --mode train,forward --compare dtype=fp32,bf16
 bench cmp_threads $B16 --batch-size 2 --mode forward --compare threads=1,2
 if want rope; then quiet; log "rope micro"; "$PY" benchmarks/rope_micro.py --threads "$T" > "$OUT/rope.json"; fi
+if want ema; then quiet; log "ema micro"; "$PY" benchmarks/ema_micro.py --threads "$T" > "$OUT/ema.json"; fi
 if want planner; then log "planner"; "$PY" benchmarks/planner_table.py > "$OUT/planner.json"; fi
 "$PY" benchmarks/make_table.py
 log "done: tables in benchmarks/README.md"
