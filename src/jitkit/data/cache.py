@@ -50,12 +50,8 @@ class CacheMismatch(ValueError):
 # --- small I/O helpers ---------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-
-
 def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -297,8 +293,8 @@ def prepare_cache(
         raise FileNotFoundError(f"no readable images in {root}")
 
     _save_npy(out / "labels.npy", labels)
-    _atomic_write(out / "classes.json", (json.dumps(scan.classes, indent=1) + "\n").encode())
-    _atomic_write(out / "sources.txt", ("\n".join(rel_kept) + "\n").encode())
+    atomic_write_bytes(out / "classes.json", (json.dumps(scan.classes, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "sources.txt", ("\n".join(rel_kept) + "\n").encode())
     with open(images_p, "rb+") as f:
         os.fsync(f.fileno())
     mm = np.memmap(images_p, dtype=np.uint8, mode="r", shape=(n, 3, size, size))

@@ -34,10 +34,6 @@ def _png_bytes(arr_hwc: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-
-
 def select_per_class(labels: np.ndarray, per_class: int | None, num_classes: int) -> np.ndarray:
     """Indices of the first ``per_class`` items of each class (all when None), ordered by class then position."""
     labels = np.asarray(labels)
@@ -98,7 +94,7 @@ def save_class_grid(path: str | Path, images, labels, classes: Sequence[str], *,
     if path.suffix.lower() != ".png":
         raise ValueError(f"--grid expects a .png file name, found {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _png_bytes(class_grid(images, labels, classes, per_class=per_class)))
+    atomic_write_bytes(path, _png_bytes(class_grid(images, labels, classes, per_class=per_class)))
     return path
 
 

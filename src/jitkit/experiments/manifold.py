@@ -202,10 +202,6 @@ def euler_sample(
     return z
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     atomic_write_with(path, lambda f: np.savez_compressed(f, **arrays))
 
@@ -386,8 +382,8 @@ def _write_outputs(
         "final_loss": {k: v[-1] for k, v in histories.items()},
         "loss_history": histories,
     }
-    _atomic_write_text(out / "results.json", json.dumps(results, indent=1))
-    _atomic_write_text(out / "report.md", manifold_report(results))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "report.md", manifold_report(results))
 
 
 def replot_manifold(out: str | Path) -> Path:
@@ -402,7 +398,7 @@ def replot_manifold(out: str | Path) -> Path:
     with np.load(out / "samples.npz") as z:
         arrays = {k: z[k] for k in z.files}
     plot_grid(arrays["data"], arrays, dims, preds, out / "manifold.png", metrics=results["metrics"])
-    _atomic_write_text(out / "report.md", manifold_report(results))
+    atomic_write_text(out / "report.md", manifold_report(results))
     return out / "manifold.png"
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from jitkit.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplerConfig, TrainConfig
+from jitkit.fileio import atomic_save_figure, atomic_write_text
 
 LOSS_EPOCHS = (1, 4, 8, 16, 24, 30)
 TRAJECTORY_CLASS = 10  # blue_triangle
@@ -401,10 +402,8 @@ def save_trajectory_png(
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
     fig.tight_layout(pad=0.3)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -422,20 +421,9 @@ def save_loss_png(curves: dict[str, list[float]], path: Path) -> Path:
     ax.set_ylabel("training loss (own objective)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _score(
@@ -534,8 +522,8 @@ def run_shapes_study(
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "runs": runs,
     }
-    _atomic_text(out / "results.json", json.dumps(results, indent=1))
-    _atomic_text(out / "report.md", shapes_report(results))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "report.md", shapes_report(results))
     return results
 
 

@@ -338,10 +338,6 @@ def _atomic_png(img, path: Path) -> None:
     atomic_write_with(path, lambda f: img.save(f, format="PNG"))
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def plot_loss(log_path: Path, out_png: Path) -> Path | None:
     """loss.png from log.jsonl: the logged loss against the step (log scale), with a smoothed curve."""
     rows = read_log(log_path)
@@ -606,8 +602,8 @@ class _Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "samples").mkdir(exist_ok=True)
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-            _atomic_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
-            _atomic_text(self.run_dir / "classes.json", json.dumps(self.classes, indent=1) + "\n")
+            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
+            atomic_write_text(self.run_dir / "classes.json", json.dumps(self.classes, indent=1) + "\n")
         dist.barrier()
         self.batches = _Batches(ds, self.device, cfg.data.workers, self.info.world_size)
         self.log_path = self.run_dir / "log.jsonl"
@@ -656,7 +652,7 @@ class _Trainer:
         rows = read_log(self.log_path)
         keep = [r for r in rows if r.get("step", 0) <= step]
         if len(keep) != len(rows):
-            _atomic_text(self.log_path, "".join(json.dumps(r) + "\n" for r in keep))
+            atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in keep))
 
     # checkpoints / samples -----------------------------------------------------------------------------------
     def _states(self) -> tuple[dict, dict, dict, dict]:
