@@ -572,6 +572,27 @@ class _CrispnessCheck:
         self.reached = False
         self.last: tuple | None = None
 
+    def score(self, denoiser: nn.Module, epoch: int, step: int) -> tuple[dict[str, Any], float]:
+        """Score ``denoiser`` (16 samples per class, (c)'s sampler), record the check and keep its samples as
+        ``last``; the scoring time is excluded from the training time. Returns (metrics, training seconds)."""
+        te = time.perf_counter()
+        flow = _DenoiserView(denoiser, self.cfg.long_sampler())
+        metrics, imgs, y, _ = _score(flow, self.cfg, self.cfg.seed + 99)
+        self.eval_seconds += time.perf_counter() - te
+        train_s = time.perf_counter() - self.t0 - self.eval_seconds
+        self.checks.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "train_seconds": round(train_s, 1),
+                "accuracy": metrics["accuracy"],
+                "mean_iou": metrics["mean_iou"],
+                "loss": self.losses[-1] if self.losses else float("nan"),
+            }
+        )
+        self.last = (metrics, imgs, y, flow)
+        return metrics, train_s
+
     def __call__(self, event: str, info: dict) -> None:
         from jitkit.train.engine import StopTraining
 
@@ -585,22 +606,7 @@ class _CrispnessCheck:
         epoch = len(self.losses)
         if epoch % self.cfg.long_check_every and epoch < self.cfg.long_max_epochs:
             return
-        te = time.perf_counter()
-        flow = _DenoiserView(info["denoiser"], self.cfg.long_sampler())
-        metrics, imgs, y, _ = _score(flow, self.cfg, self.cfg.seed + 99)
-        self.eval_seconds += time.perf_counter() - te
-        train_s = time.perf_counter() - self.t0 - self.eval_seconds
-        self.checks.append(
-            {
-                "epoch": epoch,
-                "step": int(info["step"]),
-                "train_seconds": round(train_s, 1),
-                "accuracy": metrics["accuracy"],
-                "mean_iou": metrics["mean_iou"],
-                "loss": self.losses[-1],
-            }
-        )
-        self.last = (metrics, imgs, y, flow)
+        metrics, train_s = self.score(info["denoiser"], epoch, int(info["step"]))
         self.say(
             f"jit_long: epoch {epoch}, {train_s:.0f} s of training, accuracy {metrics['accuracy']:.3f}, "
             f"IoU {metrics['mean_iou']:.3f}"
@@ -633,19 +639,8 @@ def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tup
         from jitkit.checkpoint import load_denoiser
 
         den, _, _ = load_denoiser(run_dir, ema="1")
-        flow = _DenoiserView(den, cfg.long_sampler())
-        metrics, imgs, y, _ = _score(flow, cfg, cfg.seed + 99)
-        check.checks.append(
-            {
-                "epoch": len(check.losses),
-                "step": len(check.losses) * (images.shape[0] // cfg.long_batch_size),
-                "train_seconds": round(time.perf_counter() - check.t0, 1),
-                "accuracy": metrics["accuracy"],
-                "mean_iou": metrics["mean_iou"],
-                "loss": check.losses[-1] if check.losses else float("nan"),
-            }
-        )
-        check.last = (metrics, imgs, y, flow)
+        epochs = len(check.losses)
+        check.score(den, epochs, epochs * (images.shape[0] // cfg.long_batch_size))
     metrics, imgs, y, flow = check.last
     save_grid(imgs, y, out / "grid_jit_long.png", classes)
     last = check.checks[-1]
