@@ -44,7 +44,7 @@ from jitkit.bench.hardware import (
 from jitkit.config import DiffusionConfig, ModelConfig, SamplerConfig, model_config
 
 MODES = ("train", "forward", "sample", "all")
-OPTIMS = ("fused", "foreach", "loop")
+OPTIMS = ("fused", "foreach", "loop", "fused-ema")
 EMAS = ("foreach", "lerp", "loop", "none")
 MEMORY = ("auto", "inprocess", "subprocess", "off")
 CFG_MODES = ("batched", "separate")
@@ -180,6 +180,14 @@ def build_denoiser(s: BenchSettings, device: torch.device) -> torch.nn.Module:
     return Denoiser(net, DiffusionConfig(), mc.num_classes)
 
 
+def fuses_ema(s: BenchSettings) -> bool:
+    """Whether the timed step uses :class:`jitkit.train.optim.AdamWEMA`: asked for (``optim="fused-ema"``) or,
+    as in ``jitkit train --compile``, implied by ``compile`` with the default optimiser and EMA."""
+    if s.optim == "fused-ema":
+        return True
+    return s.compile and s.optim == "fused" and s.ema == "foreach"
+
+
 def make_optimizer(
     params: list[torch.nn.Parameter], kind: str, device: torch.device
 ) -> torch.optim.Optimizer:
@@ -290,8 +298,28 @@ def prepare_train(
     y = torch.randint(0, mc.num_classes, (s.batch_size,), generator=g).to(device)
     if mem is not None:
         mem.start()
-    opt = make_optimizer([p for p in den.parameters() if p.requires_grad], s.optim, device)
-    ema = make_ema(den, s.ema)
+    if fuses_ema(s):  # the engine's compiled step: AdamW and both EMAs in one compiled pass
+        from jitkit.models.registry import compiler_available
+        from jitkit.train.ema import EMA
+        from jitkit.train.optim import AdamWEMA
+
+        ok, why = compiler_available(device)
+        if not ok:
+            raise ValueError(f"the compiled AdamW + EMA step needs torch.compile on {device.type}: {why}")
+
+        ema_fused = EMA(den)
+        opt: torch.optim.Optimizer = AdamWEMA(
+            [p for p in den.parameters() if p.requires_grad],
+            ema=ema_fused,
+            model=den,
+            lr=1e-4,
+            betas=(0.9, 0.95),
+            weight_decay=0.0,
+        )
+        ema = None
+    else:
+        opt = make_optimizer([p for p in den.parameters() if p.requires_grad], s.optim, device)
+        ema = make_ema(den, s.ema)
 
     def step() -> None:
         with autocast_ctx(device, s.dtype):
@@ -307,8 +335,10 @@ def prepare_train(
             mem.sample()
 
     info: dict[str, Any] = {
-        "optimizer": {k: opt.defaults.get(k) for k in ("fused", "foreach")},
-        "ema": None if ema is None else f"{type(ema).__module__}.{type(ema).__name__}",
+        "optimizer": {k: opt.defaults.get(k) for k in ("fused", "foreach")} | {"class": type(opt).__name__},
+        "ema": "in the optimiser step (AdamWEMA)"
+        if getattr(opt, "updates_ema", False)
+        else (None if ema is None else f"{type(ema).__module__}.{type(ema).__name__}"),
     }
     _set_threads(s)
     # memory needs two steps: the optimizer state only exists from the first step's end on

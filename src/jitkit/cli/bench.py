@@ -44,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile each block (opt-in)")
     p.add_argument("--channels-last", action="store_true", help="channels-last images and conv weights")
     p.add_argument(
-        "--optim", default="fused", choices=("fused", "foreach", "loop"), help="AdamW implementation"
+        "--optim",
+        default="fused",
+        choices=("fused", "foreach", "loop", "fused-ema"),
+        help="AdamW implementation (fused-ema: AdamW + both EMAs in one compiled pass, implied by --compile)",
     )
     p.add_argument(
         "--ema", default="foreach", choices=("foreach", "lerp", "loop", "none"), help="EMA implementation"

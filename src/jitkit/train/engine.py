@@ -183,16 +183,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(
-    model: nn.Module, tc: TrainConfig, lr: float, device: torch.device
+    model: nn.Module,
+    tc: TrainConfig,
+    lr: float,
+    device: torch.device,
+    ema: EMA | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW (β1, β2) with the fused kernel on CUDA, else the foreach implementation."""
+    """AdamW (β1, β2): torch's fused kernel where it has one for the device (CPU, CUDA, MPS; 1.3× the foreach
+    step on CPU, benchmarks/README.md), else the foreach implementation.
+
+    With ``ema`` the optimiser is :class:`jitkit.train.optim.AdamWEMA`, whose step also updates the EMAs in the
+    same pass over memory (a compiled kernel); the caller then skips ``ema.update``.
+    """
     groups = param_groups(model, tc.weight_decay)
     kw: dict[str, Any] = {"lr": lr, "betas": (tc.beta1, tc.beta2), "weight_decay": tc.weight_decay}
-    if device.type == "cuda":
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kw)
-        except (RuntimeError, TypeError):
-            pass
+    if ema is not None:
+        from jitkit.train.optim import AdamWEMA
+
+        return AdamWEMA(groups, ema=ema, model=model, **kw)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        pass
     return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
@@ -557,6 +569,7 @@ class _Trainer:
         net = build_model(cfg.model)
         self.raw = Denoiser(net, cfg.diffusion, cfg.model.num_classes).to(self.device)
         self.raw.train()
+        compiled = False
         if tc.compile:
             from jitkit.models.registry import compiler_available
 
@@ -565,16 +578,20 @@ class _Trainer:
                 ok, why = False, "compiled blocks under FSDP2 are not tested by jitkit yet"
             if ok:
                 self.raw.net.compile_blocks()  # in place: the state dict keeps its keys
+                compiled = True
             elif self.main:
                 print(f"[jitkit] --compile ignored: {why}; training eagerly", flush=True)
         self.fwd = dist.wrap_model(self.raw, self.info, fsdp=tc.fsdp)
         self.ema = EMA(self.raw, (tc.ema_decay1, tc.ema_decay2), warmup=tc.ema_warmup)
-        self.opt = make_optimizer(self.raw, tc, self.lr, self.device)
         self.scaler = (
             torch.amp.GradScaler(self.device.type)
             if self.precision == "fp16" and self.device.type == "cuda"
             else None
         )
+        # compiled training also compiles AdamW + both EMAs into one pass per parameter (not with a GradScaler,
+        # which may skip optimiser steps; `compiled` is already False under FSDP2)
+        fuse_ema = compiled and self.scaler is None
+        self.opt = make_optimizer(self.raw, tc, self.lr, self.device, ema=self.ema if fuse_ema else None)
         self.step = 0
         self.eval_den: nn.Module | None = None
         self._last_save = self._last_plot = time.perf_counter()
@@ -625,9 +642,14 @@ class _Trainer:
             self.ema.load_averaged(which, sd if sd is not None else ck.model)
         st = ck.state or {}
         if "optimizer" in st:
+            # the saved param groups carry the saving run's implementation flags (fused/foreach); this run keeps
+            # its own (a checkpoint of a CUDA fused run resumes on a CPU with --no-compile, and vice versa)
+            impl = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.opt.param_groups]
             dist.load_optimizer_state(
                 self.fwd, self.opt, st["optimizer"], self.cfg.train.fsdp and self.info.enabled
             )
+            for g, flags in zip(self.opt.param_groups, impl):
+                g.update(flags)
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.step = int(st.get("step", ck.meta.get("step", 0)))
@@ -891,7 +913,8 @@ class _Trainer:
                         self.scaler.update()
                     else:
                         self.opt.step()
-                    self.ema.update(self.raw)
+                    if not getattr(self.opt, "updates_ema", False):
+                        self.ema.update(self.raw)
                     self.step += 1
 
                     # logging

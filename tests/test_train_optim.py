@@ -1,0 +1,127 @@
+"""AdamWEMA: AdamW and both EMA updates in one pass must equal torch's AdamW followed by EMA.update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from jitkit.train.ema import EMA
+from jitkit.train.engine import param_groups
+from jitkit.train.optim import AdamWEMA, adamw_ema_kernel
+
+
+class _Toy(nn.Module):
+    """Matrices, vectors, a non-contiguous parameter, an unused parameter and a frozen one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 4)
+        self.scale = nn.Parameter(torch.randn(4))
+        self.strided = nn.Parameter(torch.randn(4, 3).t())  # [3, 4], not contiguous
+        self.unused = nn.Parameter(torch.randn(3))
+        self.frozen = nn.Parameter(torch.randn(2), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x) * self.scale  # [B, 4]
+        return (h @ self.strided.t()).sum(-1) + self.frozen.sum()
+
+
+def _pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    a = _Toy()
+    b = _Toy()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.strided.set_(a.strided.detach().clone().t().contiguous().t())  # keep the strided layout
+    return a, b
+
+
+def _run(opt_ref, ema_ref, model_ref, opt, model, steps: int, lrs: list[float]) -> None:
+    g = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        x = torch.randn(6, 5, generator=g)
+        for o, m in ((opt_ref, model_ref), (opt, model)):
+            for group in o.param_groups:
+                group["lr"] = lrs[i]
+            o.zero_grad(set_to_none=True)
+            (m(x) ** 2).mean().backward()
+            o.step()
+        ema_ref.update(model_ref)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_adamw_ema_equals_adamw_then_ema_update(kernel: str) -> None:
+    if kernel == "compiled":
+        from jitkit.models.registry import compiler_available
+
+        ok, why = compiler_available("cpu")
+        if not ok:
+            pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
+    ref, fused = _pair()
+    kw = {"lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.05, "eps": 1e-8}
+    opt_ref = torch.optim.AdamW(param_groups(ref, 0.05), foreach=False, **kw)
+    ema_ref = EMA(ref, (0.9, 0.5), warmup=True)
+    ema = EMA(fused, (0.9, 0.5), warmup=True)
+    opt = AdamWEMA(
+        param_groups(fused, 0.05),
+        ema=ema,
+        model=fused,
+        kernel=adamw_ema_kernel if kernel == "eager" else None,
+        **kw,
+    )
+    assert opt.updates_ema
+    with torch.no_grad():  # the frozen parameter changes outside the optimiser: both EMAs must copy it
+        for m in (ref, fused):
+            m.frozen.add_(1.0)
+    _run(opt_ref, ema_ref, ref, opt, fused, steps=4, lrs=[1e-2, 2e-2, 5e-3, 1e-2])
+
+    moved = 0
+    for (name, p_ref), p in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int(not torch.equal(p_ref, ema_ref.averaged(1)[name]))
+    assert moved >= 3  # the comparison is not between untouched weights
+    assert ema.num_updates == ema_ref.num_updates == 4
+    for which in (1, 2):
+        for name, e_ref in ema_ref.averaged(which).items():
+            torch.testing.assert_close(
+                ema.averaged(which)[name], e_ref, rtol=1e-5, atol=1e-6, msg=f"ema{which} {name}"
+            )
+    # AdamW's own state, in torch's format (step, exp_avg, exp_avg_sq); the unused parameter has none
+    for p_ref, p in zip(ref.parameters(), fused.parameters()):
+        if p_ref is ref.unused or not p_ref.requires_grad:
+            assert not opt.state[p]
+            continue
+        assert float(opt.state[p]["step"]) == float(opt_ref.state[p_ref]["step"]) == 4
+        for k in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][k], opt_ref.state[p_ref][k], rtol=1e-5, atol=1e-8)
+
+
+def test_adamw_ema_state_dict_loads_into_torch_adamw_and_back() -> None:
+    """Checkpoints stay interchangeable: AdamWEMA's state continues identically in torch's AdamW."""
+    ref, fused = _pair(3)
+    kw = {"lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.0}
+    ema = EMA(fused, (0.9, 0.5))
+    opt = AdamWEMA(param_groups(fused, 0.0), ema=ema, model=fused, kernel=adamw_ema_kernel, **kw)
+    opt_ref = torch.optim.AdamW(param_groups(ref, 0.0), foreach=False, **kw)
+    ema_ref = EMA(ref, (0.9, 0.5))
+    _run(opt_ref, ema_ref, ref, opt, fused, steps=2, lrs=[1e-2, 1e-2])
+    # swap the implementations: torch's AdamW takes AdamWEMA's state and vice versa
+    opt2 = torch.optim.AdamW(param_groups(fused, 0.0), foreach=False, **kw)
+    opt2.load_state_dict(opt.state_dict())
+    ema2 = EMA(ref, (0.9, 0.5))
+    ema2.load_state_dict(ema_ref.state_dict())
+    opt_ref2 = AdamWEMA(param_groups(ref, 0.0), ema=ema2, model=ref, kernel=adamw_ema_kernel, **kw)
+    opt_ref2.load_state_dict(opt_ref.state_dict())
+    _run(opt_ref2, EMA(ref), ref, opt2, fused, steps=2, lrs=[1e-2, 1e-2])
+    for (name, a), b in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert float(opt2.state[fused.lin.weight]["step"]) == 4
+
+
+def test_adamw_ema_rejects_a_foreign_ema_or_parameter() -> None:
+    a, b = _pair()
+    with pytest.raises(ValueError, match="another model"):
+        AdamWEMA(a.parameters(), ema=EMA(nn.Linear(2, 2)), model=a)
+    with pytest.raises(ValueError, match="not one of the model's"):
+        AdamWEMA(list(a.parameters()) + [nn.Parameter(torch.zeros(2))], ema=EMA(a), model=a)
