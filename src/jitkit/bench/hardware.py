@@ -18,6 +18,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -107,6 +108,36 @@ def gemm_peak(
     times.sort()
     work = 2.0 * n**3
     return {"flops": work / times[0], "median_flops": work / times[len(times) // 2], "n": float(n)}
+
+
+def gemm_probe(
+    device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None, calls: int = 2
+) -> Callable[[], float]:
+    """A function that times ``calls`` ``n×n @ n×n`` products now and returns the best one's FLOP/s.
+
+    Used between the timed repeats of a benchmark, so each repeat's MFU is taken against the GEMM speed of
+    the same moment: on a shared or thermally throttled machine the matmul throughput drifts by tens of
+    percent over minutes, and a peak measured once at the start would mis-state the utilisation.
+    """
+    if n is None:
+        n = 2048 if device.type == "cpu" else 8192
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    work = 2.0 * n**3
+
+    def probe() -> float:
+        best = float("inf")
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=c)
+            synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+        return work / best
+
+    probe()  # warm-up
+    return probe
 
 
 # --- memory -------------------------------------------------------------------------------------------------
