@@ -1,0 +1,222 @@
+"""jitkit and the reference code timed in one process, interleaved step by step.
+
+On a shared or throttled machine the matmul speed drifts by tens of percent within minutes (benchmarks/README.md),
+so two separately timed processes can differ by more than the effect being measured. Here every round times
+one step of each variant back to back, preceded by a short GEMM probe, and the report gives per variant the
+median img/s, the MFU against the probe of the same round, and the ratio to each reference variant as the
+median of the per-round ratios.
+
+    python benchmarks/side_by_side.py --reference-dir DIR --mode train --batch-size 2 --repeats 10
+    python benchmarks/side_by_side.py --reference-dir DIR --mode forward --batch-size 2 --repeats 10
+    python benchmarks/side_by_side.py --reference-dir DIR --mode sample --batch-size 4 --repeats 2
+
+DIR holds the reference's ``model_jit.py``, ``denoiser.py`` and ``util/`` (a checkout of LTH14/JiT in which the
+``.cuda()`` calls are replaced by the inputs' device so that it runs on a CPU; an optional ``DIR/deps`` is put
+on the path for its einops). Nothing of the reference is part of jitkit. Its training step is the body of its
+``train_one_epoch``: forward, ``loss.item()``, ``zero_grad``, backward, ``torch.optim.AdamW`` with its
+``add_weight_decay`` groups and β = (0.9, 0.95), ``update_ema()``. The reference compiles its blocks with
+``@torch.compile`` as released; with ``TORCHDYNAMO_DISABLE=1`` in the environment both sides run eagerly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from jitkit.bench.flops import flops_per_image
+from jitkit.bench.hardware import cpu_name, gemm_probe
+from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
+from jitkit.config import model_config
+from jitkit.fileio import atomic_write_text
+
+
+def reference_denoiser(ref_dir: Path, steps: int, cfg: float) -> torch.nn.Module:
+    """The reference's Denoiser for JiT-B/16 at 256 px with the arguments of its ImageNet recipe."""
+    for p in (ref_dir / "deps", ref_dir):
+        if p.is_dir():
+            sys.path.insert(0, str(p))
+    if not (ref_dir / "denoiser.py").is_file():
+        raise SystemExit(f"--reference-dir {ref_dir} has no denoiser.py (expected a checkout of LTH14/JiT)")
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 128)
+    from denoiser import Denoiser  # the reference's module
+
+    args = SimpleNamespace(
+        model="JiT-B/16",
+        img_size=256,
+        class_num=1000,
+        attn_dropout=0.0,
+        proj_dropout=0.0,
+        label_drop_prob=0.1,
+        P_mean=-0.8,
+        P_std=0.8,
+        t_eps=0.05,
+        noise_scale=1.0,
+        ema_decay1=0.9999,
+        ema_decay2=0.9996,
+        sampling_method="heun",
+        num_sampling_steps=steps,
+        cfg=cfg,
+        interval_min=0.1,
+        interval_max=1.0,
+    )
+    torch.manual_seed(0)
+    return Denoiser(args)
+
+
+def reference_steps(den: torch.nn.Module, mode: str, batch: int) -> Callable[[], None]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 256, 256, generator=g) * 2 - 1
+    y = torch.randint(0, 1000, (batch,), generator=g)
+    if mode == "train":
+        den.train()
+        decay, no_decay = [], []
+        for name, p in den.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+        groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95))
+        den.ema_params1 = copy.deepcopy(list(den.parameters()))
+        den.ema_params2 = copy.deepcopy(list(den.parameters()))
+
+        def step() -> None:
+            loss = den(x, y)
+            loss.item()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            den.update_ema()
+
+        return step
+    den.eval()
+    if mode == "forward":
+        t = torch.rand(batch, generator=g)
+
+        def fwd() -> None:
+            with torch.no_grad():
+                den.net(x, t, y)
+
+        return fwd
+
+    def sample() -> None:
+        with torch.no_grad():
+            den.generate(y)
+
+    return sample
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reference-dir", type=Path, required=True)
+    ap.add_argument("--mode", choices=("train", "forward", "sample"), required=True)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sample-steps", type=int, default=50)
+    ap.add_argument("--cfg", type=float, default=2.9)
+    ap.add_argument(
+        "--jitkit", default="eager,compile", help="jitkit variants: eager, compile (comma-separated)"
+    )
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here (atomically)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    load_start = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+
+    ref = reference_denoiser(a.reference_dir, a.sample_steps, a.cfg)
+    blk = type(ref.net.blocks[0]).forward
+    ref_compiled = hasattr(blk, "_torchdynamo_orig_callable") and os.environ.get("TORCHDYNAMO_DISABLE") != "1"
+    ref_name = "reference (compiled)" if ref_compiled else "reference (eager)"
+    variants: dict[str, Callable[[], None]] = {ref_name: reference_steps(ref, a.mode, a.batch_size)}
+    for kind in [k for k in a.jitkit.split(",") if k]:
+        s = BenchSettings(
+            model="JiT-B/16",
+            img_size=256,
+            batch_size=a.batch_size,
+            device="cpu",
+            threads=a.threads,
+            warmup=0,
+            compile=kind == "compile",
+            sample_steps=a.sample_steps,
+            cfg=a.cfg,
+        )
+        name = f"jitkit ({'compiled' if kind == 'compile' else 'eager'})"
+        if a.mode == "train":
+            variants[name] = prepare_train(s, torch.device("cpu"))[0]
+        elif a.mode == "forward":
+            variants[name] = prepare_forward(s, torch.device("cpu"))
+        else:
+            variants[name] = prepare_sample(s, torch.device("cpu"))[0]
+        print(f"prepared {name}", file=sys.stderr, flush=True)
+
+    warmup = a.warmup if a.mode != "sample" else 0
+    for r in range(warmup):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            print(
+                f"warm-up {r + 1}/{warmup} {name}: {time.perf_counter() - t0:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    probe = gemm_probe(torch.device("cpu"))
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    peaks: dict[str, list[float]] = {n: [] for n in variants}
+    for r in range(a.repeats):
+        for name, fn in variants.items():
+            peaks[name].append(probe())
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        line = "  ".join(f"{n} {times[n][-1]:.3f}s" for n in variants)
+        print(f"round {r + 1}/{a.repeats}: {line}", file=sys.stderr, flush=True)
+
+    fl = flops_per_image(model_config("JiT-B/16", img_size=256))
+    flops = {"train": fl["train"], "forward": fl["forward"]}.get(a.mode)
+    res: dict = {"mode": a.mode, "batch_size": a.batch_size, "variants": {}, "ratios": {}}
+    for n in variants:
+        ts, pk = times[n], peaks[n]
+        v = {
+            "img_per_s": a.batch_size / statistics.median(ts),
+            "img_per_s_best": a.batch_size / min(ts),
+            "seconds": [round(t, 4) for t in ts],
+            "gemm_probe_flops": [round(p) for p in pk],
+        }
+        if flops is not None:
+            v["mfu"] = statistics.median(a.batch_size * flops / t / p for t, p in zip(ts, pk))
+        res["variants"][n] = v
+    for n in variants:
+        if n.startswith("jitkit"):
+            res["ratios"][n] = {ref_name: statistics.median(r / j for r, j in zip(times[ref_name], times[n]))}
+    res["settings"] = {
+        "threads": a.threads,
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "python": sys.version.split()[0],
+        "repeats": a.repeats,
+        "warmup": warmup,
+        "sample_steps": a.sample_steps if a.mode == "sample" else None,
+        "cfg": a.cfg if a.mode == "sample" else None,
+        "reference_compiled": ref_compiled,
+        "loadavg_start": load_start,
+        "loadavg_end": open("/proc/loadavg").read().split()[:3] if load_start else None,
+        "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(res, indent=1)
+    if a.out is not None:
+        atomic_write_text(a.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
