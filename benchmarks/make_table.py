@@ -132,6 +132,50 @@ def targets() -> list[str]:
     return rows
 
 
+def side_by_side_table() -> list[str]:
+    """The targets from benchmarks/side_by_side.py: jitkit and the reference interleaved in one process."""
+    runs = [
+        ("training, batch 2", load("sbs_train_bs2"), "≥ 1.3×", ".3f"),
+        ("training, batch 2, both eager (`TORCHDYNAMO_DISABLE=1`)", load("sbs_train_bs2_eager"), "", ".3f"),
+        ("forward, batch 2", load("sbs_forward_bs2"), "MFU ≥ 80%", ".3f"),
+        ("sampling, Heun 50, CFG 2.9 on [0.1, 1], batch 4", load("sbs_sample_bs4"), "≥ 1.2×", ".4f"),
+    ]
+    runs = [r for r in runs if r[1]]
+    if not runs:
+        return []
+    rows = [
+        "| JiT-B/16 @ 256 px, fp32, 2 threads | reference img/s (MFU) | jitkit eager img/s (MFU) "
+        "| jitkit compiled img/s (MFU) | jitkit eager ÷ reference | jitkit compiled ÷ reference | target "
+        "| rounds | load (1 min) | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, d, target, spec in runs:
+        ref = next(n for n in d["variants"] if n.startswith("reference"))
+        cells = []
+        for c in (ref, "jitkit (eager)", "jitkit (compiled)"):
+            v = d["variants"].get(c)
+            if v is None:
+                cells.append("–")
+                continue
+            m = f" ({v['mfu']:.1%})" if v.get("mfu") is not None else ""
+            cells.append(f"{f(v['img_per_s'], spec)}{m}")
+        cells[0] += " (compiled)" if "compiled" in ref else " (eager)"
+        rat = [(d["ratios"].get(j) or {}).get(ref) for j in ("jitkit (eager)", "jitkit (compiled)")]
+        st = d["settings"]
+        when = st.get("measured_at_utc", "")[11:16]
+        rows.append(
+            f"| {label} | {' | '.join(cells)} | {f(rat[0], '.2f', '×')} | {f(rat[1], '.2f', '×')} | {target} "
+            f"| {st['repeats']} | {load_str(d)} | {when} UTC |"
+        )
+    rows += [
+        "",
+        "Ratios are medians of the per-round ratios (each round times one step of every variant back to back); "
+        "MFU divides each timed step by the fp32 GEMM probe (2048² matmuls) run just before it, median over "
+        "the rounds.",
+    ]
+    return rows
+
+
 def targets_cpu() -> list[str]:
     """jitkit vs the reference in CPU seconds at one thread (run_ab_cpu.sh): indicative while the machine is busy."""
     j, js = load_ab("b16_bs2"), load_ab("b16_sample5_bs4")
@@ -340,7 +384,17 @@ def main() -> None:
         "",
         *machine(),
         "",
-        "### Targets",
+        *(
+            [
+                "### Targets, side by side in one process (`benchmarks/side_by_side.py`)",
+                "",
+                *side_by_side_table(),
+                "",
+            ]
+            if side_by_side_table()
+            else []
+        ),
+        "### Targets, separate processes (`benchmarks/run_all.sh`)",
         "",
         *targets(),
         "",

@@ -347,3 +347,41 @@ def test_compile_without_a_compiler_trains_eagerly(tmp_path, monkeypatch, capsys
     assert losses(run_c) == losses(run_e) and len(losses(run_c)) > 0
     blocks = load_checkpoint(run_c).model
     assert all(not k.startswith("_orig_mod") and "._orig_mod." not in k for k in blocks)
+
+
+@pytest.mark.slow  # inductor builds the blocks' and the AdamW + EMA kernels: ~30-60 s on 2 cores
+def test_compiled_training_updates_adamw_and_emas_in_one_pass(tmp_path, monkeypatch):
+    """With a compiler, --compile trains with AdamWEMA (no separate ema.update) and matches the eager run:
+    the same losses and EMA weights up to float rounding of the compiled kernels."""
+    from jitkit.models.registry import compiler_available
+    from jitkit.train.ema import EMA
+    from jitkit.train.optim import AdamWEMA
+
+    ok, why = compiler_available("cpu")
+    if not ok:
+        pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
+    calls = {"fused": 0, "ema.update": 0}
+    fused_step, ema_update = AdamWEMA.step, EMA.update
+
+    def count_fused(self, *a, **k):
+        calls["fused"] += 1
+        return fused_step(self, *a, **k)
+
+    def count_update(self, *a, **k):
+        calls["ema.update"] += 1
+        return ema_update(self, *a, **k)
+
+    monkeypatch.setattr(AdamWEMA, "step", count_fused)
+    monkeypatch.setattr(EMA, "update", count_update)
+    run_c = train(tiny_cfg(tmp_path / "c", compile=True, epochs=2, eval_at_end=False), progress=False)
+    steps = load_checkpoint(run_c).step
+    assert steps > 0 and calls == {"fused": steps, "ema.update": 0}
+    run_e = train(tiny_cfg(tmp_path / "e", epochs=2, eval_at_end=False), progress=False)
+    assert calls["ema.update"] == steps  # the eager run keeps the separate EMA update
+    torch.testing.assert_close(torch.tensor(losses(run_c)), torch.tensor(losses(run_e)), rtol=1e-4, atol=1e-6)
+    ck_c, ck_e = load_checkpoint(run_c), load_checkpoint(run_e)
+    for which in ("ema1", "ema2"):
+        a, b = getattr(ck_c, which), getattr(ck_e, which)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{which} {k}")

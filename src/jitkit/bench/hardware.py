@@ -76,6 +76,26 @@ def configure_backends(device: torch.device, tf32: bool = True) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def _gemm_timer(
+    device: torch.device, dtype: torch.dtype, n: int | None
+) -> tuple[Callable[[], None], float, int]:
+    """``(run, work, n)``: ``run()`` computes one ``n×n @ n×n`` product (synchronised) into a fixed buffer
+    after one warm-up call; ``work`` = 2·n³ FLOPs. n defaults to 2048 on CPUs and 8192 on GPUs."""
+    if n is None:
+        n = 2048 if device.type == "cpu" else 8192
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+
+    def run() -> None:
+        torch.mm(a, b, out=c)
+        synchronize(device)
+
+    run()  # warm-up (thread pool, kernel selection)
+    return run, 2.0 * n**3, n
+
+
 def gemm_peak(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
@@ -86,27 +106,18 @@ def gemm_peak(
     """Measured dense GEMM throughput: repeated ``n×n @ n×n`` products for about ``seconds``.
 
     Returns ``{"flops": best FLOP/s, "median_flops": median FLOP/s, "n": n}`` where one product is 2·n³
-    FLOPs. The best call is the peak used for MFU (so MFU is a lower bound of the true utilisation).
+    FLOPs. The best call is the peak (so an MFU against it is a lower bound of the true utilisation).
     ``clock="cpu"`` times with process CPU time (see ``BenchSettings.clock``).
     """
-    if n is None:
-        n = 2048 if device.type == "cpu" else 8192
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    torch.mm(a, b, out=c)  # warm-up (thread pool, kernel selection)
-    synchronize(device)
+    run, work, n = _gemm_timer(device, dtype, n)
     now = time.process_time if clock == "cpu" else time.perf_counter
     times: list[float] = []
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(times) < 3:
         t0 = now()
-        torch.mm(a, b, out=c)
-        synchronize(device)
+        run()
         times.append(now() - t0)
     times.sort()
-    work = 2.0 * n**3
     return {"flops": work / times[0], "median_flops": work / times[len(times) // 2], "n": float(n)}
 
 
@@ -119,24 +130,16 @@ def gemm_probe(
     the same moment: on a shared or thermally throttled machine the matmul throughput drifts by tens of
     percent over minutes, and a peak measured once at the start would mis-state the utilisation.
     """
-    if n is None:
-        n = 2048 if device.type == "cpu" else 8192
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    work = 2.0 * n**3
+    run, work, _ = _gemm_timer(device, dtype, n)
 
     def probe() -> float:
         best = float("inf")
         for _ in range(calls):
             t0 = time.perf_counter()
-            torch.mm(a, b, out=c)
-            synchronize(device)
+            run()
             best = min(best, time.perf_counter() - t0)
         return work / best
 
-    probe()  # warm-up
     return probe
 
 
