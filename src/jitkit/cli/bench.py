@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Steady-state throughput of one model configuration with data from memory: warm-up excluded, "
             "several repeats, median (and best) reported. FLOPs are analytic (2·MACs of all matmuls incl. "
-            "attention, forward; training = 3× forward); MFU is against the dense GEMM peak this command "
-            "measures on the device in the same dtype."
+            "attention, forward; training = 3× forward); MFU divides each timed repeat by a dense GEMM probe "
+            "in the same dtype run just before it (median over the repeats), so drift of the device's speed "
+            "does not enter it; the JSON also has it against the best call of a separate GEMM peak run."
         ),
     )
     p.add_argument("--model", default="JiT-B/16", help="registered model name (see `jitkit models`)")
@@ -147,7 +148,7 @@ def _print_table(res: dict) -> None:
     )
     print(
         f"FLOPs/img (fwd) {rows[0]['flops_per_img'] / 1e9:.2f} G   GEMM peak "
-        f"{rows[0]['gemm_peak_flops'] / 1e9:.1f} GFLOP/s"
+        f"{rows[0]['gemm_peak_flops'] / 1e9:.1f} GFLOP/s (MFU: against a GEMM probe before each repeat)"
     )
     key = res.get("compare", "")
     head = f"{key:>16} {'train img/s':>12} {'fwd img/s':>10} {'sample img/s':>13} {'peak MiB':>9} {'MFU tr':>7} {'MFU fwd':>7}"
