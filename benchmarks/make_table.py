@@ -232,8 +232,9 @@ def issue_table() -> list[str]:
     d = load("shapes")
     if d:
         rows.append(
-            f"| JiT-S/4 @ 16 (shapes) | 128 | {f(d['train_img_per_s'], '.1f')} | {f(d['forward_img_per_s'], '.1f')} | "
-            f"{f(d['sample_img_per_s'], '.1f')} (Heun 20) | {f(d['peak_mem_mib'], '.0f')} | {f(d['mfu_train'], '.1%')} | {f(d['mfu_forward'], '.1%')} |"
+            f"| {d['settings']['model']} @ {d['settings']['img_size']} (shapes preset) | {d['settings']['batch_size']} "
+            f"| {f(d['train_img_per_s'], '.1f')} | {f(d['forward_img_per_s'], '.1f')} | "
+            f"{f(d['sample_img_per_s'], '.1f')} (Heun {d['settings']['sample_steps']}) | {f(d['peak_mem_mib'], '.0f')} | {f(d['mfu_train'], '.1%')} | {f(d['mfu_forward'], '.1%')} |"
         )
     return rows
 

@@ -56,8 +56,8 @@ bench b16_sample_bs4 $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2
 bench b16_sample_bs4_compile $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2.9 --compile
 REF_COMPILE=1 ref ref_sample_bs4 sample 4 50
 REF_COMPILE=0 ref ref_sample_bs4_eager sample 4 50
-# --- the small shapes model (preset "shapes": JiT-S/4 at 16 px, 16 classes, batch 128, Heun 20) -----------
-bench shapes --model JiT-S/4 --img-size 16 --num-classes 16 --batch-size 128 --sample-steps 20 --cfg 1.0 \
+# --- the small shapes model (preset "shapes": JiT-T/4 at 16 px, 16 classes, batch 64, Heun 20, CFG 3) -----
+bench shapes --model JiT-T/4 --img-size 16 --num-classes 16 --batch-size 64 --sample-steps 20 --cfg 3.0 \
   --repeats 10
 # --- optimisations, before → after (ratios are over the first value) ----------------------------------------
 bench cmp_attention_bs2 $B16 --batch-size 2 --mode train,forward --compare attention=math-fp32,sdpa
