@@ -90,9 +90,17 @@ def targets() -> list[str]:
         v = g(d, "img_per_s_median")
         return None if v is None or not peak else v * fl / peak
 
+    def best_peak_mfu(d):  # the same definition as the reference's columns (one peak, best call)
+        return (
+            g(d, "mfu_forward_vs_best_peak")
+            if g(d, "mfu_forward_vs_best_peak") is not None
+            else g(d, "mfu_forward")
+        )
+
     rows.append(
-        f"| forward MFU, batch 2 (of the measured fp32 GEMM peak {f(peak and peak / 1e9, '.0f')} GFLOP/s) | {f(g(j2, 'mfu_forward'), '.1%')} "
-        f"| {f(g(j2c, 'mfu_forward'), '.1%')} (own peak {f(g(j2c, 'gemm_peak_flops') and g(j2c, 'gemm_peak_flops') / 1e9, '.0f')}) | {f(mfu(rf), '.1%')} | {f(mfu(rfe), '.1%')} | | ≥ 80% |"
+        f"| forward MFU, batch 2 (of the best call of a 2-s fp32 GEMM peak run: {f(peak and peak / 1e9, '.0f')} GFLOP/s) "
+        f"| {f(best_peak_mfu(j2), '.1%')} "
+        f"| {f(best_peak_mfu(j2c), '.1%')} (own peak {f(g(j2c, 'gemm_peak_flops') and g(j2c, 'gemm_peak_flops') / 1e9, '.0f')}) | {f(mfu(rf), '.1%')} | {f(mfu(rfe), '.1%')} | | ≥ 80% |"
     )
     js_v, jsc_v = g(js, "sample_img_per_s"), g(jsc, "sample_img_per_s")
     rows.append(

@@ -36,7 +36,7 @@ ref() { # name, harness args... (REF_COMPILE=0|1 in the environment)
   quiet
   log "$name: reference $* (REF_COMPILE=${REF_COMPILE:-1})"
   local l0; l0=$(cut -d' ' -f1-3 /proc/loadavg)
-  THREADS=$T "$PY" "$REF_HARNESS" "$@" 2>/dev/null | tail -1 \
+  WARMUP=${REF_WARMUP:-4} THREADS=$T "$PY" "$REF_HARNESS" "$@" 2>/dev/null | tail -1 \
     | "$PY" -c "import json,sys; d=json.loads(sys.stdin.read()); d['loadavg_start']='$l0'.split(); \
 d['loadavg_end']=open('/proc/loadavg').read().split()[:3]; print(json.dumps(d, indent=1))" > "$OUT/$name.json"
 }
@@ -44,7 +44,7 @@ d['loadavg_end']=open('/proc/loadavg').read().split()[:3]; print(json.dumps(d, i
 B16="--model JiT-B/16 --img-size 256"
 # --- the targets: jitkit and the reference side by side ----------------------------------------------------
 bench b16_bs2 $B16 --batch-size 2 --mode train,forward --repeats 5
-bench b16_bs2_compile $B16 --batch-size 2 --mode train,forward --repeats 5 --warmup 3 --compile
+bench b16_bs2_compile $B16 --batch-size 2 --mode train,forward --repeats 5 --warmup 5 --compile
 REF_COMPILE=1 ref ref_train_bs2 train 2
 REF_COMPILE=0 ref ref_train_bs2_eager train 2
 REF_COMPILE=1 ref ref_forward_bs2 forward 2
