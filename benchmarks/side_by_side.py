@@ -16,6 +16,8 @@ on the path for its einops). Nothing of the reference is part of jitkit. Its tra
 ``train_one_epoch``: forward, ``loss.item()``, ``zero_grad``, backward, ``torch.optim.AdamW`` with its
 ``add_weight_decay`` groups and β = (0.9, 0.95), ``update_ema()``. The reference compiles its blocks with
 ``@torch.compile`` as released; with ``TORCHDYNAMO_DISABLE=1`` in the environment both sides run eagerly.
+Warm-up: ``--warmup`` rounds of every variant before the timed ones; for sampling, one 2-step run of each
+(which compiles both batch shapes: outside the guidance interval and inside) instead.
 """
 
 from __future__ import annotations
