@@ -250,8 +250,15 @@ def issue_table() -> list[str]:
 CMPS = [
     ("cmp_attention_bs2", "attention: reference math-fp32 → SDPA (batch 2)"),
     ("cmp_attention_bs8", "attention: math-fp32 → SDPA, training memory (batch 8)"),
-    ("cmp_optim", "AdamW: per-tensor loop (torch's CPU default, the reference) → foreach → fused"),
-    ("cmp_ema", "EMA: per-tensor loop (reference) → jitkit.train.ema (foreach mul/add) → foreach lerp"),
+    (
+        "cmp_optim",
+        "AdamW: per-tensor loop (torch's CPU default, the reference) → foreach → fused (each + the EMA update) "
+        "→ fused-ema (AdamW and both EMAs in one compiled pass)",
+    ),
+    (
+        "cmp_ema",
+        "EMA: per-tensor mul/add loop (reference) → jitkit.train.ema.EMA (a foreach lerp per decay) → bare foreach lerp",
+    ),
     (
         "cmp_cfg",
         "sampling CFG: two separate passes → one batched pass + skipped unconditional (Heun 10, batch 4)",

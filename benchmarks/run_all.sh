@@ -62,7 +62,7 @@ bench shapes --model JiT-T/4 --img-size 16 --num-classes 16 --batch-size 64 --sa
 # --- optimisations, before → after (ratios are over the first value) ----------------------------------------
 bench cmp_attention_bs2 $B16 --batch-size 2 --mode train,forward --compare attention=math-fp32,sdpa
 bench cmp_attention_bs8 $B16 --batch-size 8 --mode train --repeats 2 --compare attention=math-fp32,sdpa
-bench cmp_optim $B16 --batch-size 2 --mode train --compare optim=loop,foreach,fused
+bench cmp_optim $B16 --batch-size 2 --mode train --compare optim=loop,foreach,fused,fused-ema
 bench cmp_ema $B16 --batch-size 2 --mode train --compare ema=loop,foreach,lerp
 bench cmp_cfg $B16 --batch-size 4 --mode sample --sample-steps 10 --compare cfg_mode=separate,batched
 bench cmp_item $B16 --batch-size 2 --mode train --compare item_sync=1,0
