@@ -396,18 +396,14 @@ def machine() -> list[str]:
 
 
 def main() -> None:
+    sbs = side_by_side_table()
     body = [
         "",
         *machine(),
         "",
         *(
-            [
-                "### Targets, side by side in one process (`benchmarks/side_by_side.py`)",
-                "",
-                *side_by_side_table(),
-                "",
-            ]
-            if side_by_side_table()
+            ["### Targets, side by side in one process (`benchmarks/side_by_side.py`)", "", *sbs, ""]
+            if sbs
             else []
         ),
         "### Targets, separate processes (`benchmarks/run_all.sh`)",

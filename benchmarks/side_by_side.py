@@ -40,6 +40,7 @@ from jitkit.bench.hardware import cpu_name, gemm_probe
 from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
 from jitkit.config import model_config
 from jitkit.fileio import atomic_write_text
+from jitkit.train.engine import param_groups
 
 
 def reference_denoiser(ref_dir: Path, steps: int, cfg: float) -> torch.nn.Module:
@@ -81,12 +82,8 @@ def reference_steps(den: torch.nn.Module, mode: str, batch: int) -> Callable[[],
     y = torch.randint(0, 1000, (batch,), generator=g)
     if mode == "train":
         den.train()
-        decay, no_decay = [], []
-        for name, p in den.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95))
+        # its add_weight_decay groups (no decay on biases and 1-D parameters) are jitkit's param_groups
+        opt = torch.optim.AdamW(param_groups(den, 0.0), lr=1e-4, betas=(0.9, 0.95))
         den.ema_params1 = copy.deepcopy(list(den.parameters()))
         den.ema_params2 = copy.deepcopy(list(den.parameters()))
 

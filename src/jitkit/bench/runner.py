@@ -193,11 +193,24 @@ def fuses_ema(s: BenchSettings) -> bool:
 
 
 def make_optimizer(
-    params: list[torch.nn.Parameter], kind: str, device: torch.device
+    params: list[torch.nn.Parameter], kind: str, device: torch.device, model: torch.nn.Module | None = None
 ) -> torch.optim.Optimizer:
     """AdamW(β = 0.9, 0.95, wd 0) as in the reference: ``fused`` (one kernel per step where torch has it for
-    the device, else foreach), ``foreach`` (multi-tensor) or ``loop`` (per-tensor, torch's CPU default)."""
+    the device, else foreach), ``foreach`` (multi-tensor), ``loop`` (per-tensor, torch's CPU default) or
+    ``fused-ema`` (:class:`jitkit.train.optim.AdamWEMA` over ``model``, which also owns the two EMAs: the
+    caller then makes none)."""
     kw = {"lr": 1e-4, "betas": (0.9, 0.95), "weight_decay": 0.0}
+    if kind == "fused-ema":
+        from jitkit.models.registry import compiler_available
+        from jitkit.train.ema import EMA
+        from jitkit.train.optim import AdamWEMA
+
+        ok, why = compiler_available(device)
+        if not ok:
+            raise ValueError(f"the compiled AdamW + EMA step needs torch.compile on {device.type}: {why}")
+        if model is None:
+            raise ValueError("optim 'fused-ema' needs the model (its EMAs are updated in the optimiser step)")
+        return AdamWEMA(params, ema=EMA(model), model=model, **kw)
     if kind == "fused":
         try:
             return torch.optim.AdamW(params, fused=True, **kw)
@@ -302,28 +315,9 @@ def prepare_train(
     y = torch.randint(0, mc.num_classes, (s.batch_size,), generator=g).to(device)
     if mem is not None:
         mem.start()
-    if fuses_ema(s):  # the engine's compiled step: AdamW and both EMAs in one compiled pass
-        from jitkit.models.registry import compiler_available
-        from jitkit.train.ema import EMA
-        from jitkit.train.optim import AdamWEMA
-
-        ok, why = compiler_available(device)
-        if not ok:
-            raise ValueError(f"the compiled AdamW + EMA step needs torch.compile on {device.type}: {why}")
-
-        ema_fused = EMA(den)
-        opt: torch.optim.Optimizer = AdamWEMA(
-            [p for p in den.parameters() if p.requires_grad],
-            ema=ema_fused,
-            model=den,
-            lr=1e-4,
-            betas=(0.9, 0.95),
-            weight_decay=0.0,
-        )
-        ema = None
-    else:
-        opt = make_optimizer([p for p in den.parameters() if p.requires_grad], s.optim, device)
-        ema = make_ema(den, s.ema)
+    kind = "fused-ema" if fuses_ema(s) else s.optim  # fused-ema: the engine's compiled AdamW + EMA step
+    opt = make_optimizer([p for p in den.parameters() if p.requires_grad], kind, device, model=den)
+    ema = None if getattr(opt, "updates_ema", False) else make_ema(den, s.ema)
 
     def step() -> None:
         with autocast_ctx(device, s.dtype):
