@@ -46,6 +46,7 @@ from jitkit.bench.hardware import (
     synchronize,
 )
 from jitkit.config import DiffusionConfig, ModelConfig, SamplerConfig, model_config
+from jitkit.models.linear import BACKENDS, cpu_linear_backend, use_cpu_linear
 
 MODES = ("train", "forward", "sample", "all")
 OPTIMS = ("fused", "foreach", "loop", "fused-ema")
@@ -53,6 +54,7 @@ EMAS = ("foreach", "lerp", "loop", "none")
 MEMORY = ("auto", "inprocess", "subprocess", "off")
 CFG_MODES = ("batched", "separate")
 CLOCKS = ("wall", "cpu")
+CPU_LINEAR = BACKENDS  # auto | onednn | aten (jitkit.models.linear)
 SAMPLE_INTERVAL = (0.1, 1.0)
 
 
@@ -79,6 +81,7 @@ class BenchSettings:
     item_sync: bool = False
     cfg_mode: str = "batched"
     tf32: bool = True
+    cpu_linear: str = "auto"
     num_classes: int | None = None
     warmup: int = 2
     repeats: int = 5
@@ -104,6 +107,8 @@ class BenchSettings:
             raise ValueError(f"cfg_mode must be one of {CFG_MODES}, found {self.cfg_mode!r}")
         if self.clock not in CLOCKS:
             raise ValueError(f"clock must be one of {CLOCKS}, found {self.clock!r}")
+        if self.cpu_linear not in CPU_LINEAR:
+            raise ValueError(f"cpu_linear must be one of {CPU_LINEAR}, found {self.cpu_linear!r}")
         if self.memory not in MEMORY:
             raise ValueError(f"memory must be one of {MEMORY}, found {self.memory!r}")
         for name in ("batch_size", "sample_steps", "repeats", "sample_repeats"):
@@ -176,7 +181,7 @@ def build_denoiser(s: BenchSettings, device: torch.device) -> torch.nn.Module:
 
     torch.manual_seed(s.seed)
     mc = s.model_config()
-    net = build_model(mc, device=device)
+    net = use_cpu_linear(build_model(mc, device=device), s.cpu_linear)
     if s.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if s.compile:
@@ -447,6 +452,12 @@ def settings_record(s: BenchSettings, device: torch.device) -> dict[str, Any]:
             "device": str(device),
             "threads": s.threads if s.threads is not None else torch.get_num_threads(),
             "torch": torch.__version__,
+            # the float32 CPU linear backend the layers ran on (auto resolved); "-" off the CPU
+            "cpu_linear_backend": (
+                (cpu_linear_backend() if s.cpu_linear == "auto" else s.cpu_linear)
+                if device.type == "cpu"
+                else "-"
+            ),
             "cpu": cpu_name(),
             "device_name": device_name(device),
             "python": sys.version.split()[0],

@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sampling CFG: one batched forward with skipped unconditional passes (default) or two forwards",
     )
     p.add_argument("--item-sync", action="store_true", help="read loss.item() every step (as the reference)")
+    p.add_argument(
+        "--cpu-linear",
+        default="auto",
+        choices=("auto", "onednn", "aten"),
+        help="float32 CPU linear layers on oneDNN or torch's MKL path (auto: the faster, timed once)",
+    )
     p.add_argument("--no-tf32", action="store_true", help="keep full fp32 matmuls on Ampere+ GPUs")
     p.add_argument("--num-classes", type=int, default=None, help="label classes (default: the model's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
@@ -117,6 +123,7 @@ def _settings(args: argparse.Namespace):  # -> BenchSettings
         item_sync=args.item_sync,
         cfg_mode=args.cfg_mode,
         tf32=not args.no_tf32,
+        cpu_linear=args.cpu_linear,
         num_classes=args.num_classes,
         warmup=args.warmup,
         repeats=args.repeats,
@@ -144,11 +151,12 @@ def _print_table(res: dict) -> None:
     st = rows[0]["settings"]
     print(
         f"{st['model']} @ {st['img_size']}px  batch {st['batch_size']}  {st['device']} ({st['device_name']})  "
-        f"{st['dtype']}  threads {st['threads']}  torch {st['torch']}"
+        f"{st['dtype']}  threads {st['threads']}  torch {st['torch']}  CPU linear {st.get('cpu_linear_backend', '-')}"
     )
     print(
         f"FLOPs/img (fwd) {rows[0]['flops_per_img'] / 1e9:.2f} G   GEMM peak "
-        f"{rows[0]['gemm_peak_flops'] / 1e9:.1f} GFLOP/s (MFU: against a GEMM probe before each repeat)"
+        f"{rows[0]['gemm_peak_flops'] / 1e9:.1f} GFLOP/s ({rows[0]['details']['gemm'].get('backend', '?')}; "
+        "MFU: against a GEMM probe before each repeat)"
     )
     key = res.get("compare", "")
     head = f"{key:>16} {'train img/s':>12} {'fwd img/s':>10} {'sample img/s':>13} {'peak MiB':>9} {'MFU tr':>7} {'MFU fwd':>7}"

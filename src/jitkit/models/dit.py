@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jitkit.models.layers import modulate, sincos_2d
+from jitkit.models.linear import Linear
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ class DiTAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
@@ -128,8 +129,8 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = DiTAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.mlp = nn.Sequential(Linear(dim, hidden), nn.GELU(approximate="tanh"), Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # each [B,D]
@@ -142,8 +143,8 @@ class DiTFinalLayer(nn.Module):
     def __init__(self, dim: int, patch: int, out_ch: int) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        self.linear = nn.Linear(dim, patch * patch * out_ch)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
+        self.linear = Linear(dim, patch * patch * out_ch)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
@@ -163,7 +164,7 @@ class DiT(nn.Module):
         D, p, C, G = cfg.hidden_size, cfg.patch_size, cfg.in_channels, cfg.grid_size
         self.x_embedder = nn.Conv2d(C, D, kernel_size=p, stride=p, bias=True)
         self.pos_embed = nn.Parameter(torch.zeros(1, G * G, D), requires_grad=cfg.learn_pos)
-        self.t_mlp = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.t_mlp = nn.Sequential(Linear(cfg.freq_dim, D), nn.SiLU(), Linear(D, D))
         self.y_embedder = nn.Embedding(cfg.num_classes + int(cfg.null_class), D)
         self.blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final_layer = DiTFinalLayer(D, p, C)

@@ -25,6 +25,7 @@ from jitkit.models.layers import (
     rope_tables,
     sincos_2d,
 )
+from jitkit.models.linear import Linear, cpu_linear_backend
 
 
 class JiTBlock(nn.Module):
@@ -39,7 +40,7 @@ class JiTBlock(nn.Module):
         self.attn = Attention(D, cfg.num_heads, attn_drop, proj_drop, kind=cfg.attention)
         self.norm2 = RMSNorm(D)
         self.mlp = SwiGLU(D, cfg.mlp_hidden, drop=proj_drop)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(D, 6 * D))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # each [B,D]
@@ -53,8 +54,8 @@ class FinalLayer(nn.Module):
     def __init__(self, hidden: int, patch: int, out_ch: int) -> None:
         super().__init__()
         self.norm_final = RMSNorm(hidden)
-        self.linear = nn.Linear(hidden, patch * patch * out_ch)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.linear = Linear(hidden, patch * patch * out_ch)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
@@ -127,6 +128,7 @@ class JiT(nn.Module):
         backward of the CPU flash-attention kernel (torch 2.13). Identical blocks share one compiled graph per
         token count. On CPU inductor needs a C++ compiler; see :func:`compiler_available`.
         """
+        cpu_linear_backend()  # resolve the CPU linear backend (a timing when "auto") before tracing
         for block in self.blocks:
             block.compile(dynamic=False)
         self.final_layer.compile(dynamic=False)

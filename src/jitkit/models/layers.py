@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jitkit.models.linear import Linear, linear
+
 # --- fixed tables -----------------------------------------------------------------------------------------
 
 
@@ -112,7 +114,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden: int, freq_dim: int = 256) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.mlp = nn.Sequential(Linear(freq_dim, hidden), nn.SiLU(), Linear(hidden, hidden))
         half = freq_dim // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("freqs", freqs, persistent=False)
@@ -138,6 +140,8 @@ class LabelEmbedder(nn.Module):
 class BottleneckPatchEmbed(nn.Module):
     """p×p stride-p conv C→bottleneck (no bias), then 1×1 conv bottleneck→D (bias). [B,C,S,S] → [B,N,D]."""
 
+    cpu_linear: str | None = None  # the float32 CPU backend of the 1×1 conv (see jitkit.models.linear)
+
     def __init__(self, patch: int, in_ch: int, bottleneck: int, hidden: int) -> None:
         super().__init__()
         self.proj1 = nn.Conv2d(in_ch, bottleneck, kernel_size=patch, stride=patch, bias=False)
@@ -147,7 +151,7 @@ class BottleneckPatchEmbed(nn.Module):
         x = self.proj1(x).flatten(2).transpose(1, 2)  # [B,b,G,G] → [B,N,b], token i·G + j
         # the 1×1 conv as a linear on the tokens: the result is a contiguous [B,N,D] (a transposed view here
         # would make every element-wise op and norm of the blocks before the in-context tokens run strided)
-        return F.linear(x, self.proj2.weight.flatten(1), self.proj2.bias)  # [B,N,D]
+        return linear(x, self.proj2.weight.flatten(1), self.proj2.bias, self.cpu_linear)  # [B,N,D]
 
 
 class SwiGLU(nn.Module):
@@ -155,8 +159,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
+        self.w12 = Linear(dim, 2 * hidden)
+        self.w3 = Linear(hidden, dim)
         self.ffn_dropout = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,11 +182,11 @@ class Attention(nn.Module):
         self.heads = heads
         self.head_dim = dim // heads
         self.kind = kind
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.qkv = Linear(dim, 3 * dim, bias=True)
         self.q_norm = RMSNorm(self.head_dim)
         self.k_norm = RMSNorm(self.head_dim)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,220 @@
+"""Linear layers on the fastest fp32 matrix product of the CPU.
+
+torch runs a CPU ``F.linear`` in float32 through MKL's sgemm. MKL picks its kernels by CPU vendor: on AMD
+processors it runs its AVX2 code even where the core has AVX-512 (measured on a 2-core AMD EPYC, Zen 5:
+~200 GFLOP/s), while oneDNN, which torch also carries, picks by instruction set and runs the AVX-512 kernels
+on the same core (~440 GFLOP/s). Both compute in IEEE float32; they differ only in the order of the sums.
+
+:class:`Linear` is an ``nn.Linear`` (same parameters, same state-dict keys) whose forward routes float32 CPU
+inputs through oneDNN (``torch.ops.mkldnn._linear_pointwise``, forward and both backward products) when that
+is the faster backend, and through ``F.linear`` everywhere else (GPUs, MPS, autocast, other dtypes).
+
+The backend is ``auto`` unless set by :func:`set_cpu_linear_backend` or the environment variable
+``JITKIT_CPU_LINEAR`` (``auto``, ``onednn`` or ``aten``): ``auto`` times both on one product of transformer
+shape the first time a CPU linear runs (about 0.1 s) and keeps oneDNN only if it is at least 15 % faster.
+
+Shape key: M rows (batch × tokens), K input features, N output features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import register_flop_formula
+
+BACKENDS = ("auto", "onednn", "aten")
+_ENV = "JITKIT_CPU_LINEAR"
+_choice: str | None = None  # the setting: None → the environment variable, else one of BACKENDS
+_resolved: dict[int, str] = {}  # "auto" resolved per thread count
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's linear kernel (x86 and most ARM builds do)."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def set_cpu_linear_backend(name: str | None) -> None:
+    """Choose the float32 CPU linear backend: ``auto``, ``onednn``, ``aten`` or None (back to the default)."""
+    global _choice
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"CPU linear backend must be one of {', '.join(BACKENDS)}, received {name!r}")
+    if name == "onednn" and not onednn_available():
+        raise RuntimeError(
+            "CPU linear backend 'onednn' asked for, but this torch build has no oneDNN kernels"
+        )
+    _choice = name
+
+
+def cpu_linear_setting() -> str:
+    """The backend as set (``auto``, ``onednn`` or ``aten``), from the setter or ``JITKIT_CPU_LINEAR``."""
+    if _choice is not None:
+        return _choice
+    env = os.environ.get(_ENV, "auto").strip().lower() or "auto"
+    if env not in BACKENDS:
+        raise ValueError(f"{_ENV} must be one of {', '.join(BACKENDS)}, found {env!r}")
+    return env
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: oneDNN creates its primitive on the first call
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_cpu_linear(m: int = 512, k: int = 768, n: int = 2304, repeats: int = 5) -> dict[str, float]:
+    """Seconds of one [m,k]·[k,n] float32 CPU product on each backend (best of ``repeats``)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g)
+    out = {"aten": _best_seconds(lambda: F.linear(x, w, b), repeats)}
+    if onednn_available():
+        out["onednn"] = _best_seconds(lambda: _pointwise(x, w, b), repeats)
+    return out
+
+
+def _no_dispatch_modes() -> contextlib.AbstractContextManager:
+    try:
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        return _disable_current_modes()
+    except ImportError:  # a torch without it: time inside the mode
+        return contextlib.nullcontext()
+
+
+def cpu_linear_backend() -> str:
+    """The backend float32 CPU linears use now: ``onednn`` or ``aten`` (``auto`` resolved by measurement)."""
+    setting = cpu_linear_setting()
+    if setting != "auto":
+        return setting if setting == "aten" or onednn_available() else "aten"
+    threads = torch.get_num_threads()
+    if threads not in _resolved:
+        if torch.compiler.is_compiling():  # no timing inside a trace: JiT.compile_blocks resolves it first
+            return "aten"
+        if not onednn_available():
+            _resolved[threads] = "aten"
+        else:
+            # outside any active dispatch mode (a FlopCounterMode, a profiler's) that must not see the timing
+            with torch.no_grad(), _no_dispatch_modes():
+                t = measure_cpu_linear()
+            _resolved[threads] = "onednn" if t["aten"] >= 1.15 * t["onednn"] else "aten"
+    return _resolved[threads]
+
+
+def _pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's x·wᵀ + b for a 2-D x [M,K] and w [N,K]; both may be strided (transposed views included)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def onednn_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [M,K] · w [N,K]ᵀ on oneDNN, float32 CPU tensors (no autograd; the GEMM of the benchmark's peak)."""
+    return _pointwise(x, w, None)
+
+
+# A custom op (not a bare call of the mkldnn op) so that torch.compile keeps it as one opaque kernel with the
+# inputs' strides: inductor's own lowering of ``mkldnn._linear_pointwise`` expects prepacked inference weights.
+@torch.library.custom_op("jitkit::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x [M,K] · w [N,K]ᵀ + b [N] → [M,N] on oneDNN (float32, CPU)."""
+    return _pointwise(x, w, b)
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, w, b = inputs
+    ctx.save_for_backward(x, w)
+    ctx.has_bias = b is not None
+
+
+def _backward(ctx, g: torch.Tensor):
+    x, w = ctx.saved_tensors
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gx = onednn_linear(g, w.t(), None)  # [M,N]·[N,K] (w.t() is a [K,N] "weight" view)
+    if ctx.needs_input_grad[1]:
+        gw = onednn_linear(g.t(), x.t(), None)  # [N,M]·[M,K]
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = g.sum(0)
+    return gx, gw, gb
+
+
+onednn_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.jitkit.onednn_linear)
+def _flops(x_shape, w_shape, *args, **kwargs) -> int:
+    """2·M·K·N, so that ``torch.utils.flop_counter`` counts these products as it counts ``aten.addmm``."""
+    return 2 * x_shape[0] * x_shape[1] * w_shape[0]
+
+
+def _use_onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, backend: str | None) -> bool:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
+        return False
+    if b is not None and b.dtype != torch.float32:
+        return False
+    if x.numel() == 0 or x.layout != torch.strided or w.layout != torch.strided:
+        return False
+    if torch.is_autocast_enabled("cpu"):  # autocast casts F.linear's inputs; leave that path to torch
+        return False
+    if backend is None:
+        return cpu_linear_backend() == "onednn"
+    return backend == "onednn"
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str | None = None
+) -> torch.Tensor:
+    """``F.linear`` on the faster float32 CPU backend (see the module docstring); ``F.linear`` elsewhere.
+
+    ``backend``: ``onednn`` or ``aten`` for this call, or None for the process setting (``auto`` resolved).
+    """
+    if not _use_onednn(x, weight, bias, backend):
+        return F.linear(x, weight, bias)
+    lead = x.shape[:-1]
+    y = onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias)  # [M,N]
+    return y.view(*lead, weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) computed by :func:`linear`.
+
+    ``cpu_linear`` (not saved) pins this layer's float32 CPU backend; None follows the process setting.
+    """
+
+    cpu_linear: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.cpu_linear)
+
+
+def use_cpu_linear(model: nn.Module, backend: str | None) -> nn.Module:
+    """Pin the float32 CPU linear backend of every layer of ``model`` (``onednn``, ``aten``; ``auto`` or None:
+    the process setting). Layers carry it as the attribute ``cpu_linear``; returns ``model``."""
+    if backend == "auto":
+        backend = None
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"CPU linear backend must be one of {', '.join(BACKENDS)}, received {backend!r}")
+    if backend == "onednn" and not onednn_available():
+        raise RuntimeError(
+            "CPU linear backend 'onednn' asked for, but this torch build has no oneDNN kernels"
+        )
+    for m in model.modules():
+        if hasattr(m, "cpu_linear"):
+            m.cpu_linear = backend
+    return model

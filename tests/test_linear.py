@@ -1,0 +1,171 @@
+"""The float32 CPU linear backend (jitkit.models.linear): oneDNN agrees with F.linear, falls back where it must."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jitkit.config import ModelConfig
+from jitkit.models import linear as L
+from jitkit.models.jit import JiT
+
+needs_onednn = pytest.mark.skipif(not L.onednn_available(), reason="this torch build has no oneDNN kernels")
+
+TINY = ModelConfig(
+    name="tiny",
+    img_size=8,
+    patch_size=4,
+    hidden_size=32,
+    depth=2,
+    num_heads=2,
+    bottleneck_dim=8,
+    in_context_len=2,
+    in_context_start=1,
+    num_classes=3,
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_setting():
+    yield
+    L.set_cpu_linear_backend(None)
+
+
+def _grads(fn, x, w, b):
+    xs = x.detach().clone().requires_grad_(True)
+    ws = w.detach().clone().requires_grad_(True)
+    bs = None if b is None else b.detach().clone().requires_grad_(True)
+    y = fn(xs, ws, bs)
+    g = torch.Generator().manual_seed(7)
+    y.backward(torch.randn(y.shape, generator=g))
+    return y.detach(), xs.grad, ws.grad, None if bs is None else bs.grad
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(5, 24), (2, 7, 24), (24,), (2, 3, 4, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_matches_f_linear_forward_and_backward(shape, bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    w = torch.randn(40, 24, generator=g)
+    b = torch.randn(40, generator=g) if bias else None
+    ref = _grads(F.linear, x, w, b)
+    got = _grads(lambda a, ww, bb: L.linear(a, ww, bb, backend="onednn"), x, w, b)
+    assert got[0].shape == (*shape[:-1], 40)
+    assert (got[3] is None) == (not bias)
+    for r, o in zip(ref, got):
+        if r is not None:
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_onednn_path_really_runs_the_custom_op():
+    # the dispatch decision is visible to torch's op-level profiler: onednn → jitkit::onednn_linear, aten → addmm
+    x, w, b = torch.randn(6, 16), torch.randn(8, 16), torch.randn(8)
+    for backend, op in (("onednn", "jitkit::onednn_linear"), ("aten", "aten::addmm")):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            L.linear(x, w, b, backend=backend)
+        names = {e.key for e in prof.key_averages()}
+        assert op in names, (backend, sorted(names))
+
+
+@needs_onednn
+def test_strided_input_and_frozen_weight():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(16, 10, generator=g)
+    x = base.t().requires_grad_(True)  # [10, 16], not contiguous
+    w = torch.randn(12, 16, generator=g)  # frozen: no gradient asked for
+    y = L.linear(x, w, None, backend="onednn")
+    torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(10, 16), rtol=1e-5, atol=1e-5)
+    assert w.grad is None
+
+
+@needs_onednn
+def test_falls_back_to_torch_for_other_dtypes_devices_and_autocast():
+    w = torch.randn(8, 16)
+    x64 = torch.randn(4, 16, dtype=torch.float64)
+    assert L.linear(x64, w.double(), backend="onednn").dtype == torch.float64
+    assert not L._use_onednn(x64, w.double(), None, "onednn")
+    x = torch.randn(4, 16)
+    assert L._use_onednn(x, w, None, "onednn")
+    assert not L._use_onednn(x, w, None, "aten")
+    assert not L._use_onednn(torch.randn(0, 16), w, None, "onednn")
+    assert not L._use_onednn(x.to("meta"), w.to("meta"), None, "onednn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not L._use_onednn(x, w, None, "onednn")
+        assert L.linear(x, w, backend="onednn").dtype == torch.bfloat16
+    assert L.linear(torch.randn(0, 16), w, backend="onednn").shape == (0, 8)
+
+
+def test_settings_and_errors(monkeypatch):
+    with pytest.raises(ValueError, match="one of auto, onednn, aten"):
+        L.set_cpu_linear_backend("mkl")
+    monkeypatch.setenv("JITKIT_CPU_LINEAR", "fast")
+    with pytest.raises(ValueError, match="JITKIT_CPU_LINEAR must be one of"):
+        L.cpu_linear_setting()
+    monkeypatch.setenv("JITKIT_CPU_LINEAR", "aten")
+    assert L.cpu_linear_backend() == "aten"
+    L.set_cpu_linear_backend("auto")  # the setter wins over the environment
+    assert L.cpu_linear_setting() == "auto"
+    with pytest.raises(ValueError, match="received 'blas'"):
+        L.use_cpu_linear(nn.Linear(2, 2), "blas")
+
+
+def test_auto_keeps_onednn_only_when_clearly_faster(monkeypatch):
+    monkeypatch.setattr(L, "onednn_available", lambda: True)
+    L.set_cpu_linear_backend("auto")
+    for t_aten, t_onednn, expect in ((2.0, 1.0, "onednn"), (1.1, 1.0, "aten"), (1.0, 2.0, "aten")):
+        monkeypatch.setattr(L, "_resolved", {})
+        monkeypatch.setattr(L, "measure_cpu_linear", lambda a=t_aten, o=t_onednn: {"aten": a, "onednn": o})
+        assert L.cpu_linear_backend() == expect
+    monkeypatch.setattr(L, "onednn_available", lambda: False)
+    monkeypatch.setattr(L, "_resolved", {})
+    assert L.cpu_linear_backend() == "aten"
+
+
+@needs_onednn
+def test_jit_on_onednn_matches_aten_and_keeps_its_state_dict():
+    torch.manual_seed(0)
+    a = L.use_cpu_linear(JiT(TINY), "aten")
+    b = L.use_cpu_linear(JiT(TINY), "onednn")
+    # non-zero adaLN and final weights, so that every linear contributes to the output
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    b.load_state_dict(a.state_dict())
+    assert list(a.state_dict()) == list(b.state_dict())
+    layers = [m for m in b.modules() if hasattr(m, "cpu_linear")]
+    assert len(layers) > 10 and all(m.cpu_linear == "onednn" for m in layers)
+    x, t, y = torch.randn(3, 3, 8, 8), torch.rand(3), torch.tensor([0, 2, 3])
+    out_a, out_b = a(x, t, y), b(x, t, y)
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-5)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        if pa.grad is not None:
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+@needs_onednn
+def test_onednn_linear_under_torch_compile_matches_eager():
+    from jitkit.models.registry import compiler_available
+
+    ok, why = compiler_available(torch.device("cpu"))
+    if not ok:
+        pytest.skip(f"torch.compile unavailable here: {why}")
+    torch.manual_seed(0)
+    mlp = L.use_cpu_linear(nn.Sequential(L.Linear(16, 32), nn.SiLU(), L.Linear(32, 8)), "onednn")
+    ref = nn.Sequential(nn.Linear(16, 32), nn.SiLU(), nn.Linear(32, 8))
+    ref.load_state_dict(mlp.state_dict())
+    compiled = torch.compile(mlp, dynamic=False)
+    x = torch.randn(2, 5, 16)
+    out_c, out_r = compiled(x), ref(x)
+    torch.testing.assert_close(out_c, out_r, rtol=1e-5, atol=1e-5)
+    out_c.sum().backward()
+    out_r.sum().backward()
+    for pc, pr in zip(mlp.parameters(), ref.parameters()):
+        torch.testing.assert_close(pc.grad, pr.grad, rtol=1e-5, atol=1e-5)
