@@ -31,6 +31,7 @@ BACKENDS = ("auto", "onednn", "aten")
 _ENV = "JITKIT_CPU_LINEAR"
 _choice: str | None = None  # the setting: None → the environment variable, else one of BACKENDS
 _resolved: dict[int, str] = {}  # "auto" resolved per thread count
+_last = "aten"  # the backend resolved last (what a torch.compile trace uses)
 
 
 def onednn_available() -> bool:
@@ -95,14 +96,21 @@ def _no_dispatch_modes() -> contextlib.AbstractContextManager:
 
 
 def cpu_linear_backend() -> str:
-    """The backend float32 CPU linears use now: ``onednn`` or ``aten`` (``auto`` resolved by measurement)."""
+    """The backend float32 CPU linears use now: ``onednn`` or ``aten`` (``auto`` resolved by measurement).
+
+    Inside a ``torch.compile`` trace it returns the last backend resolved outside one (``aten`` if none was):
+    reading the settings there would break the graph, and timing cannot be traced. ``JiT.compile_blocks``
+    resolves it before compiling.
+    """
+    global _last
+    if torch.compiler.is_compiling():
+        return _last
     setting = cpu_linear_setting()
     if setting != "auto":
-        return setting if setting == "aten" or onednn_available() else "aten"
+        _last = setting if setting == "aten" or onednn_available() else "aten"
+        return _last
     threads = torch.get_num_threads()
     if threads not in _resolved:
-        if torch.compiler.is_compiling():  # no timing inside a trace: JiT.compile_blocks resolves it first
-            return "aten"
         if not onednn_available():
             _resolved[threads] = "aten"
         else:
@@ -110,7 +118,8 @@ def cpu_linear_backend() -> str:
             with torch.no_grad(), _no_dispatch_modes():
                 t = measure_cpu_linear()
             _resolved[threads] = "onednn" if t["aten"] >= 1.15 * t["onednn"] else "aten"
-    return _resolved[threads]
+    _last = _resolved[threads]
+    return _last
 
 
 def _pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
