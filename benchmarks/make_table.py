@@ -27,10 +27,6 @@ def load(name: str) -> dict | None:
     return _read(RES / f"{name}.json")
 
 
-def load_ab(name: str) -> dict | None:
-    return _read(RES / "ab" / f"{name}.json")
-
-
 def f(v, spec: str = ".2f", suffix: str = "") -> str:
     return "–" if v is None else f"{format(v, spec)}{suffix}"
 
@@ -47,97 +43,6 @@ def load_str(d: dict | None) -> str:
 
 def ratio(a, b) -> str:
     return "–" if a is None or b in (None, 0) else f"{a / b:.2f}×"
-
-
-def targets() -> list[str]:
-    j2, j8, js = load("b16_bs2"), load("b16_bs8"), load("b16_sample_bs4")
-    j2c, jsc = load("b16_bs2_compile"), load("b16_sample_bs4_compile")
-    rt, rte, rf, rfe = (
-        load("ref_train_bs2"),
-        load("ref_train_bs2_eager"),
-        load("ref_forward_bs2"),
-        load("ref_forward_bs2_eager"),
-    )
-    rs, rse, rm = load("ref_sample_bs4"), load("ref_sample_bs4_eager"), load("ref_mem_bs8")
-    rows = [
-        "| JiT-B/16 @ 256 px, fp32, 2 threads | jitkit (eager) | jitkit (`--compile`) | reference (compiled) "
-        "| reference (eager) | best jitkit ÷ best reference | target |",
-        "|---|---|---|---|---|---|---|",
-    ]
-
-    def g(d, k):
-        return None if d is None else d.get(k)
-
-    def best(*vals):
-        v = [x for x in vals if x is not None]
-        return max(v) if v else None
-
-    jt, jf = g(j2, "train_img_per_s"), g(j2, "forward_img_per_s")
-    jtc, jfc = g(j2c, "train_img_per_s"), g(j2c, "forward_img_per_s")
-    rows.append(
-        f"| training img/s, batch 2 | {f(jt, '.3f')} | {f(jtc, '.3f')} | {f(g(rt, 'img_per_s_median'), '.3f')} "
-        f"| {f(g(rte, 'img_per_s_median'), '.3f')} "
-        f"| {ratio(best(jt, jtc), best(g(rt, 'img_per_s_median'), g(rte, 'img_per_s_median')))} | ≥ 1.3× |"
-    )
-    rows.append(
-        f"| forward img/s, batch 2 | {f(jf, '.3f')} | {f(jfc, '.3f')} | {f(g(rf, 'img_per_s_median'), '.3f')} "
-        f"| {f(g(rfe, 'img_per_s_median'), '.3f')} "
-        f"| {ratio(best(jf, jfc), best(g(rf, 'img_per_s_median'), g(rfe, 'img_per_s_median')))} | |"
-    )
-    peak, fl = g(j2, "gemm_peak_flops"), g(j2, "flops_per_img")
-
-    def mfu(d):
-        v = g(d, "img_per_s_median")
-        return None if v is None or not peak else v * fl / peak
-
-    def best_peak_mfu(d):  # the same definition as the reference's columns (one peak, best call)
-        return (
-            g(d, "mfu_forward_vs_best_peak")
-            if g(d, "mfu_forward_vs_best_peak") is not None
-            else g(d, "mfu_forward")
-        )
-
-    rows.append(
-        f"| forward MFU, batch 2 (of the best call of a 2-s fp32 GEMM peak run: {f(peak and peak / 1e9, '.0f')} GFLOP/s) "
-        f"| {f(best_peak_mfu(j2), '.1%')} "
-        f"| {f(best_peak_mfu(j2c), '.1%')} (own peak {f(g(j2c, 'gemm_peak_flops') and g(j2c, 'gemm_peak_flops') / 1e9, '.0f')}) | {f(mfu(rf), '.1%')} | {f(mfu(rfe), '.1%')} | | ≥ 80% |"
-    )
-    js_v, jsc_v = g(js, "sample_img_per_s"), g(jsc, "sample_img_per_s")
-    rows.append(
-        f"| sampling img/s, Heun 50, CFG 2.9 on [0.1, 1], batch 4 | {f(js_v, '.4f')} | {f(jsc_v, '.4f')} "
-        f"| {f(g(rs, 'img_per_s_median'), '.4f')} | {f(g(rse, 'img_per_s_median'), '.4f')} "
-        f"| {ratio(best(js_v, jsc_v), best(g(rs, 'img_per_s_median'), g(rse, 'img_per_s_median')))} | ≥ 1.2× |"
-    )
-    jm, refm = g(j8, "peak_mem_mib"), g(rm, "peak_rss_growth_mib")
-    ab_j, ab_r1, ab_r0 = (
-        load_ab("mem_b16_bs8"),
-        load_ab("ref_mem_bs8_compile1"),
-        load_ab("ref_mem_bs8_compile0"),
-    )
-    jm = jm if jm is not None else g(ab_j, "peak_mem_mib")
-    refm = refm if refm is not None else g(ab_r1, "peak_rss_growth_mib")
-    refm0 = g(ab_r0, "peak_rss_growth_mib")
-    best_ref = min([v for v in (refm, refm0) if v is not None], default=None)
-    rows.append(
-        f"| peak training-step memory, batch 8 (MiB, RSS growth) | {f(jm, '.0f')} | – | {f(refm, '.0f')} | {f(refm0, '.0f')} "
-        f"| {ratio(jm, best_ref)} | ≤ 1× |"
-    )
-    loads = ", ".join(
-        f"{n} {load_str(d)}"
-        for n, d in [
-            ("jitkit b2", j2),
-            ("b2 compiled", j2c),
-            ("b8", j8),
-            ("sample", js),
-            ("ref train", rt),
-            ("ref fwd", rf),
-            ("ref sample", rs),
-        ]
-        if d
-    )
-    rows.append("")
-    rows.append(f"1-minute load average at start→end of each run: {loads or '–'}.")
-    return rows
 
 
 def side_by_side_table() -> list[str]:
@@ -175,50 +80,32 @@ def side_by_side_table() -> list[str]:
             f"| {label} | {' | '.join(cells)} | {f(rat[0], '.2f', '×')} | {f(rat[1], '.2f', '×')} | {target} "
             f"| {st['repeats']} | {load_str(d)} | {when} UTC |"
         )
+    for name, label in (
+        ("sbs_mem_bs8", "peak training-step memory, batch 8 (RSS growth, a fresh process each)"),
+        ("sbs_mem_bs8_eager", "peak training-step memory, batch 8, both eager (`TORCHDYNAMO_DISABLE=1`)"),
+    ):
+        d = load(name)
+        if not d:
+            continue
+        v = d["variants"]
+        ref = v["reference"]["peak_mem_mib"]
+        je, jc = v.get("jitkit (eager)"), v.get("jitkit (compiled)")
+        cells = [f"{ref:.0f} MiB"] + [
+            ("–" if j is None else f"{j['peak_mem_mib']:.0f} MiB") for j in (je, jc)
+        ]
+        cells[0] += " (eager)" if name.endswith("_eager") else " (compiled)"
+        rat = [(d["ratios"].get(j) or {}).get("reference") for j in ("jitkit (eager)", "jitkit (compiled)")]
+        rows.append(
+            f"| {label} | {' | '.join(cells)} | {f(rat[0], '.2f', '×')} | {f(rat[1], '.2f', '×')} | ≤ 1× | – "
+            f"| {load_str(d)} | {d['settings'].get('measured_at_utc', '')[11:16]} UTC |"
+        )
     rows += [
         "",
         "Ratios are medians of the per-round ratios (each round times one step of every variant back to back); "
-        "MFU divides each timed step by the fp32 GEMM probe (2048² matmuls) run just before it, median over "
-        "the rounds.",
+        "MFU divides each timed step by the fp32 GEMM probe (2048² products on the faster of torch.mm and "
+        "oneDNN) run just before it, median over the rounds. Memory: `--mode memory`, the RSS growth of two "
+        'training steps over "model and batch built", each side in a fresh process.',
     ]
-    return rows
-
-
-def targets_cpu() -> list[str]:
-    """jitkit vs the reference in CPU seconds at one thread (run_ab_cpu.sh): indicative while the machine is busy."""
-    j, js = load_ab("b16_bs2"), load_ab("b16_sample5_bs4")
-    if not j and not js:
-        return []
-
-    def r(name, c):
-        return load_ab(f"{name}_compile{c}")
-
-    def g(d, k):
-        return None if d is None else d.get(k)
-
-    def inv(v):
-        return None if not v else 1.0 / v
-
-    rows = [
-        "| JiT-B/16 @ 256, fp32, 1 thread, CPU seconds per image | jitkit | reference (compiled) | reference (eager) "
-        "| reference ÷ jitkit (best reference) |",
-        "|---|---|---|---|---|",
-    ]
-    for label, jv, name in (
-        ("training step, batch 2", g(j, "train_img_per_s"), "ref_train_bs2"),
-        ("forward, batch 2", g(j, "forward_img_per_s"), "ref_forward_bs2"),
-        ("sampling Heun 5, CFG 2.9 on [0.1, 1], batch 4", g(js, "sample_img_per_s"), "ref_sample5_bs4"),
-    ):
-        rc, re = g(r(name, 1), "img_per_s_median"), g(r(name, 0), "img_per_s_median")
-        best = max([v for v in (rc, re) if v is not None], default=None)
-        rows.append(
-            f"| {label} | {f(inv(jv), '.3f')} | {f(inv(rc), '.3f')} | {f(inv(re), '.3f')} | {ratio(jv, best)} |"
-        )
-    rows.append("")
-    rows.append(
-        f"Load (1-minute) during the jitkit runs: {load_str(j)}, {load_str(js)}. CPU time at one thread is robust to "
-        "other processes sharing the cores (up to cache effects) but is not the 2-thread wall-clock target."
-    )
     return rows
 
 
@@ -248,6 +135,13 @@ def issue_table() -> list[str]:
 
 
 CMPS = [
+    (
+        "cmp_cpu_linear",
+        "float32 CPU linears: torch's F.linear (MKL) → oneDNN (`jitkit.models.linear`), batch 2",
+    ),
+    ("cmp_cpu_linear_bs8", "float32 CPU linears: MKL → oneDNN, batch 8"),
+    ("cmp_cpu_linear_sample", "float32 CPU linears: MKL → oneDNN, sampling (Heun 10, batch 4)"),
+    ("cmp_cpu_linear_shapes", "float32 CPU linears: MKL → oneDNN, the shapes preset's JiT-T/4 (batch 64)"),
     ("cmp_attention_bs2", "attention: reference math-fp32 → SDPA (batch 2)"),
     ("cmp_attention_bs8", "attention: math-fp32 → SDPA, training memory (batch 8)"),
     (
@@ -314,49 +208,6 @@ def compare_tables() -> list[str]:
     return rows
 
 
-AB = [
-    ("attention_bs8", "attention math-fp32 → SDPA, training memory (batch 8)"),
-    ("gradckpt_bs8", "activation checkpointing off → on (batch 8)"),
-    ("optim", "AdamW: per-tensor loop (torch's CPU default, the reference) → foreach → fused"),
-    ("ema", "EMA: per-tensor loop (reference) → jitkit.train.ema (foreach mul/add) → foreach lerp"),
-    ("attention_bs2", "attention math-fp32 → SDPA (batch 2)"),
-    ("cfg", "sampling CFG: separate passes → batched + skipped unconditional (Heun 10, batch 4)"),
-    ("compile", "torch.compile of the blocks off → on"),
-    ("bf16", "fp32 → bf16 autocast (CPU)"),
-    ("channels_last", "channels-last off → on"),
-]
-
-
-def ab_tables() -> list[str]:
-    rows = [
-        "| comparison | variant | train CPU-s/img | forward CPU-s/img | sampling CPU-s/img | peak MiB "
-        "| speed-up (train / fwd / sample), memory ratio | load |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-
-    def inv(v):
-        return None if not v else 1.0 / v
-
-    n = 0
-    for name, title in AB:
-        d = load_ab(name)
-        if not d:
-            continue
-        for val, r in zip(d["values"], d["variants"]):
-            rat = d["ratios"][val]
-            rs = " / ".join(
-                f(rat[k], ".2f") for k in ("train_img_per_s", "forward_img_per_s", "sample_img_per_s")
-            )
-            rows.append(
-                f"| {title} | {d['compare']}={val} | {f(inv(r['train_img_per_s']), '.3f')} | "
-                f"{f(inv(r['forward_img_per_s']), '.3f')} | {f(inv(r['sample_img_per_s']), '.2f')} | "
-                f"{f(r['peak_mem_mib'], '.0f')} | {rs}, {f(rat['peak_mem_mib'], '.2f')} | {load_str(r)} |"
-            )
-            title = ""
-            n += 1
-    return rows if n else []
-
-
 def planner_table() -> list[str]:
     d = load("planner")
     if not d:
@@ -406,30 +257,13 @@ def main() -> None:
             if sbs
             else []
         ),
-        "### Targets, separate processes (`benchmarks/run_all.sh`)",
-        "",
-        *targets(),
-        "",
-        *(
-            ["### Targets, indicative: one thread, CPU seconds", "", *targets_cpu(), ""]
-            if targets_cpu()
-            else []
-        ),
-        "### JiT-B/16 and the shapes model",
+        "### JiT-B/16 and the shapes model (`jitkit bench`)",
         "",
         *issue_table(),
         "",
-        "### Optimisations, before → after",
+        "### Optimisations, before → after (`jitkit bench --compare`)",
         "",
         *compare_tables(),
-        "",
-        "### Optimisations, before → after in CPU seconds at one thread (load-robust)",
-        "",
-        "From `benchmarks/run_ab_cpu.sh`: process CPU seconds per image with `--threads 1 --clock cpu`, variants "
-        "interleaved in one process — comparable between variants while other work shares the machine, but not "
-        "throughputs. Memory is the peak RSS growth of a training step, in a fresh process per variant.",
-        "",
-        *ab_tables(),
         "",
         "### Planner: micro-batch that fits (bf16)",
         "",

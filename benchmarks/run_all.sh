@@ -4,15 +4,15 @@
 #   benchmarks/run_all.sh            # all runs (~1 h on 2 quiet cores); results in benchmarks/results/*.json
 #   ONLY="b16_bs2 ref_train_bs2" benchmarks/run_all.sh   # a subset (names below)
 #   WAIT_QUIET=1 benchmarks/run_all.sh                   # before each run wait until the 1-min load < 0.5
-#   REF_HARNESS=/tmp/jitref/harness.py                   # reference side (a local, uncommitted harness around
-#                                                        # a checkout of LTH14/JiT); skipped when absent
+#   REF_DIR=/tmp/jitref                                  # the reference side: a CPU-runnable checkout of
+#                                                        # LTH14/JiT (not committed); skipped when absent
 # Timings are only meaningful on a quiet machine: each JSON records the load average at start and end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-/work/venv/bin/python}
 T=${THREADS:-2}
 OUT=benchmarks/results
-REF_HARNESS=${REF_HARNESS:-/tmp/jitref/harness.py}
+REF_DIR=${REF_DIR:-/tmp/jitref}
 mkdir -p "$OUT"
 
 log() { echo "[$(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)] $*" >&2; }
@@ -29,37 +29,35 @@ bench() { # name, jitkit bench args...
   log "$name: jitkit bench $*"
   "$PY" -m jitkit bench "$@" --threads "$T" --json --out "$OUT/$name.json" > /dev/null
 }
-ref() { # name, harness args... (REF_COMPILE=0|1 in the environment)
+sbs() { # name, side_by_side.py args... (jitkit and the reference interleaved in one process)
   local name=$1; shift
   want "$name" || return 0
-  [[ -f "$REF_HARNESS" ]] || { log "$name: skipped (no reference harness at $REF_HARNESS)"; return 0; }
+  [[ -f "$REF_DIR/denoiser.py" ]] || { log "$name: skipped (no reference checkout at $REF_DIR)"; return 0; }
   quiet
-  log "$name: reference $* (REF_COMPILE=${REF_COMPILE:-1})"
-  local l0; l0=$(cut -d' ' -f1-3 /proc/loadavg)
-  WARMUP=${REF_WARMUP:-4} THREADS=$T "$PY" "$REF_HARNESS" "$@" 2>/dev/null | tail -1 \
-    | "$PY" -c "import json,sys; d=json.loads(sys.stdin.read()); d['loadavg_start']='$l0'.split(); \
-d['loadavg_end']=open('/proc/loadavg').read().split()[:3]; print(json.dumps(d, indent=1))" > "$OUT/$name.json"
+  log "$name: side_by_side.py $*"
+  "$PY" benchmarks/side_by_side.py --reference-dir "$REF_DIR" "$@" --threads "$T" --out "$OUT/$name.json" > /dev/null
 }
 
 B16="--model JiT-B/16 --img-size 256"
-# --- the targets: jitkit and the reference side by side ----------------------------------------------------
+# --- the targets: jitkit and the reference side by side, interleaved in one process ------------------------
+sbs sbs_train_bs2 --mode train --batch-size 2 --repeats 10
+sbs sbs_forward_bs2 --mode forward --batch-size 2 --repeats 15
+sbs sbs_sample_bs4 --mode sample --batch-size 4 --repeats 2
+sbs sbs_mem_bs8 --mode memory --batch-size 8
+TORCHDYNAMO_DISABLE=1 sbs sbs_mem_bs8_eager --mode memory --batch-size 8 --jitkit eager  # both sides eager
+# --- JiT-B/16 and the small shapes model (preset "shapes": JiT-T/4 at 16 px, 16 classes, batch 64, Heun 20) --
 bench b16_bs2 $B16 --batch-size 2 --mode train,forward --repeats 5
 bench b16_bs2_compile $B16 --batch-size 2 --mode train,forward --repeats 5 --warmup 5 --compile
-REF_COMPILE=1 ref ref_train_bs2 train 2
-REF_COMPILE=0 ref ref_train_bs2_eager train 2
-REF_COMPILE=1 ref ref_forward_bs2 forward 2
-REF_COMPILE=0 ref ref_forward_bs2_eager forward 2
 bench b16_bs8 $B16 --batch-size 8 --mode train,forward --repeats 3
-REF_COMPILE=1 ref ref_mem_bs8 mem 8
-REF_COMPILE=1 ref ref_train_bs8 train 8
 bench b16_sample_bs4 $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2.9
-bench b16_sample_bs4_compile $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2.9 --compile
-REF_COMPILE=1 ref ref_sample_bs4 sample 4 50
-REF_COMPILE=0 ref ref_sample_bs4_eager sample 4 50
-# --- the small shapes model (preset "shapes": JiT-T/4 at 16 px, 16 classes, batch 64, Heun 20, CFG 3) -----
 bench shapes --model JiT-T/4 --img-size 16 --num-classes 16 --batch-size 64 --sample-steps 20 --cfg 3.0 \
   --repeats 10
 # --- optimisations, before → after (ratios are over the first value) ----------------------------------------
+bench cmp_cpu_linear $B16 --batch-size 2 --mode train,forward --compare cpu_linear=aten,onednn
+bench cmp_cpu_linear_bs8 $B16 --batch-size 8 --mode train,forward --repeats 3 --compare cpu_linear=aten,onednn
+bench cmp_cpu_linear_sample $B16 --batch-size 4 --mode sample --sample-steps 10 --compare cpu_linear=aten,onednn
+bench cmp_cpu_linear_shapes --model JiT-T/4 --img-size 16 --num-classes 16 --batch-size 64 --sample-steps 20 \
+  --cfg 3.0 --repeats 10 --compare cpu_linear=aten,onednn
 bench cmp_attention_bs2 $B16 --batch-size 2 --mode train,forward --compare attention=math-fp32,sdpa
 bench cmp_attention_bs8 $B16 --batch-size 8 --mode train --repeats 2 --compare attention=math-fp32,sdpa
 bench cmp_optim $B16 --batch-size 2 --mode train --compare optim=loop,foreach,fused,fused-ema

@@ -9,6 +9,10 @@ median of the per-round ratios.
     python benchmarks/side_by_side.py --reference-dir DIR --mode train --batch-size 2 --repeats 10
     python benchmarks/side_by_side.py --reference-dir DIR --mode forward --batch-size 2 --repeats 10
     python benchmarks/side_by_side.py --reference-dir DIR --mode sample --batch-size 4 --repeats 2
+    python benchmarks/side_by_side.py --reference-dir DIR --mode memory --batch-size 8 --jitkit eager
+
+``--mode memory`` measures the peak training-step memory (RSS growth over "model and batch built", two steps)
+of each side in a fresh process instead of timing.
 
 DIR holds the reference's ``model_jit.py``, ``denoiser.py`` and ``util/`` (a checkout of LTH14/JiT in which the
 ``.cuda()`` calls are replaced by the inputs' device so that it runs on a CPU; an optional ``DIR/deps`` is put
@@ -27,6 +31,7 @@ import copy
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +41,7 @@ from types import SimpleNamespace
 import torch
 
 from jitkit.bench.flops import flops_per_image
-from jitkit.bench.hardware import cpu_name, gemm_probe
+from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe
 from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
 from jitkit.config import model_config
 from jitkit.fileio import atomic_write_text
@@ -76,12 +81,18 @@ def reference_denoiser(ref_dir: Path, steps: int, cfg: float) -> torch.nn.Module
     return Denoiser(args)
 
 
-def reference_steps(den: torch.nn.Module, mode: str, batch: int) -> Callable[[], None]:
+def reference_steps(
+    den: torch.nn.Module, mode: str, batch: int, mem: PeakMemory | None = None
+) -> Callable[[], None]:
+    """One timed unit of the reference; with ``mem`` (training only) its peak memory is measured as jitkit's
+    is: from "model and batch built" (before the optimiser and EMAs exist) over two steps."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 256, 256, generator=g) * 2 - 1
     y = torch.randint(0, 1000, (batch,), generator=g)
     if mode == "train":
         den.train()
+        if mem is not None:
+            mem.start()
         # its add_weight_decay groups (no decay on biases and 1-D parameters) are jitkit's param_groups
         opt = torch.optim.AdamW(param_groups(den, 0.0), lr=1e-4, betas=(0.9, 0.95))
         den.ema_params1 = copy.deepcopy(list(den.parameters()))
@@ -95,6 +106,9 @@ def reference_steps(den: torch.nn.Module, mode: str, batch: int) -> Callable[[],
             opt.step()
             den.update_ema()
 
+        if mem is not None:
+            step()
+            step()
         return step
     den.eval()
     if mode == "forward":
@@ -118,10 +132,69 @@ def reference_steps(den: torch.nn.Module, mode: str, batch: int) -> Callable[[],
     return sample
 
 
+def _memory_worker(a: argparse.Namespace) -> int:
+    """In a fresh process: the peak training-step memory of one variant (``--memory-worker NAME``)."""
+    torch.set_num_threads(a.threads)
+    mem = PeakMemory(torch.device("cpu"))
+    if a.memory_worker == "reference":
+        reference_steps(
+            reference_denoiser(a.reference_dir, a.sample_steps, a.cfg), "train", a.batch_size, mem
+        )
+        mib = mem.stop()
+    else:
+        s = BenchSettings(
+            model="JiT-B/16",
+            img_size=256,
+            batch_size=a.batch_size,
+            device="cpu",
+            threads=a.threads,
+            warmup=2,
+            compile=a.memory_worker == "compile",
+        )
+        mib = prepare_train(s, torch.device("cpu"), mem)[1]["peak_mem_mib"]
+    print(json.dumps({"peak_mem_mib": mib, "peak_mem_kind": mem.kind}))
+    return 0
+
+
+def memory_main(a: argparse.Namespace) -> int:
+    """Peak training-step memory of the reference and of each jitkit variant, each in a fresh process."""
+    load_start = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+    names = {"reference": "reference"} | {
+        f"jitkit ({'compiled' if k == 'compile' else 'eager'})": k for k in a.jitkit.split(",") if k
+    }
+    res: dict = {"mode": "memory", "batch_size": a.batch_size, "variants": {}, "ratios": {}}
+    for name, worker in names.items():
+        cmd = [sys.executable, __file__, "--reference-dir", str(a.reference_dir), "--mode", "memory"]
+        cmd += ["--batch-size", str(a.batch_size), "--threads", str(a.threads), "--memory-worker", worker]
+        print(f"memory: {name} in a fresh process", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"memory worker {worker} failed:\n{out.stderr[-2000:]}")
+        res["variants"][name] = json.loads(out.stdout.strip().splitlines()[-1])
+    ref = res["variants"]["reference"]["peak_mem_mib"]
+    for name, v in res["variants"].items():
+        if name != "reference":
+            res["ratios"][name] = {"reference": v["peak_mem_mib"] / ref}
+    res["settings"] = {
+        "threads": a.threads,
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "python": sys.version.split()[0],
+        "loadavg_start": load_start,
+        "loadavg_end": open("/proc/loadavg").read().split()[:3] if load_start else None,
+        "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(res, indent=1)
+    if a.out is not None:
+        atomic_write_text(a.out, text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", type=Path, required=True)
-    ap.add_argument("--mode", choices=("train", "forward", "sample"), required=True)
+    ap.add_argument("--mode", choices=("train", "forward", "sample", "memory"), required=True)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -132,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "--jitkit", default="eager,compile", help="jitkit variants: eager, compile (comma-separated)"
     )
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here (atomically)")
+    ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.memory_worker:
+        return _memory_worker(a)
+    if a.mode == "memory":
+        return memory_main(a)
     torch.set_num_threads(a.threads)
     load_start = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
 

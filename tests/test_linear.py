@@ -169,3 +169,16 @@ def test_onednn_linear_under_torch_compile_matches_eager():
     out_r.sum().backward()
     for pc, pr in zip(mlp.parameters(), ref.parameters()):
         torch.testing.assert_close(pc.grad, pr.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_a_jit_block_compiles_to_one_graph_with_the_process_backend():
+    # the process setting is read outside the trace (compile_blocks resolves it): a block stays one graph
+    L.set_cpu_linear_backend("onednn")
+    assert L.cpu_linear_backend() == "onednn"
+    net = JiT(TINY).eval()
+    x, c = torch.randn(2, 4, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        ex = torch._dynamo.explain(net.blocks[0])(x, c, net.rope_cos, net.rope_sin)
+    assert ex.graph_break_count == 0, [str(b.reason) for b in ex.break_reasons]
+    assert any("onednn_linear" in str(n.target) for g in ex.graphs for n in g.graph.nodes)
