@@ -43,6 +43,7 @@ from jitkit.bench.hardware import (
     gemm_peak,
     gemm_probe,
     resolve_device,
+    retain_freed_memory,
     synchronize,
 )
 from jitkit.config import DiffusionConfig, ModelConfig, SamplerConfig, model_config
@@ -524,6 +525,7 @@ def run_bench(
     per variant over its warm-up steps; on CPU the variants of a comparison are measured in fresh processes
     (see :mod:`jitkit.bench.hardware`)."""
     s.validate()
+    malloc = retain_freed_memory() if resolve_device(s.device).type == "cpu" else "default"
     load_start = _loadavg()
     variants = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
     for v in variants:
@@ -626,6 +628,7 @@ def run_bench(
             r["mfu_forward_vs_best_peak"] = r["forward_img_per_s"] * r["flops_per_img"] / peak
         r["mfu"] = r["mfu_train"] if r["mfu_train"] is not None else r["mfu_forward"]
         r["settings"] = settings_record(v, device)
+        r["settings"]["malloc"] = malloc
         r["settings"]["loadavg_start"] = load_start
         r["settings"]["loadavg_end"] = _loadavg()
     if compare is None:
@@ -646,6 +649,8 @@ def run_config(s: BenchSettings) -> dict[str, Any]:
 def _worker(argv: list[str]) -> int:
     s = BenchSettings(**json.loads(argv[0]))
     device = resolve_device(s.device)
+    if device.type == "cpu":
+        retain_freed_memory()  # as in the parent's timed runs
     _set_threads(s)
     configure_backends(device, s.tf32)
     _, info = prepare_train(s, device, PeakMemory(device))
