@@ -41,6 +41,7 @@ sbs() { # name, side_by_side.py args... (jitkit and the reference interleaved in
 B16="--model JiT-B/16 --img-size 256"
 # --- the targets: jitkit and the reference side by side, interleaved in one process ------------------------
 sbs sbs_train_bs2 --mode train --batch-size 2 --repeats 10
+TORCHDYNAMO_DISABLE=1 sbs sbs_train_bs2_eager --mode train --batch-size 2 --repeats 8 --jitkit eager  # both eager
 sbs sbs_forward_bs2 --mode forward --batch-size 2 --repeats 15
 sbs sbs_sample_bs4 --mode sample --batch-size 4 --repeats 2
 sbs sbs_mem_bs8 --mode memory --batch-size 8
@@ -60,11 +61,11 @@ bench cmp_cpu_linear_shapes --model JiT-T/4 --img-size 16 --num-classes 16 --bat
   --cfg 3.0 --repeats 10 --compare cpu_linear=aten,onednn
 bench cmp_attention_bs2 $B16 --batch-size 2 --mode train,forward --compare attention=math-fp32,sdpa
 bench cmp_attention_bs8 $B16 --batch-size 8 --mode train --repeats 2 --compare attention=math-fp32,sdpa
-bench cmp_optim $B16 --batch-size 2 --mode train --compare optim=loop,foreach,fused,fused-ema
+bench cmp_optim $B16 --batch-size 2 --mode train --repeats 8 --compare optim=loop,foreach,fused,fused-ema
 bench cmp_ema $B16 --batch-size 2 --mode train --compare ema=loop,foreach,lerp
 bench cmp_cfg $B16 --batch-size 4 --mode sample --sample-steps 10 --compare cfg_mode=separate,batched
 bench cmp_item $B16 --batch-size 2 --mode train --compare item_sync=1,0
-bench cmp_gradckpt_bs8 $B16 --batch-size 8 --mode train --repeats 2 --compare grad_checkpoint=0,1
+bench cmp_gradckpt_bs8 $B16 --batch-size 8 --mode train --repeats 4 --compare grad_checkpoint=0,1
 bench cmp_channels_last $B16 --batch-size 2 --mode forward --compare channels_last=0,1
 bench cmp_compile $B16 --batch-size 2 --mode train,forward --warmup 3 --compare compile=0,1
 bench cmp_bf16 $B16 --batch-size 2 --mode train,forward --compare dtype=fp32,bf16
