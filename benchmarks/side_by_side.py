@@ -132,6 +132,29 @@ def reference_steps(
     return sample
 
 
+def _loadavg() -> list[str] | None:
+    return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+
+
+def _finish(a: argparse.Namespace, res: dict, load_start: list[str] | None, **settings) -> int:
+    """Add the machine, the load and the time to ``res``, write it to ``--out`` (atomically) and print it."""
+    res["settings"] = {
+        "threads": a.threads,
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "python": sys.version.split()[0],
+        **settings,
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg() if load_start else None,
+        "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(res, indent=1)
+    if a.out is not None:
+        atomic_write_text(a.out, text + "\n")
+    print(text)
+    return 0
+
+
 def _memory_worker(a: argparse.Namespace) -> int:
     """In a fresh process: the peak training-step memory of one variant (``--memory-worker NAME``)."""
     torch.set_num_threads(a.threads)
@@ -156,9 +179,9 @@ def _memory_worker(a: argparse.Namespace) -> int:
     return 0
 
 
-def memory_main(a: argparse.Namespace) -> int:
+def memory_main(a: argparse.Namespace, malloc: str) -> int:
     """Peak training-step memory of the reference and of each jitkit variant, each in a fresh process."""
-    load_start = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+    load_start = _loadavg()
     names = {"reference": "reference"} | {
         f"jitkit ({'compiled' if k == 'compile' else 'eager'})": k for k in a.jitkit.split(",") if k
     }
@@ -175,20 +198,7 @@ def memory_main(a: argparse.Namespace) -> int:
     for name, v in res["variants"].items():
         if name != "reference":
             res["ratios"][name] = {"reference": v["peak_mem_mib"] / ref}
-    res["settings"] = {
-        "threads": a.threads,
-        "torch": torch.__version__,
-        "cpu": cpu_name(),
-        "python": sys.version.split()[0],
-        "loadavg_start": load_start,
-        "loadavg_end": open("/proc/loadavg").read().split()[:3] if load_start else None,
-        "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    text = json.dumps(res, indent=1)
-    if a.out is not None:
-        atomic_write_text(a.out, text + "\n")
-    print(text)
-    return 0
+    return _finish(a, res, load_start, malloc=malloc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.memory_worker:
         return _memory_worker(a)
     if a.mode == "memory":
-        return memory_main(a)
+        return memory_main(a, malloc)
     torch.set_num_threads(a.threads)
-    load_start = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+    load_start = _loadavg()
 
     ref = reference_denoiser(a.reference_dir, a.sample_steps, a.cfg)
     blk = type(ref.net.blocks[0]).forward
@@ -280,26 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     for n in variants:
         if n.startswith("jitkit"):
             res["ratios"][n] = {ref_name: statistics.median(r / j for r, j in zip(times[ref_name], times[n]))}
-    res["settings"] = {
-        "threads": a.threads,
-        "torch": torch.__version__,
-        "cpu": cpu_name(),
-        "python": sys.version.split()[0],
-        "repeats": a.repeats,
-        "warmup": warmup,
-        "sample_steps": a.sample_steps if a.mode == "sample" else None,
-        "cfg": a.cfg if a.mode == "sample" else None,
-        "reference_compiled": ref_compiled,
-        "malloc": malloc,
-        "loadavg_start": load_start,
-        "loadavg_end": open("/proc/loadavg").read().split()[:3] if load_start else None,
-        "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    text = json.dumps(res, indent=1)
-    if a.out is not None:
-        atomic_write_text(a.out, text + "\n")
-    print(text)
-    return 0
+    return _finish(
+        a,
+        res,
+        load_start,
+        repeats=a.repeats,
+        warmup=warmup,
+        sample_steps=a.sample_steps if a.mode == "sample" else None,
+        cfg=a.cfg if a.mode == "sample" else None,
+        reference_compiled=ref_compiled,
+        malloc=malloc,
+    )
 
 
 if __name__ == "__main__":
