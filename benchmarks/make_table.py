@@ -115,14 +115,19 @@ def issue_table() -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     js = load("b16_sample_bs4")
-    for name, b in (("b16_bs2", 2), ("b16_bs8", 8)):
+    for name, b, how in (
+        ("b16_bs2", 2, ""),
+        ("b16_bs2_compile", 2, ", `--compile`"),
+        ("b16_bs8", 8, ""),
+        ("b16_bs8_compile", 8, ", `--compile`"),
+    ):
         d = load(name)
         if not d:
             continue
+        sample = f(js and js["sample_img_per_s"], ".4f") + " (batch 4)" if name == "b16_bs2" else "–"
         rows.append(
-            f"| JiT-B/16 @ 256 | {b} | {f(d['train_img_per_s'], '.3f')} | {f(d['forward_img_per_s'], '.3f')} | "
-            f"{f(js and js['sample_img_per_s'], '.4f') + ' (batch 4)' if b == 2 else '–'} | {f(d['peak_mem_mib'], '.0f')} | "
-            f"{f(d['mfu_train'], '.1%')} | {f(d['mfu_forward'], '.1%')} |"
+            f"| JiT-B/16 @ 256{how} | {b} | {f(d['train_img_per_s'], '.3f')} | {f(d['forward_img_per_s'], '.3f')} | "
+            f"{sample} | {f(d['peak_mem_mib'], '.0f')} | {f(d['mfu_train'], '.1%')} | {f(d['mfu_forward'], '.1%')} |"
         )
     d = load("shapes")
     if d:

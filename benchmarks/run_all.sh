@@ -50,6 +50,7 @@ TORCHDYNAMO_DISABLE=1 sbs sbs_mem_bs8_eager --mode memory --batch-size 8 --jitki
 bench b16_bs2 $B16 --batch-size 2 --mode train,forward --repeats 5
 bench b16_bs2_compile $B16 --batch-size 2 --mode train,forward --repeats 5 --warmup 5 --compile
 bench b16_bs8 $B16 --batch-size 8 --mode train,forward --repeats 3
+bench b16_bs8_compile $B16 --batch-size 8 --mode train,forward --repeats 5 --warmup 3 --compile
 bench b16_sample_bs4 $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2.9
 bench shapes --model JiT-T/4 --img-size 16 --num-classes 16 --batch-size 64 --sample-steps 20 --cfg 3.0 \
   --repeats 10
