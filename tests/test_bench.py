@@ -15,6 +15,7 @@ from jitkit.bench.runner import BenchSettings, parse_compare
 from jitkit.cli import main
 from jitkit.config import ModelConfig
 from jitkit.models.jit import JiT
+from jitkit.models.linear import onednn_available
 
 TINY = ModelConfig(
     name="tiny",
@@ -105,6 +106,19 @@ def test_quick_bench_json_has_every_field(capsys):
         res["train_img_per_s"] * res["train_flops_per_img"] / res["gemm_peak_flops"]
     )
     assert len(res["details"]["train"]["seconds"]) == 3  # the quick preset's repeats, warm-up excluded
+    # which float32 CPU GEMM the layers and the peak ran on, and how memory was handled, are recorded
+    assert res["settings"]["cpu_linear_backend"] in ("onednn", "aten")
+    assert res["details"]["gemm"]["backend"] in ("onednn", "torch.mm")
+    assert res["settings"]["malloc"].startswith("retain") or res["settings"]["malloc"] == "default"
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN kernels")
+def test_pinned_cpu_linear_backend_is_what_the_layers_ran_on(capsys):
+    rc = main(["bench", "--quick", "--json", "--mode", "forward", "--compare", "cpu_linear=aten,onednn"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [v["settings"]["cpu_linear_backend"] for v in res["variants"]] == ["aten", "onednn"]
+    assert all(v["forward_img_per_s"] > 0 for v in res["variants"])
 
 
 def test_quick_compare_reports_ratios(capsys):
