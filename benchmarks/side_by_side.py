@@ -132,6 +132,21 @@ def reference_steps(
     return sample
 
 
+def jitkit_settings(a: argparse.Namespace, compiled: bool, warmup: int) -> BenchSettings:
+    """jitkit's side: JiT-B/16 at 256 px on the CPU, with this run's batch, threads and sampler."""
+    return BenchSettings(
+        model="JiT-B/16",
+        img_size=256,
+        batch_size=a.batch_size,
+        device="cpu",
+        threads=a.threads,
+        warmup=warmup,
+        compile=compiled,
+        sample_steps=a.sample_steps,
+        cfg=a.cfg,
+    )
+
+
 def _loadavg() -> list[str] | None:
     return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
 
@@ -165,15 +180,7 @@ def _memory_worker(a: argparse.Namespace) -> int:
         )
         mib = mem.stop()
     else:
-        s = BenchSettings(
-            model="JiT-B/16",
-            img_size=256,
-            batch_size=a.batch_size,
-            device="cpu",
-            threads=a.threads,
-            warmup=2,
-            compile=a.memory_worker == "compile",
-        )
+        s = jitkit_settings(a, compiled=a.memory_worker == "compile", warmup=2)
         mib = prepare_train(s, torch.device("cpu"), mem)[1]["peak_mem_mib"]
     print(json.dumps({"peak_mem_mib": mib, "peak_mem_kind": mem.kind}))
     return 0
@@ -231,17 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     ref_name = "reference (compiled)" if ref_compiled else "reference (eager)"
     variants: dict[str, Callable[[], None]] = {ref_name: reference_steps(ref, a.mode, a.batch_size)}
     for kind in [k for k in a.jitkit.split(",") if k]:
-        s = BenchSettings(
-            model="JiT-B/16",
-            img_size=256,
-            batch_size=a.batch_size,
-            device="cpu",
-            threads=a.threads,
-            warmup=1 if a.mode == "sample" else 0,  # sample: one 2-step run (both batch shapes)
-            compile=kind == "compile",
-            sample_steps=a.sample_steps,
-            cfg=a.cfg,
-        )
+        # sample: one 2-step run (both batch shapes) as warm-up
+        s = jitkit_settings(a, compiled=kind == "compile", warmup=1 if a.mode == "sample" else 0)
         name = f"jitkit ({'compiled' if kind == 'compile' else 'eager'})"
         if a.mode == "train":
             variants[name] = prepare_train(s, torch.device("cpu"))[0]

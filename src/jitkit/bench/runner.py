@@ -525,12 +525,12 @@ def run_bench(
     per variant over its warm-up steps; on CPU the variants of a comparison are measured in fresh processes
     (see :mod:`jitkit.bench.hardware`)."""
     s.validate()
-    malloc = retain_freed_memory() if resolve_device(s.device).type == "cpu" else "default"
+    device = resolve_device(s.device)
+    malloc = retain_freed_memory() if device.type == "cpu" else "default"
     load_start = _loadavg()
     variants = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
     for v in variants:
         v.validate()
-    device = resolve_device(s.device)
     say = log or (lambda msg: None)
     peaks: dict[str, dict] = {}
     for v in variants:

@@ -42,15 +42,20 @@ def onednn_available() -> bool:
         return False
 
 
-def set_cpu_linear_backend(name: str | None) -> None:
-    """Choose the float32 CPU linear backend: ``auto``, ``onednn``, ``aten`` or None (back to the default)."""
-    global _choice
+def _check_backend(name: str | None) -> None:
+    """A backend name that can be set: one of BACKENDS (or None), and ``onednn`` only where it exists."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"CPU linear backend must be one of {', '.join(BACKENDS)}, received {name!r}")
     if name == "onednn" and not onednn_available():
         raise RuntimeError(
             "CPU linear backend 'onednn' asked for, but this torch build has no oneDNN kernels"
         )
+
+
+def set_cpu_linear_backend(name: str | None) -> None:
+    """Choose the float32 CPU linear backend: ``auto``, ``onednn``, ``aten`` or None (back to the default)."""
+    global _choice
+    _check_backend(name)
     _choice = name
 
 
@@ -217,12 +222,7 @@ def use_cpu_linear(model: nn.Module, backend: str | None) -> nn.Module:
     the process setting). Layers carry it as the attribute ``cpu_linear``; returns ``model``."""
     if backend == "auto":
         backend = None
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"CPU linear backend must be one of {', '.join(BACKENDS)}, received {backend!r}")
-    if backend == "onednn" and not onednn_available():
-        raise RuntimeError(
-            "CPU linear backend 'onednn' asked for, but this torch build has no oneDNN kernels"
-        )
+    _check_backend(backend)
     for m in model.modules():
         if hasattr(m, "cpu_linear"):
             m.cpu_linear = backend
