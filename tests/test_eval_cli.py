@@ -12,8 +12,9 @@ from jitkit.cli import main
 from jitkit.config import DiffusionConfig, RunConfig, SamplerConfig, model_config, resolve_run_config
 from jitkit.data.shapes import class_names, render_shapes
 from jitkit.diffusion.flow import Denoiser
+from jitkit.diffusion.generate import balanced_labels, generate_images
 from jitkit.eval import fidelity, hooks
-from jitkit.eval.generate import SampleFolder, balanced_labels, generate_images, save_npz
+from jitkit.eval.sample_folder import SampleFolder, save_npz
 from jitkit.eval.shapes_metric import shapes_metrics
 from jitkit.models import build_model
 
@@ -56,7 +57,7 @@ def test_eval_errors_explain(shapes_folder, tmp_path, capsys):
     # a sample folder whose labels.csv lists a missing image: interrupted sampling, say so
     f = SampleFolder(tmp_path / "t", np.zeros(3, np.int64), class_names())
     f.write([0, 1], images[:2])
-    from jitkit.eval.generate import write_labels_csv
+    from jitkit.eval.sample_folder import write_labels_csv
 
     write_labels_csv(tmp_path / "t", np.zeros(3, np.int64), class_names())
     assert main(["eval", str(tmp_path / "t"), "--metric", "shapes"]) == 2

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from jitkit.checkpoint.reference import import_reference
 from jitkit.cli import main
-from jitkit.eval.generate import load_npz, read_sample_folder
+from jitkit.eval.sample_folder import load_npz, read_sample_folder
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ except Exception as e:  # ImportError, or torchvision failing against this torch
 from jitkit.cli import main
 from jitkit.eval.fid import feature_stats, frechet_distance, inception_score
 from jitkit.eval.fidelity import InceptionFeatures, extract_features
-from jitkit.eval.generate import SampleFolder
+from jitkit.eval.sample_folder import SampleFolder
 
 N = 12  # images per set: Inception at 299 px is slow on a shared CPU
 

@@ -42,7 +42,12 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default: auto)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16 (default: auto)",
+    )
     p.add_argument("--grid", default=None, metavar="PNG", help="write a grid, one row per class")
     p.add_argument("--out", default=None, metavar="DIR", help="write 00000.png … + labels.csv (resumable)")
     p.add_argument("--npz", default=None, metavar="FILE", help="write uint8 images and labels to an .npz")
@@ -79,22 +84,37 @@ def parse_classes(spec: str | None, classes: list[str]) -> list[int] | None:
 
 def _init_distributed(device_arg: str):
     """(rank, world_size, device): under torchrun joins the process group (gloo on CPU, NCCL on CUDA, each rank
-    on its local GPU) through jitkit.train.dist; otherwise (0, 1, device)."""
-    from jitkit.eval.generate import resolve_device
-    from jitkit.train import dist
+    on its local GPU) through jitkit.runtime.dist; otherwise (0, 1, device)."""
+    from jitkit.runtime import dist, resolve_device
 
     info = dist.init(resolve_device(device_arg))
     return info.rank, info.world_size, info.device
 
 
-def run_sample(args: argparse.Namespace) -> int:
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The output flags, checked before any model is loaded or image made."""
+    from pathlib import Path
+
     if args.grid is None and args.out is None and args.npz is None:
         raise ValueError("choose an output: --grid FILE.png, --out DIR or --npz FILE.npz")
+    for flag, name, ext in (("--grid", args.grid, ".png"), ("--npz", args.npz, ".npz")):
+        if name is None:
+            continue
+        if Path(name).is_dir():
+            raise IsADirectoryError(f"{flag} {name} is a folder; expected a {ext} file name")
+        if Path(name).suffix.lower() != ext:
+            raise ValueError(f"{flag} expects a {ext} file name, found {name!r}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out expects a folder, found a file: {args.out}")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     rank, world, device = _init_distributed(args.device)
     try:
         return _sample(args, rank, world, device)
     finally:
-        from jitkit.train import dist
+        from jitkit.runtime import dist
 
         dist.cleanup()
 
@@ -103,7 +123,9 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     from pathlib import Path
 
     from jitkit.checkpoint import load_denoiser
-    from jitkit.eval.generate import balanced_labels, sample_to_outputs, sampling_cost
+    from jitkit.diffusion.generate import balanced_labels
+    from jitkit.diffusion.sampling import sampling_cost
+    from jitkit.eval.sample_folder import sample_to_outputs
 
     denoiser, cfg, classes = load_denoiser(args.checkpoint, ema=args.ema, device=device)
     scfg = cfg.sampler
@@ -146,7 +168,6 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
         names,
         seed=args.seed,
         batch_size=args.batch_size,
-        device=device,
         out_dir=args.out,
         npz=args.npz,
         grid=args.grid,
@@ -275,7 +296,7 @@ def run_eval(args: argparse.Namespace) -> int:
         results["swissroll"] = _swissroll_eval(args)
     else:
         if "shapes" in metrics:
-            from jitkit.eval.generate import load_images
+            from jitkit.eval.sample_folder import load_images
             from jitkit.eval.shapes_metric import format_shapes_metrics, shapes_metrics
 
             images, labels = load_images(args.samples)
@@ -310,8 +331,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def _inception_eval(args: argparse.Namespace, which: list[str]) -> dict:
     from jitkit.eval.fid import load_stats
     from jitkit.eval.fidelity import InceptionFeatures, extract_features, image_metrics
-    from jitkit.eval.generate import resolve_device
     from jitkit.eval.sources import open_source
+    from jitkit.runtime import resolve_device
 
     ref = load_stats(args.ref) if args.ref else None
     if "pr" in which and ref is not None and "features" not in ref:
@@ -367,8 +388,8 @@ def _register_ref_stats(sub: argparse._SubParsersAction) -> None:
 def run_ref_stats(args: argparse.Namespace) -> int:
     from jitkit.eval.fid import feature_stats, save_stats
     from jitkit.eval.fidelity import InceptionFeatures, extract_features
-    from jitkit.eval.generate import resolve_device
     from jitkit.eval.sources import open_source
+    from jitkit.runtime import resolve_device
 
     if not str(args.out).lower().endswith(".npz"):
         raise ValueError(f"--out must be a .npz file, found {args.out!r}")

@@ -133,39 +133,9 @@ def _yaml_value(v: str) -> Any:
 
 
 def _dotted_to_nested(flat: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
-    """{"train.blr": x, "depth": 6} → {"train": {"blr": x}, "model": {"depth": 6}} (bare keys by owner)."""
-    from jitkit.config import RunConfig, _suggest
+    from jitkit.config import RunConfig
 
-    owners: dict[str, list[str]] = {}
-    for s in sections:
-        for n in getattr(RunConfig(), s).field_names():
-            owners.setdefault(n, []).append(s)
-    nested: dict[str, dict[str, Any]] = {}
-    for key, val in flat.items():
-        if "." in key:
-            sec, name = key.split(".", 1)
-            if sec not in sections:
-                raise ValueError(
-                    f"unknown config section {sec!r} in {key!r}; valid sections: {', '.join(sections)}"
-                )
-            if name not in owners or sec not in owners[name]:
-                valid = getattr(RunConfig(), sec).field_names()
-                raise ValueError(
-                    f"unknown config key {key!r}{_suggest(name, valid)}; valid keys of {sec}: {', '.join(valid)}"
-                )
-        else:
-            if key not in owners:
-                allkeys = sorted(f"{s}.{n}" for n, ss in owners.items() for s in ss)
-                raise ValueError(
-                    f"unknown config key {key!r}{_suggest(key, list(owners))}; valid keys: {', '.join(allkeys)}"
-                )
-            if len(owners[key]) > 1:
-                raise ValueError(
-                    f"config key {key!r} is ambiguous: write one of {', '.join(o + '.' + key for o in owners[key])}"
-                )
-            sec, name = owners[key][0], key
-        nested.setdefault(sec, {})[name] = val
-    return nested
+    return RunConfig.nest(flat)
 
 
 def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -308,7 +278,7 @@ def format_config(cfg) -> str:
 
 def _apply_auto_batch(cfg, notes: list[str]):
     """--batch-size auto: micro-batch/accumulation (and checkpointing) from the planner for this machine."""
-    from jitkit.train.dist import env_world
+    from jitkit.runtime.dist import env_world
     from jitkit.train.engine import resolve_device
     from jitkit.train.planner import dataset_size_for, detect_hardware, make_plan
 
@@ -364,7 +334,7 @@ def _calm_openmp_on_busy_hosts() -> str | None:
 
 def run_train(args: argparse.Namespace) -> int:
     calm = _calm_openmp_on_busy_hosts()
-    from jitkit.train.dist import env_world
+    from jitkit.runtime.dist import env_world
 
     cfg, resume, notes = build_config(args)
     if calm:
@@ -402,7 +372,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"jitkit train: error: {e.strerror or e}", file=sys.stderr)
         return 4
     finally:
-        from jitkit.train import dist
+        from jitkit.runtime import dist
 
         dist.cleanup()
     if main:

@@ -127,3 +127,8 @@ def initial_noise(
 def to_uint8(z: torch.Tensor) -> torch.Tensor:
     """[−1, 1] floats → uint8 images: round(clip((z + 1)/2·255))."""
     return ((z.float() + 1) / 2 * 255).clamp(0, 255).round().to(torch.uint8)
+
+
+def sampling_cost(cfg: SamplerConfig) -> str:
+    """A one-line description of the work per image: the solver, its steps and network evaluations, cfg."""
+    return f"{cfg.method} {cfg.steps} steps ({network_evaluations(cfg)} network evaluations), cfg {cfg.cfg}"

@@ -75,8 +75,9 @@ class ShapesEval:
         if event not in self.events or _rank() != 0:
             return None
         from jitkit.data.shapes import class_names
-        from jitkit.eval.generate import balanced_labels, generate_images, save_grid
+        from jitkit.diffusion.generate import balanced_labels, generate_images
         from jitkit.eval.shapes_metric import format_shapes_metrics, shapes_metrics
+        from jitkit.images import save_grid
 
         den = info["denoiser"]
         cfg: RunConfig | None = info.get("config")
@@ -90,7 +91,6 @@ class ShapesEval:
             scfg,
             seed=self.seed,
             batch_size=self.batch_size,
-            device=_device_of(den),
             progress=self.progress,
             desc="eval shapes",
         )
@@ -155,8 +155,8 @@ class FIDEval:
     def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
         if not self.due(event, info) or _rank() != 0:
             return None
+        from jitkit.diffusion.generate import balanced_labels, generate_images
         from jitkit.eval.fidelity import InceptionFeatures, extract_features, image_metrics
-        from jitkit.eval.generate import balanced_labels, generate_images
 
         den = info["denoiser"]
         cfg: RunConfig | None = info.get("config")
@@ -172,7 +172,6 @@ class FIDEval:
             scfg,
             seed=self.seed,
             batch_size=self.batch_size,
-            device=dev,
             progress=self.progress,
             desc="eval FID",
         )

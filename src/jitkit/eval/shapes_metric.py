@@ -170,7 +170,7 @@ def _demo(argv: list[str] | None = None) -> None:
             f"| {m['mean_iou']:.3f} |"
         )
     if a.png:
-        from jitkit.eval.generate import save_grid
+        from jitkit.images import save_grid
 
         pick = np.concatenate([np.nonzero(labels == c)[0][:1] for c in range(0, 16, 2)])  # 8 classes
         rows = np.concatenate([im[pick] for _, im in versions])

@@ -8,13 +8,14 @@ Shape key: N images, B batch, S side.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from jitkit.eval.sample_folder import IMAGE_EXTS, list_images
 
 
 @dataclass
@@ -31,28 +32,6 @@ class ImageSource:
         return self._batches(batch_size)  # type: ignore[operator]
 
 
-def _png_list(root: Path) -> tuple[list[Path], np.ndarray | None]:
-    csv_path = root / "labels.csv"
-    if csv_path.is_file():
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and not {"file", "class_index"} <= set(rows[0]):
-            raise ValueError(
-                f"{csv_path}: expected columns file,class_index,class_name, found {list(rows[0])}"
-            )
-        files = [root / r["file"] for r in rows]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{csv_path} lists {len(missing)} missing file(s), e.g. {missing[:3]}; was sampling interrupted? "
-                "re-run the same jitkit sample command to finish it"
-            )
-        return files, np.asarray([int(r["class_index"]) for r in rows], dtype=np.int64)
-    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in exts and not p.name.startswith("."))
-    return files, None
-
-
 def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -66,8 +45,7 @@ def is_image_folder_of_files(root: Path) -> bool:
         return True
     if (root / "manifest.json").is_file():
         return False
-    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-    return any(p.suffix.lower() in exts for p in root.iterdir()) and not any(
+    return any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()) and not any(
         p.is_dir() for p in root.iterdir()
     )
 
@@ -75,7 +53,7 @@ def is_image_folder_of_files(root: Path) -> bool:
 def folder_source(root: str | Path) -> ImageSource:
     """A flat folder of images (a jitkit sample folder or any folder of same-sized images)."""
     root = Path(root)
-    files, labels = _png_list(root)
+    files, labels = list_images(root, exts=IMAGE_EXTS)
     if not files:
         raise ValueError(f"{root}: no images (png/jpg/jpeg/webp/bmp) found; expected a sample folder")
     first = _read_rgb(files[0])
@@ -97,7 +75,7 @@ def folder_source(root: str | Path) -> ImageSource:
 
 
 def npz_source(path: str | Path) -> ImageSource:
-    from jitkit.eval.generate import load_npz
+    from jitkit.eval.sample_folder import load_npz
 
     a, y, _ = load_npz(path)
 

@@ -448,7 +448,7 @@ def run_shapes_study(
     ``losses.png``, ``report.md``, ``results.json``.
     """
     from jitkit.data import build_dataset
-    from jitkit.eval.generate import save_grid
+    from jitkit.images import save_grid
     from jitkit.models.registry import count_params
 
     cfg.validate()
@@ -628,7 +628,7 @@ class _DenoiserView(JiTFlow):
 def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tuple[dict[str, Any], nn.Module]:
     """(c) Train JiT with ``jitkit.train.train`` (one cosine schedule over ``long_max_epochs``), checking the
     EMA samples every ``long_check_every`` epochs and stopping at the first check that reaches the targets."""
-    from jitkit.eval.generate import save_grid
+    from jitkit.images import save_grid
     from jitkit.models.registry import count_params
     from jitkit.train import train
 

@@ -118,7 +118,7 @@ class EMA:
         missing = [n for n in self.names if n not in sd]
         if missing:
             raise ValueError(f"EMA state lacks parameter {missing[0]!r} ({len(missing)} missing in all)")
-        from jitkit.train.dist import copy_full_into
+        from jitkit.runtime.dist import copy_full_into
 
         for n, s in zip(self.names, self.shadows[self._index(which)]):
             copy_full_into(s, sd[n])

@@ -44,8 +44,8 @@ from jitkit.checkpoint import (
 )
 from jitkit.config import RunConfig, TrainConfig
 from jitkit.data import random_hflip, to_model_range
-from jitkit.fileio import atomic_save_figure, atomic_write_text, atomic_write_with
-from jitkit.train import dist
+from jitkit.fileio import atomic_save_figure, atomic_write_text
+from jitkit.runtime import autocast, dist, resolve_device, resolve_precision
 from jitkit.train.ema import EMA, unwrap_model
 from jitkit.train.schedule import lr_at, scaled_lr, set_lr
 
@@ -56,7 +56,6 @@ __all__ = [
     "batch_plan",
     "chunk_seed",
     "epoch_permutation",
-    "resolve_device",
     "train",
 ]
 
@@ -132,46 +131,6 @@ def chunk_seed(seed: int, step: int, chunk: int) -> int:
     return x & ((1 << 62) - 1)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → cuda, else mps, else cpu; an explicit device is checked to exist."""
-    name = str(device)
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if has_mps else torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, found {name!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name}: CUDA is not available here; use --device auto or cpu")
-    if dev.type == "mps" and not has_mps:
-        raise ValueError(f"device {name}: MPS is not available here; use --device auto or cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, found {name!r}")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on CUDA (fp16 on GPUs without bf16), fp32 elsewhere."""
-    if precision != "auto":
-        if precision == "fp16" and device.type == "cpu":
-            raise ValueError("precision fp16 is not supported on CPU; use fp32 or bf16")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices only (not on biases and 1-D parameters) when it is non-zero."""
     params = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
@@ -225,7 +184,7 @@ def accumulate_gradients(
     for a, (x, y, gen, seed) in enumerate(micro_batches):
         if seed is not None:
             torch.manual_seed(seed)
-        with dist.no_sync(model, a < k - 1), _autocast(device, precision):
+        with dist.no_sync(model, a < k - 1), autocast(device, precision):
             loss = model(x, y, generator=gen)
         scaled = loss / k
         if scaler is not None:
@@ -323,31 +282,6 @@ class _Batches:
 
 
 # -- output helpers (rank 0 only) -----------------------------------------------------------------------------
-
-
-def save_image_grid(images: torch.Tensor, path: Path, nrow: int, *, min_side: int = 64, pad: int = 2) -> Path:
-    """Write uint8 images [N, 3, S, S] as a grid PNG with ``nrow`` images per row (enlarged to ≥ min_side)."""
-    import numpy as np
-    from PIL import Image
-
-    a = images.detach().cpu().permute(0, 2, 3, 1).numpy()  # [N,S,S,3]
-    N, S = a.shape[0], a.shape[1]
-    scale = max(1, math.ceil(min_side / S))
-    a = a.repeat(scale, axis=1).repeat(scale, axis=2)
-    T = S * scale
-    rows = math.ceil(N / nrow)
-    grid = np.full((pad + rows * (T + pad), pad + nrow * (T + pad), 3), 255, dtype=np.uint8)
-    for i in range(N):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (T + pad) : pad + r * (T + pad) + T, pad + c * (T + pad) : pad + c * (T + pad) + T] = (
-            a[i]
-        )
-    _atomic_png(Image.fromarray(grid), path)
-    return path
-
-
-def _atomic_png(img, path: Path) -> None:
-    atomic_write_with(path, lambda f: img.save(f, format="PNG"))
 
 
 def plot_loss(log_path: Path, out_png: Path) -> Path | None:
@@ -755,31 +689,24 @@ class _Trainer:
 
     @torch.no_grad()
     def write_samples(self) -> Path | None:
-        """samples/step-NNNNNN.png: EMA1, fixed seed, one row per class (≤ 16 classes shown)."""
-        from jitkit.diffusion.sampling import initial_noise, sample, to_uint8
+        """samples/step-NNNNNN.png: EMA1, 8 images per class (≤ 16 classes shown), one row per class.
+
+        The images are those of ``jitkit sample RUN --per-class 8 --seed <train.seed>`` (per-image seeds).
+        """
+        from jitkit.diffusion.generate import generate_images
+        from jitkit.images import save_grid
 
         den = self.eval_denoiser()
         if not self.main:
             return None
         C = self.cfg.model.num_classes
         shown = list(range(C)) if C <= 16 else [round(i * (C - 1) / 15) for i in range(16)]
-        per = 8
-        y = torch.tensor([c for c in shown for _ in range(per)], device=self.device)
-        S = self.cfg.model.img_size
-        z0 = initial_noise(
-            len(y), (3, S, S), self.cfg.diffusion.noise_scale, seed=self.cfg.train.seed, device=self.device
+        y = [c for c in shown for _ in range(8)]
+        images = generate_images(
+            den, y, self.cfg.sampler, seed=self.cfg.train.seed, batch_size=16, precision=self.precision
         )
-        with _autocast(self.device, self.precision):
-            out = sample(
-                lambda z, t, yy: den.predict(z, t, yy, kind="v").float(),
-                z0,
-                y,
-                self.cfg.sampler,
-                den.null_class,
-                t_eps=self.cfg.diffusion.t_eps,
-            )
         path = self.run_dir / "samples" / f"{step_dir_name(self.step)}.png"
-        return save_image_grid(to_uint8(out), path, nrow=per)
+        return save_grid(images, y, path, self.classes)
 
     def emit(self, event: str, epoch: int, **extra: Any) -> None:
         if not self.callbacks or not self.main:

@@ -1,4 +1,4 @@
-"""Everything that knows torch.distributed: process groups, DDP/FSDP wrapping, collectives, rank checks.
+"""The only module that imports torch.distributed: process groups, DDP/FSDP wrapping, collectives, ranks.
 
 One process needs no environment variables: ``init()`` returns a world of size 1 and every helper
 degenerates to a no-op. Under ``torchrun`` (WORLD_SIZE > 1) it joins the process group with NCCL on CUDA
@@ -18,12 +18,19 @@ from torch import nn
 __all__ = [
     "DistInfo",
     "all_reduce_mean",
+    "all_reduce_sum",
     "barrier",
     "broadcast_object",
     "cleanup",
+    "env_world",
+    "full_optimizer_state",
     "full_tensors",
     "init",
+    "is_initialized",
+    "load_model_state",
+    "load_optimizer_state",
     "no_sync",
+    "rank",
     "wrap_model",
 ]
 
@@ -106,15 +113,18 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / torch.distributed.get_world_size()
 
 
-def all_reduce_flag(flag: bool) -> bool:
-    """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""
-    if not is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    if torch.distributed.get_backend() == "nccl":
-        t = t.cuda()
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks, in place (``x`` itself in one process)."""
+    if is_initialized():
+        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
+    return x
+
+
+def rank() -> int:
+    """This process's rank: from the process group when there is one, else from torchrun's RANK (0 alone)."""
+    if is_initialized():
+        return torch.distributed.get_rank()
+    return env_world()[0]
 
 
 def broadcast_object(obj, src: int = 0):
@@ -206,3 +216,14 @@ def load_optimizer_state(model: nn.Module, optimizer, sd: dict, sharded: bool) -
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, sd, options=StateDictOptions(full_state_dict=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer, sharded: bool) -> dict:
+    """The whole optimizer state dict, gathered to CPU under FSDP2 (a collective then: call on every rank)."""
+    if not sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )

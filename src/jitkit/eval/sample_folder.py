@@ -1,0 +1,383 @@
+"""The sample-folder format and its siblings, the only reader and writer of them (DESIGN, Formats).
+
+Sample folder: flat ``00000.png …`` plus ``labels.csv`` (``file,class_index,class_name``), written once the
+folder is complete, and ``sample_meta.json`` (what was asked for, to refuse mixing two requests). Each PNG is
+written atomically, so a file that exists is complete and re-running skips it.
+npz: ``arr_0`` uint8 [N, S, S, 3] (the layout of the ADM evaluation suite) and ``arr_1`` int64 labels [N].
+
+Rank splitting: with W processes, rank r makes the images i ≡ r (mod W) of the plan; the union over ranks is
+every index exactly once. npz and grid outputs need all images in one place: each rank writes its share
+beside the target as ``.NAME.part-R-of-W.npz`` and rank 0 merges them after a barrier.
+
+Shape key: N images, C channels, S side.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jitkit.config import SamplerConfig
+from jitkit.diffusion.generate import generate_images, rank_indices
+from jitkit.fileio import atomic_write_bytes
+from jitkit.images import png_bytes, save_grid, to_hwc
+from jitkit.runtime import dist
+
+# -- npz -------------------------------------------------------------------------------------------------
+
+
+def save_npz(path: str | Path, images: Any, labels: Any, classes: Sequence[str] | None = None) -> Path:
+    """uint8 images and int64 labels as ``arr_0`` [N, S, S, 3] and ``arr_1`` [N] (+ ``classes``), atomically."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"an npz output needs a .npz file name, found {str(path)!r}")
+    a = to_hwc(images)
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
+    if len(y) != len(a):
+        raise ValueError(f"{len(a)} images but {len(y)} labels")
+    buf = io.BytesIO()
+    extra = {"classes": np.asarray(list(classes), dtype=str)} if classes is not None else {}
+    np.savez(buf, arr_0=a, arr_1=y, **extra)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """(images uint8 [N, 3, S, S], labels [N] or None, classes or None) from a jitkit/ADM-style npz.
+
+    Accepts ``arr_0`` or ``images`` in NHWC or NCHW layout.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"npz file not found: {path}")
+    with np.load(path, allow_pickle=False) as z:
+        key = "arr_0" if "arr_0" in z.files else ("images" if "images" in z.files else None)
+        if key is None:
+            raise ValueError(
+                f"{path}: expected an array 'arr_0' (or 'images') of uint8 images, found {z.files}"
+            )
+        a = z[key]
+        y = z["arr_1"] if "arr_1" in z.files else (z["labels"] if "labels" in z.files else None)
+        classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
+    if a.ndim != 4 or a.dtype != np.uint8:
+        raise ValueError(f"{path}: expected uint8 images [N, S, S, 3], found {a.dtype} {list(a.shape)}")
+    if a.shape[-1] == 3 and a.shape[1] != 3:
+        a = a.transpose(0, 3, 1, 2)
+    elif a.shape[1] != 3:
+        raise ValueError(f"{path}: expected images with 3 channels, found shape {list(a.shape)}")
+    return np.ascontiguousarray(a), (None if y is None else np.asarray(y, dtype=np.int64)), classes
+
+
+# -- sample folders --------------------------------------------------------------------------------------
+
+LABELS_CSV = "labels.csv"
+META_JSON = "sample_meta.json"
+
+
+def image_name(i: int) -> str:
+    return f"{i:05d}.png"
+
+
+class SampleFolder:
+    """A sample folder being written: flat ``00000.png …``, ``labels.csv``, ``sample_meta.json``.
+
+    Each PNG is written atomically (temp + fsync + rename), so a file that exists is complete; re-running
+    skips them. ``meta`` records the request (checkpoint, sampler, seed, labels); resuming with a different
+    request is refused rather than mixing two runs in one folder.
+    """
+
+    def __init__(
+        self, root: str | Path, labels: Sequence[int], classes: Sequence[str], meta: dict | None = None
+    ):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"a sample folder is a folder, found a file: {self.root}")
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.classes = list(classes)
+        self.meta = dict(meta or {})
+        self.meta["num_images"] = len(self.labels)
+        self.meta["labels_sha"] = _labels_digest(self.labels)
+
+    def check_or_write_meta(self) -> None:
+        """Refuse a folder that holds another request's images; otherwise record this request."""
+        p = self.root / META_JSON
+        if p.exists():
+            try:
+                old = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p} is not valid JSON ({e}); delete it or choose another folder") from e
+            diff = {k: (old.get(k), v) for k, v in self.meta.items() if old.get(k) != v}
+            if diff:
+                lines = "; ".join(f"{k}: folder has {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise ValueError(
+                    f"{self.root} already holds samples of a different request ({lines}); "
+                    "use the same options to resume, or choose another folder"
+                )
+            return
+        if not self.existing() and any(self.root.glob("*.png")):
+            raise ValueError(
+                f"{self.root} already contains PNG files that are not a jitkit sample folder; choose another folder"
+            )
+        atomic_write_bytes(p, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
+
+    def existing(self) -> set[int]:
+        """Plan indices whose PNG is already in the folder."""
+        if not self.root.is_dir():
+            return set()
+        return {i for i in range(len(self.labels)) if (self.root / image_name(i)).is_file()}
+
+    def todo(self, rank: int = 0, world_size: int = 1) -> list[int]:
+        """This rank's share of the plan, minus what is already written."""
+        have = self.existing()
+        return [i for i in rank_indices(len(self.labels), rank, world_size) if i not in have]
+
+    def write(self, indices: Iterable[int], images: Any) -> None:
+        a = to_hwc(images)
+        for i, img in zip(indices, a):
+            atomic_write_bytes(self.root / image_name(int(i)), png_bytes(img))
+
+    def complete(self) -> bool:
+        return len(self.existing()) == len(self.labels)
+
+    def finish(self) -> bool:
+        """Write labels.csv when every image of the plan is present; returns whether it did."""
+        if not self.complete():
+            return False
+        write_labels_csv(self.root, self.labels, self.classes)
+        return True
+
+
+def _labels_digest(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def write_labels_csv(root: str | Path, labels: Sequence[int], classes: Sequence[str]) -> Path:
+    """``labels.csv`` with ``file,class_index,class_name`` for images 0 … N−1 (atomic)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "class_index", "class_name"])
+    for i, c in enumerate(np.asarray(labels).reshape(-1).tolist()):
+        w.writerow([image_name(i), int(c), classes[int(c)] if 0 <= int(c) < len(classes) else str(c)])
+    path = Path(root) / LABELS_CSV
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
+
+
+def read_labels_csv(root: str | Path) -> tuple[list[Path], np.ndarray] | None:
+    """The files ``ROOT/labels.csv`` lists, in its order, and their class indices (None without the file).
+
+    The one reader of labels.csv: checks the columns and that every listed file exists.
+    """
+    root = Path(root)
+    csv_path = root / LABELS_CSV
+    if not csv_path.is_file():
+        return None
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"file", "class_index"} <= set(rows[0]):
+        raise ValueError(f"{csv_path}: expected columns file,class_index,class_name, found {list(rows[0])}")
+    files = [root / r["file"] for r in rows]
+    try:
+        labels = np.asarray([int(r["class_index"]) for r in rows], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{csv_path}: class_index must be an integer in every row ({e})") from e
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{csv_path} lists {len(missing)} file(s) that are missing, e.g. {missing[:3]}; "
+            "was sampling interrupted? re-run the same jitkit sample command to finish it"
+        )
+    return files, labels
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def list_images(
+    root: str | Path, *, exts: Sequence[str] = (".png",), with_labels: bool = True
+) -> tuple[list[Path], np.ndarray | None]:
+    """(files, labels or None) of a flat folder: labels.csv's list when it exists (and ``with_labels``),
+    else every file with one of ``exts`` (sorted, hidden files skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"expected a sample folder (image files + labels.csv), found {root}")
+    listed = read_labels_csv(root) if with_labels else None
+    if listed is not None:
+        return listed
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in exts and not p.name.startswith("."))
+    return files, None
+
+
+def read_sample_folder(root: str | Path, *, with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load a sample folder → (uint8 images [N, 3, S, S], labels [N] or None).
+
+    With ``labels.csv`` the files it lists are read in its order; without it every ``*.png`` (sorted).
+    """
+    files, labels = list_images(root, with_labels=with_labels)
+    if not files:
+        raise ValueError(f"{root}: no PNG images found")
+    arrs = [read_png(f) for f in files]
+    sizes = {a.shape for a in arrs}
+    if len(sizes) > 1:
+        raise ValueError(f"{root}: images have different sizes {sorted(sizes)[:3]}; expected one size")
+    return np.stack(arrs), labels
+
+
+def load_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images and labels from a sample folder or an npz file (see ``read_sample_folder``, ``load_npz``)."""
+    p = Path(path)
+    if p.is_dir():
+        return read_sample_folder(p)
+    if p.suffix.lower() == ".npz":
+        a, y, _ = load_npz(p)
+        return a, y
+    if not p.exists():
+        raise FileNotFoundError(f"not found: {p} (expected a sample folder or an .npz file)")
+    raise ValueError(f"expected a sample folder or an .npz file, found {p}")
+
+
+# -- the whole job ---------------------------------------------------------------------------------------
+
+
+def sample_to_outputs(
+    denoiser: torch.nn.Module,
+    labels: np.ndarray,
+    sampler_cfg: SamplerConfig,
+    classes: Sequence[str],
+    *,
+    seed: int = 0,
+    batch_size: int = 16,
+    out_dir: str | Path | None = None,
+    npz: str | Path | None = None,
+    grid: str | Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    precision: str = "auto",
+    meta: dict | None = None,
+) -> dict[str, Any]:
+    """Generate ``labels`` into any of a sample folder, an npz file and a grid PNG, split over ranks.
+
+    The folder is resumable (existing images are skipped) and gets ``labels.csv`` when complete. npz and grid
+    need all images in one process: with world_size > 1 each rank writes its share next to the npz/grid path as
+    ``.part-R-of-W.npz`` and rank 0 (after a barrier) merges them; ranks that are simulated in sequence
+    (no process group) merge when the last part arrives. Returns a summary dict.
+    """
+    if out_dir is None and npz is None and grid is None:
+        raise ValueError("choose an output: grid (a .png file), out_dir (a folder) or npz (a .npz file)")
+    # check the outputs before spending time on sampling
+    if grid is not None and Path(grid).suffix.lower() != ".png":
+        raise ValueError(f"a grid is written as a .png file, found the name {str(grid)!r}")
+    if npz is not None and Path(npz).suffix.lower() != ".npz":
+        raise ValueError(f"an npz output needs a .npz file name, found {str(npz)!r}")
+    for f in (grid, npz):
+        if f is not None and Path(f).is_dir():
+            raise IsADirectoryError(f"{f} is a folder; expected a file name")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n = len(labels)
+    summary: dict[str, Any] = {"num_images": n, "rank": rank, "world_size": world_size}
+    mine = rank_indices(n, rank, world_size)
+    folder = None
+    if out_dir is not None:
+        folder = SampleFolder(out_dir, labels, classes, meta)
+        folder.root.mkdir(parents=True, exist_ok=True)
+        folder.check_or_write_meta()
+    need_all = npz is not None or grid is not None
+    # with a folder, its finished images are skipped (and reused for the npz/grid)
+    todo_gen = folder.todo(rank, world_size) if folder is not None else mine
+    summary["skipped"] = len(mine) - len(todo_gen)
+    gen_images: dict[int, np.ndarray] = {}
+
+    def on_batch(bidx: list[int], imgs: torch.Tensor, _y: np.ndarray) -> None:
+        if folder is not None:
+            folder.write(bidx, imgs)
+        if need_all:
+            for i, im in zip(bidx, imgs.numpy()):
+                gen_images[i] = im
+
+    if todo_gen:
+        generate_images(
+            denoiser,
+            labels[todo_gen],
+            sampler_cfg,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            indices=todo_gen,
+            on_batch=on_batch,
+            precision=precision,
+            desc=f"sampling (rank {rank}/{world_size})" if world_size > 1 else "sampling",
+        )
+    summary["generated"] = len(todo_gen)
+
+    if folder is not None:
+        dist.barrier()
+        if rank == 0 or not dist.is_initialized():
+            summary["complete"] = folder.finish()
+        summary["out"] = str(folder.root)
+
+    if need_all:
+        if folder is not None:
+            for i in mine:
+                if i not in gen_images:
+                    gen_images[i] = read_png(folder.root / image_name(i))
+        part = np.stack([gen_images[i] for i in mine]) if mine else None
+        target = Path(npz) if npz is not None else Path(grid)
+        images = _gather_parts(target, part, mine, n, rank, world_size)
+        if images is not None:
+            if npz is not None:
+                save_npz(npz, images, labels, classes)
+                summary["npz"] = str(npz)
+            if grid is not None:
+                save_grid(images, labels, grid, classes)
+                summary["grid"] = str(grid)
+    return summary
+
+
+def read_png(path: Path) -> np.ndarray:
+    """One image file as uint8 [3, S, S] (RGB)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
+
+
+def _part_path(target: Path, rank: int, world_size: int) -> Path:
+    return target.with_name(f".{target.name}.part-{rank}-of-{world_size}.npz")
+
+
+def _gather_parts(
+    target: Path, part: np.ndarray | None, mine: list[int], n: int, rank: int, world_size: int
+) -> np.ndarray | None:
+    """All N images in plan order on the merging rank (None elsewhere)."""
+    if world_size == 1:
+        return part
+    buf = io.BytesIO()
+    np.savez(buf, images=part if part is not None else np.zeros((0,), np.uint8), indices=np.asarray(mine))
+    atomic_write_bytes(_part_path(target, rank, world_size), buf.getvalue())
+    dist.barrier()
+    if dist.is_initialized() and rank != 0:
+        return None
+    parts = [_part_path(target, r, world_size) for r in range(world_size)]
+    if not all(p.is_file() for p in parts):
+        return None  # simulated ranks: a later rank merges
+    images = None
+    for p in parts:
+        with np.load(p) as z:
+            idx, imgs = z["indices"], z["images"]
+        if len(idx) == 0:
+            continue
+        if images is None:
+            images = np.zeros((n, *imgs.shape[1:]), dtype=np.uint8)
+        images[idx] = imgs
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return images
