@@ -134,6 +134,13 @@ class ConfigBase:
     def validate(self) -> None:
         """Raise ``ConfigError`` for values that cannot work (overridden by each config)."""
 
+    def check_at_least(self, minimum: float, *names: str) -> None:
+        """Raise ``ConfigError`` naming the first of ``names`` whose value is below ``minimum``."""
+        for name in names:
+            v = getattr(self, name)
+            if v is not None and v < minimum:
+                raise ConfigError(f"{name} must be >= {minimum}, found {v}")
+
 
 def diff_table(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
     """Two flat dicts as aligned columns; differing rows are marked ``<-- differs``."""
