@@ -50,7 +50,7 @@ ab ema $B16 --batch-size 2 --mode train --warmup 1 --repeats 2 --memory off --co
 ab attention_bs2 $B16 --batch-size 2 --mode train,forward --repeats 3 --compare attention=math-fp32,sdpa
 ab cfg $B16 --batch-size 4 --mode sample --sample-steps 10 --compare cfg_mode=separate,batched
 ab compile $B16 --batch-size 2 --mode train,forward --warmup 3 --repeats 3 --compare compile=0,1
-ab bf16 $B16 --batch-size 2 --mode train,forward --repeats 3 --compare dtype=fp32,bf16
+ab bf16 $B16 --batch-size 2 --mode train,forward --repeats 3 --compare precision=fp32,bf16
 ab channels_last $B16 --batch-size 2 --mode forward --repeats 5 --compare channels_last=0,1
 "$PY" benchmarks/make_table.py
 log "done"

@@ -69,7 +69,7 @@ bench cmp_item $B16 --batch-size 2 --mode train --compare item_sync=1,0
 bench cmp_gradckpt_bs8 $B16 --batch-size 8 --mode train --repeats 4 --compare grad_checkpoint=0,1
 bench cmp_channels_last $B16 --batch-size 2 --mode forward --compare channels_last=0,1
 bench cmp_compile $B16 --batch-size 2 --mode train,forward --warmup 3 --compare compile=0,1
-bench cmp_bf16 $B16 --batch-size 2 --mode train,forward --compare dtype=fp32,bf16
+bench cmp_bf16 $B16 --batch-size 2 --mode train,forward --compare precision=fp32,bf16
 bench cmp_threads $B16 --batch-size 2 --mode forward --compare threads=1,2
 if want rope; then quiet; log "rope micro"; "$PY" benchmarks/rope_micro.py --threads "$T" > "$OUT/rope.json"; fi
 if want ema; then quiet; log "ema micro"; "$PY" benchmarks/ema_micro.py --threads "$T" > "$OUT/ema.json"; fi

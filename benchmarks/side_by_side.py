@@ -45,7 +45,7 @@ from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe, retain_freed
 from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
 from jitkit.config import model_config
 from jitkit.fileio import atomic_write_text
-from jitkit.train.engine import param_groups
+from jitkit.train.optim import param_groups
 
 
 def reference_denoiser(ref_dir: Path, steps: int, cfg: float) -> torch.nn.Module:

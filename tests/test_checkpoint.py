@@ -21,27 +21,26 @@ from jitkit.checkpoint import (
     check_state_dict,
     find_checkpoints,
     latest_checkpoint,
+    link_checkpoint,
     load_checkpoint,
     load_denoiser,
+    prune_checkpoints,
     save_checkpoint,
+    step_dir_name,
 )
-from jitkit.config import DiffusionConfig, RunConfig, model_config
-from jitkit.diffusion.flow import Denoiser
-from jitkit.models.registry import build_model
-
-TINY = dict(
-    img_size=8, num_classes=3, depth=2, hidden_size=32, num_heads=2, bottleneck_dim=8, in_context_len=2
-)
+from jitkit.config import RunConfig
 
 
-def tiny_cfg(**kw) -> RunConfig:
-    m = model_config("JiT-T/4", **{**TINY, **kw})
-    return RunConfig(model=m)
+@pytest.fixture()
+def run_cfg(tiny):
+    """A RunConfig around the tiny model (8 px, 3 classes), with model fields changed by keyword."""
+    return lambda **kw: RunConfig(model=tiny.model_config(**kw))
 
 
-def tiny_denoiser(cfg: RunConfig, seed: int = 0) -> Denoiser:
-    torch.manual_seed(seed)
-    return Denoiser(build_model(cfg.model), DiffusionConfig(), cfg.model.num_classes)
+@pytest.fixture()
+def make_den(tiny):
+    """The tiny Denoiser of a RunConfig, with random weights from ``seed``."""
+    return lambda cfg, seed=0: tiny.denoiser(cfg.model, seed=seed)
 
 
 def _save(path, cfg, den, step=1, state=None):
@@ -59,9 +58,9 @@ def _save(path, cfg, den, step=1, state=None):
     )
 
 
-def test_round_trip_and_layout(tmp_path):
-    cfg = tiny_cfg()
-    den = tiny_denoiser(cfg)
+def test_round_trip_and_layout(tmp_path, run_cfg, make_den):
+    cfg = run_cfg()
+    den = make_den(cfg)
     ck = _save(tmp_path / "run" / "checkpoints" / "last", cfg, den, step=7)
     assert sorted(p.name for p in ck.iterdir()) == sorted(
         ["model.safetensors", "ema1.safetensors", "ema2.safetensors", "state.pt", "meta.json"]
@@ -84,22 +83,22 @@ def test_round_trip_and_layout(tmp_path):
     assert torch.equal(d2.net.final_layer.linear.bias, den.net.final_layer.linear.bias + 1.0)
 
 
-def test_replacing_last_keeps_only_new_and_latest_wins(tmp_path):
-    cfg = tiny_cfg()
+def test_replacing_last_keeps_only_new_and_latest_wins(tmp_path, run_cfg, make_den):
+    cfg = run_cfg()
     root = tmp_path / "checkpoints"
-    _save(root / "last", cfg, tiny_denoiser(cfg, 0), step=1)
-    _save(root / "last", cfg, tiny_denoiser(cfg, 1), step=2)
+    _save(root / "last", cfg, make_den(cfg, 0), step=1)
+    _save(root / "last", cfg, make_den(cfg, 1), step=2)
     assert [p.name for p in root.iterdir()] == ["last"]  # no temp or backup folders left
     assert load_checkpoint(root).step == 2
-    _save(root / "step-000005", cfg, tiny_denoiser(cfg, 2), step=5)
+    _save(root / "step-000005", cfg, make_den(cfg, 2), step=5)
     assert latest_checkpoint(tmp_path) == root / "step-000005"
 
 
-def test_backup_is_found_when_last_is_missing(tmp_path):
+def test_backup_is_found_when_last_is_missing(tmp_path, run_cfg, make_den):
     """A kill between 'rename last → backup' and 'rename temp → last' leaves only the backup."""
-    cfg = tiny_cfg()
+    cfg = run_cfg()
     root = tmp_path / "checkpoints"
-    _save(root / "last", cfg, tiny_denoiser(cfg), step=3)
+    _save(root / "last", cfg, make_den(cfg), step=3)
     os.replace(root / "last", root / ".old-last-deadbeef")
     (root / ".tmp-last-1-abc").mkdir()  # an incomplete temp folder is ignored
     found = find_checkpoints(root)
@@ -150,8 +149,8 @@ def test_sigkill_during_writes_leaves_a_loadable_checkpoint(tmp_path):
         assert ck.state["step"] == v
 
 
-def test_file_vs_folder_errors(tmp_path):
-    cfg = tiny_cfg()
+def test_file_vs_folder_errors(tmp_path, run_cfg, make_den):
+    cfg = run_cfg()
     with pytest.raises(FileNotFoundError, match="expected a run folder"):
         load_checkpoint(tmp_path / "missing")
     ref = tmp_path / "checkpoint-last.pth"
@@ -170,12 +169,12 @@ def test_file_vs_folder_errors(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):
-        _save(f, cfg, tiny_denoiser(cfg))
+        _save(f, cfg, make_den(cfg))
 
 
-def test_state_is_never_unpickled(tmp_path):
-    cfg = tiny_cfg()
-    ck = _save(tmp_path / "last", cfg, tiny_denoiser(cfg))
+def test_state_is_never_unpickled(tmp_path, run_cfg, make_den):
+    cfg = run_cfg()
+    ck = _save(tmp_path / "last", cfg, make_den(cfg))
 
     class Evil:
         def __reduce__(self):
@@ -186,23 +185,26 @@ def test_state_is_never_unpickled(tmp_path):
         load_checkpoint(ck)
 
 
-def test_mismatch_names_both_configs_and_tensor(tmp_path):
-    cfg = tiny_cfg()
-    _save(tmp_path / "last", cfg, tiny_denoiser(cfg))
-    other = tiny_cfg(img_size=16)
+def test_mismatch_names_both_configs_and_tensor(tmp_path, run_cfg, make_den):
+    cfg = run_cfg()
+    _save(tmp_path / "last", cfg, make_den(cfg))
+    other = run_cfg(img_size=16)
     with pytest.raises(CheckpointMismatchError) as ei:
         load_denoiser(tmp_path / "last", model_cfg=other.model)
     msg = str(ei.value)
     assert "net.pos_embed" in msg and "[1, 4, 32]" in msg and "[1, 16, 32]" in msg
     assert "img_size" in msg and "checkpoint" in msg and "requested" in msg
-    deeper = tiny_cfg(depth=3)
+    # the config table marks exactly the field that differs
+    marked = [line.split()[0] for line in msg.splitlines() if line.endswith("<-- differs")]
+    assert marked == ["img_size"]
+    deeper = run_cfg(depth=3)
     with pytest.raises(CheckpointMismatchError, match="net.blocks.2"):
-        check_state_dict(tiny_denoiser(deeper), tiny_denoiser(cfg).state_dict(), cfg, deeper)
+        check_state_dict(make_den(deeper), make_den(cfg).state_dict(), cfg, deeper)
 
 
-def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny_cfg()
-    den = tiny_denoiser(cfg)
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch, run_cfg, make_den):
+    cfg = run_cfg()
+    den = make_den(cfg)
     _save(tmp_path / "last", cfg, den, step=1)
     import safetensors.torch
 
@@ -211,7 +213,24 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(DiskFullError, match="out of disk space.*previous checkpoint was kept"):
-        _save(tmp_path / "last", cfg, tiny_denoiser(cfg, 5), step=2)
+        _save(tmp_path / "last", cfg, make_den(cfg, 5), step=2)
     ck = load_checkpoint(tmp_path / "last")
     assert ck.step == 1 and torch.equal(ck.model["net.pos_embed"], den.state_dict()["net.pos_embed"])
     assert [p.name for p in tmp_path.iterdir()] == ["last"]  # the temp folder was removed
+
+
+def test_numbered_copies_and_pruning(tmp_path, run_cfg, make_den):
+    cfg = run_cfg()
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        last = _save(root / "last", cfg, make_den(cfg, step), step=step)
+        link_checkpoint(last, root / step_dir_name(step))
+    assert step_dir_name(3) == "step-000003"
+    copy = load_checkpoint(root / "step-000002")
+    assert copy.step == 2 and torch.equal(
+        copy.model["net.pos_embed"], make_den(cfg, 2).state_dict()["net.pos_embed"]
+    )
+    removed = prune_checkpoints(root, keep=2)
+    assert [p.name for p in removed] == ["step-000001"]
+    assert sorted(p.name for p in root.iterdir()) == ["last", "step-000002", "step-000003"]
+    assert prune_checkpoints(root, keep=0) == [] and len(find_checkpoints(root)) == 3

@@ -13,26 +13,20 @@ import torch
 
 pytest.importorskip("flask")
 
-from jitkit.config import DiffusionConfig, SamplerConfig, model_config  # noqa: E402
+from jitkit.config import SamplerConfig  # noqa: E402
 from jitkit.demo.server import TokenBucket, create_app  # noqa: E402
-from jitkit.diffusion.flow import Denoiser  # noqa: E402
+from jitkit.demo.trajectory import record_run  # noqa: E402
+from jitkit.diffusion.generate import sample_denoiser  # noqa: E402
 from jitkit.diffusion.sampling import initial_noise, to_uint8  # noqa: E402
-from jitkit.models.registry import build_model  # noqa: E402
 
 CLASSES = ["red_circle", "green_square", "blue_triangle", "yellow_cross"]
 STATIC = Path(__file__).resolve().parents[1] / "src" / "jitkit" / "demo" / "static"
 
 
-def tiny_denoiser(seed: int = 0) -> tuple[Denoiser, object]:
-    """A 2-block JiT-T/4 on 16 px with its (zero-initialised) output layers perturbed, so that the
-    x-prediction depends on z, t and y like a trained model's would."""
-    torch.manual_seed(seed)
-    cfg = model_config("JiT-T/4", img_size=16, num_classes=len(CLASSES), depth=2, in_context_start=1)
-    den = Denoiser(build_model(cfg), DiffusionConfig(), len(CLASSES))
-    with torch.no_grad():
-        for p in den.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return den.eval(), cfg
+def tiny_demo_model(tiny, seed: int = 0):
+    """(Denoiser, ModelConfig): the tiny random JiT of conftest on 16 px (a 4×4 patch grid), 4 classes."""
+    cfg = tiny.model_config(img_size=16, num_classes=len(CLASSES))
+    return tiny.denoiser(cfg, seed=seed), cfg
 
 
 @pytest.fixture(autouse=True)
@@ -45,8 +39,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_denoiser()
+def model(tiny):
+    return tiny_demo_model(tiny)
 
 
 @pytest.fixture()
@@ -330,18 +324,11 @@ def test_interrupted_training_leaves_no_cached_model(tmp_path):
     assert not cached_run_dir(tmp_path).exists() and list(tmp_path.iterdir()) == []
 
 
-def test_load_model_names_what_it_expected(tmp_path):
-    from jitkit.demo.model import load_model
-
-    with pytest.raises(FileNotFoundError, match="run folder"):
-        load_model(tmp_path / "missing")
-
-
-def _save_tiny_run(root: Path) -> tuple[Path, Denoiser]:
+def _save_tiny_run(tiny, root: Path):
     from jitkit.checkpoint import save_checkpoint
     from jitkit.config import preset_dict, resolve_run_config
 
-    den, mcfg = tiny_denoiser(seed=1)
+    den, mcfg = tiny_demo_model(tiny, seed=1)
     d = preset_dict("shapes")
     d["model"] = mcfg.to_dict()
     d["sampler"]["steps"] = 7
@@ -351,11 +338,11 @@ def _save_tiny_run(root: Path) -> tuple[Path, Denoiser]:
     return root, den
 
 
-def test_cli_serves_a_named_run(tmp_path, monkeypatch):
+def test_cli_serves_a_named_run(tiny, tmp_path, monkeypatch):
     import jitkit.demo.server as server_mod
     from jitkit.cli import main
 
-    run, den = _save_tiny_run(tmp_path / "run")
+    run, den = _save_tiny_run(tiny, tmp_path / "run")
     served = {}
     monkeypatch.setattr(server_mod, "serve", lambda app, **kw: served.update(app=app, **kw))
     assert main(["demo", str(run), "--port", "0", "--max-steps", "9"]) == 0
@@ -364,7 +351,7 @@ def test_cli_serves_a_named_run(tmp_path, monkeypatch):
     info = c.get("/api/info").get_json()
     assert info["classes"] == CLASSES and info["steps_range"] == [1, 9] and info["defaults"]["steps"] == 7
     # the checkpoint's sampler defaults (cfg 3 in the shapes preset) are the page's defaults
-    assert info["defaults"]["cfg"] == 3.0
+    assert info["defaults"]["cfg"] == 3.0 and info["precision"] == "fp32"  # auto on the CPU
     req = {"seed": 5, "steps": 3, "cfg": 3.0}
     got = c.post("/api/sample", json=req).get_json()
     # the same run sampled from the in-memory model that was saved
@@ -372,12 +359,12 @@ def test_cli_serves_a_named_run(tmp_path, monkeypatch):
     assert got["final"] == ref.get_json()["final"]
 
 
-def test_cli_without_a_run_uses_the_cached_shapes_model(tmp_path, monkeypatch):
+def test_cli_without_a_run_uses_the_cached_shapes_model(tiny, tmp_path, monkeypatch):
     import jitkit.demo.model as model_mod
     import jitkit.demo.server as server_mod
     from jitkit.cli import main
 
-    run, _ = _save_tiny_run(tmp_path / "cache" / "whatever")
+    run, _ = _save_tiny_run(tiny, tmp_path / "cache" / "whatever")
     asked = {}
 
     def fake_ensure(cache_dir, *, retrain, overrides):
@@ -394,17 +381,18 @@ def test_cli_reports_a_missing_run(tmp_path, capsys):
     from jitkit.cli import main
 
     assert main(["demo", str(tmp_path / "nope")]) == 2
-    assert "jitkit demo: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "jitkit demo: error:" in err and "expected a run folder" in err
 
 
-def test_jitkit_demo_command_serves_the_page(tmp_path):
+def test_jitkit_demo_command_serves_the_page(tiny, tmp_path):
     """The real command in a subprocess: prints its address, binds 127.0.0.1, answers the API."""
     import json
     import subprocess
     import sys
     import urllib.request
 
-    run, _ = _save_tiny_run(tmp_path / "run")
+    run, _ = _save_tiny_run(tiny, tmp_path / "run")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jitkit", "demo", str(run), "--port", "0"],
         stdout=subprocess.PIPE,
@@ -429,15 +417,74 @@ def test_jitkit_demo_command_serves_the_page(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_busy_port_is_a_clear_error(model):
+def test_busy_port_is_a_clear_error(tiny, model, tmp_path, capsys):
     import socket
 
-    from jitkit.demo.server import serve
+    from jitkit.cli import main
+    from jitkit.demo.server import PortUnavailable, serve
 
     den, cfg = model
+    run, _ = _save_tiny_run(tiny, tmp_path / "run")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        with pytest.raises(ValueError, match="--port"):
+        with pytest.raises(PortUnavailable, match=f"cannot listen on 127.0.0.1:{port}") as e:
             serve(create_app(den, cfg, CLASSES), port=port)
+        assert "choose another port" in str(e.value) and "--port" not in str(e.value)
+        assert main(["demo", str(run), "--port", str(port)]) == 2  # the CLI names its flag
+        assert f"--port {port}: cannot listen" in capsys.readouterr().err
+
+
+# --- the recorded run is the library's sampler --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,cfg", [("heun", 1.0), ("euler", 2.5)])
+def test_recorded_run_is_sample_denoiser_for_the_same_seed_and_class(model, method, cfg):
+    den, mcfg = model
+    scfg = SamplerConfig(method=method, steps=5, cfg=cfg, interval=(0.1, 0.9))
+    run = record_run(den, class_index=2, seed=9, sampler=scfg, img_size=16, precision="fp32")
+    z0 = initial_noise(1, (3, 16, 16), den.cfg.noise_scale, seed=9)
+    final = sample_denoiser(den, z0, torch.tensor([2]), scfg)
+    assert np.array_equal(run.final, to_uint8(final)[0].permute(1, 2, 0).numpy())
+    assert run.scale == [cfg if 0.1 < t < 0.9 else 1.0 for t in run.t[:-1]]
+    # "auto" is fp32 on the CPU: the same run
+    auto = record_run(den, class_index=2, seed=9, sampler=scfg, img_size=16)
+    assert np.array_equal(auto.z, run.z) and np.array_equal(auto.x, run.x)
+
+
+def test_recorded_run_in_bf16_stays_close_to_fp32(model):
+    den, _ = model
+    scfg = SamplerConfig(method="heun", steps=6, cfg=2.0)
+    runs = {
+        p: record_run(den, class_index=1, seed=4, sampler=scfg, img_size=16, precision=p)
+        for p in ("fp32", "bf16")
+    }
+    a, b = (runs[p].final.astype(int) for p in ("fp32", "bf16"))
+    assert not np.array_equal(runs["fp32"].x, runs["bf16"].x)  # bf16 did run
+    assert np.abs(a - b).mean() < 1.5 and np.abs(a - b).max() <= 8  # uint8 levels (about 0.35 and 2 here)
+    assert runs["bf16"].t == runs["fp32"].t and runs["bf16"].nfe == runs["fp32"].nfe
+
+
+def test_cli_precision_reaches_the_recorded_run(tiny, tmp_path, monkeypatch, capsys):
+    import jitkit.demo.server as server_mod
+    from jitkit.cli import main
+
+    run, den = _save_tiny_run(tiny, tmp_path / "run")
+    served = {}
+    monkeypatch.setattr(server_mod, "serve", lambda app, **kw: served.update(app=app))
+    assert main(["demo", str(run), "--port", "0", "--precision", "bf16"]) == 0
+    c = served["app"].test_client()
+    assert c.get("/api/info").get_json()["precision"] == "bf16"
+    got = c.post("/api/sample", json={"seed": 5, "steps": 3, "cfg": 3.0, "class": 1}).get_json()
+    scfg = SamplerConfig(method=got["sampler"], steps=3, cfg=3.0, interval=tuple(got["interval"]))
+    expected = record_run(den, class_index=1, seed=5, sampler=scfg, img_size=16, precision="bf16")
+    assert base64.b64decode(got["final"]) == expected.final.tobytes()
+    fp32 = record_run(den, class_index=1, seed=5, sampler=scfg, img_size=16, precision="fp32")
+    assert expected.x.tobytes() != fp32.x.tobytes()
+    # no fp16 on the CPU: said before the built-in model would be trained
+    import jitkit.demo.model as model_mod
+
+    monkeypatch.setattr(model_mod, "ensure_shapes_model", lambda *a, **k: pytest.fail("trained first"))
+    assert main(["demo", "--precision", "fp16", "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "fp16 is not supported on CPU" in capsys.readouterr().err

@@ -25,10 +25,8 @@ import torch
 
 pytest.importorskip("flask")
 
-from jitkit.config import DiffusionConfig, SamplerConfig, model_config  # noqa: E402
+from jitkit.config import SamplerConfig  # noqa: E402
 from jitkit.demo.server import create_app  # noqa: E402
-from jitkit.diffusion.flow import Denoiser  # noqa: E402
-from jitkit.models.registry import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["red_circle", "green_square", "blue_triangle", "yellow_cross"]
@@ -45,20 +43,11 @@ def _find(names: list[str], env: str) -> str | None:
     return None
 
 
-def _tiny_model():
-    torch.manual_seed(0)
-    cfg = model_config("JiT-T/4", img_size=16, num_classes=len(CLASSES), depth=2, in_context_start=1)
-    den = Denoiser(build_model(cfg), DiffusionConfig(), len(CLASSES))
-    with torch.no_grad():
-        for p in den.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return den.eval(), cfg, CLASSES, SamplerConfig(steps=STEPS), "tiny random JiT-T/4 (test model)"
-
-
-def _model():
+def _model(tiny):
     run = os.environ.get("JITKIT_DEMO_RUN")
     if not run:
-        return _tiny_model()
+        cfg = tiny.model_config(img_size=16, num_classes=len(CLASSES))
+        return tiny.denoiser(cfg), cfg, CLASSES, SamplerConfig(steps=STEPS), "tiny random JiT (test model)"
     from jitkit.checkpoint import load_denoiser
 
     den, rc, classes = load_denoiser(run, ema=os.environ.get("JITKIT_DEMO_EMA", "1"), device="cpu")
@@ -94,10 +83,10 @@ def browser_paths():
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tiny):
     from werkzeug.serving import make_server
 
-    den, cfg, classes, sampler, label = _model()
+    den, cfg, classes, sampler, label = _model(tiny)
     app = create_app(den, cfg, classes, sampler=sampler, source=label)
     srv = make_server("127.0.0.1", 0, app, threaded=True)
     th = threading.Thread(target=srv.serve_forever, daemon=True)

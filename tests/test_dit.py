@@ -73,3 +73,52 @@ def test_class_label_is_learned_within_a_short_budget():
     assert wrong > 1.2 * right, (
         f"the DiT ignores its class label: ε-MSE {right:.4f} (right) vs {wrong:.4f} (wrong)"
     )
+
+
+def test_dit_config_rejects_unknown_keys_and_coerces_strings():
+    from jitkit.config import ConfigError
+
+    cfg = DiTConfig().replace(hidden_size="32", null_class="true", class_init_std="0.5")
+    assert (cfg.hidden_size, cfg.null_class, cfg.class_init_std) == (32, True, 0.5)
+    assert DiTConfig.from_dict(cfg.to_dict()) == cfg
+    assert DiT(cfg).cfg == cfg and DiT(depth="2").cfg.depth == 2
+    with pytest.raises(ConfigError, match="unknown DiTConfig key 'hidden'.*did you mean 'hidden_size'"):
+        DiT(hidden=32)
+    with pytest.raises(ConfigError, match="num_heads must be >= 1, found 0"):
+        DiTConfig().replace(num_heads=0)
+    with pytest.raises(ConfigError, match="class_init_std must be > 0"):
+        DiTConfig().replace(class_init_std=0.0)
+
+
+def test_initialisation_draws_in_dits_order():
+    """The shared init (``init_adaln_zero``) draws its random numbers in the order DiT's own code did, so a
+    seed still gives the same weights; the sequence below is DiT's initialize_weights written out."""
+    from jitkit.models.layers import sincos_2d
+
+    m = DiT(hidden_size=32, depth=2, num_heads=2, null_class=True, class_init_std=0.7)
+    torch.manual_seed(3)
+    m.initialize_weights()
+    got = {k: v.clone() for k, v in m.state_dict().items()}
+
+    torch.manual_seed(3)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(mod.weight)
+            torch.nn.init.zeros_(mod.bias)
+    m.pos_embed.data.copy_(sincos_2d(32, m.cfg.grid_size).unsqueeze(0))
+    w = m.x_embedder.weight.data
+    torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    torch.nn.init.zeros_(m.x_embedder.bias)
+    torch.nn.init.normal_(m.y_embedder.weight, std=0.7)
+    torch.nn.init.normal_(m.t_mlp[0].weight, std=0.02)
+    torch.nn.init.normal_(m.t_mlp[2].weight, std=0.02)
+    zero = [b.adaLN_modulation[-1] for b in m.blocks]
+    for lin in zero + [m.final_layer.adaLN_modulation[-1], m.final_layer.linear]:
+        torch.nn.init.zeros_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+    want = m.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in got), [
+        k for k in got if not torch.equal(got[k], want[k])
+    ]
+    assert want["final_layer.linear.weight"].abs().sum() == 0 and want["y_embedder.weight"].std() > 0.5

@@ -175,3 +175,22 @@ def test_weights_into_another_architecture_name_both_configs(run):
     msg = str(e.value)
     assert "net.pos_embed" in msg and "[1, 64, 96]" in msg and "[1, 256, 96]" in msg
     assert "img_size" in msg and "32" in msg and "64" in msg
+
+
+def test_a_folder_records_the_precision_that_ran(run, tmp_path, capsys):
+    r, out = run / "run", tmp_path / "s"
+    base = ["sample", str(r), "--classes", "1", "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(base) == 0  # --precision auto: fp32 on the CPU
+    assert json.loads((out / "sample_meta.json").read_text())["precision"] == "fp32"
+    capsys.readouterr()
+    assert main([*base, "--precision", "fp32"]) == 0  # the same request under its explicit name
+    assert "skipped 1 already written" in capsys.readouterr().err
+    assert main([*base, "--precision", "bf16"]) == 2
+    assert "precision: folder has 'fp32', now 'bf16'" in capsys.readouterr().err
+
+
+def test_the_cli_offers_the_runtime_precisions():
+    from jitkit.cli.sample import PRECISIONS
+    from jitkit.runtime import PRECISIONS as RUNTIME_PRECISIONS
+
+    assert PRECISIONS == tuple(RUNTIME_PRECISIONS)

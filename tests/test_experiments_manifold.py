@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from jitkit.cli import main
-from jitkit.experiments.manifold import ManifoldConfig, StackedMLP, euler_sample, quick_config, v_loss
+from jitkit.config import ConfigError
+from jitkit.experiments.manifold import (
+    ManifoldConfig,
+    StackedMLP,
+    euler_sample,
+    quick_config,
+    replot_manifold,
+    v_loss,
+)
 
 
 def _batch(D=5, B=64, seed=0):
@@ -42,6 +50,21 @@ def test_t_eps_that_would_clamp_is_rejected():
         ManifoldConfig(t_eps=0.05).validate()
     with pytest.raises(ValueError, match="preds"):
         ManifoldConfig(preds=("x", "score")).validate()
+
+
+def test_manifold_config_rejects_unknown_keys_and_coerces_strings():
+    cfg = ManifoldConfig().replace(dims="2, 8,16", preds="x,v", epochs="5", noise="0.25")
+    assert (cfg.dims, cfg.preds, cfg.epochs, cfg.noise) == ((2, 8, 16), ("x", "v"), 5, 0.25)
+    assert cfg.to_dict()["dims"] == [2, 8, 16]
+    assert ManifoldConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown ManifoldConfig key 'dim'.*did you mean 'dims'"):
+        ManifoldConfig.from_dict({"dim": [2]})
+    with pytest.raises(ConfigError, match="n_heldout must be >= 1, found 0"):
+        quick_config(n_heldout=0)
+    with pytest.raises(ConfigError, match="noise must be >= 0, found -0.1"):
+        quick_config(noise=-0.1)
+    with pytest.raises(ConfigError, match="dims: expected an integer, found 'a'"):
+        quick_config(dims="2,a")
 
 
 def test_stacked_models_are_independent():
@@ -90,9 +113,19 @@ def test_quick_manifold_cli_writes_every_file(tmp_path):
             assert len(res["loss_history"][f"D{D}_{p}"]) == cfg.epochs
     report = (out / "report.md").read_text()
     assert "manifold.png" in report and "| 16 |" in report
+    (out / "manifold.png").unlink()
+    assert replot_manifold(out) == out / "manifold.png" and (out / "manifold.png").stat().st_size > 0
 
 
 def test_bad_cli_input_is_explained(tmp_path, capsys):
     rc = main(["experiment", "manifold", "--quick", "--out", str(tmp_path), "--dims", "1,4"])
     assert rc == 2
-    assert "dims" in capsys.readouterr().err
+    assert "--dims must be ambient dimensions >= 2, found [1, 4]" in capsys.readouterr().err
+    # a field under another flag name is reported by its flag
+    assert main(["experiment", "manifold", "--quick", "--out", str(tmp_path), "--samples", "0"]) == 2
+    assert "--samples must be >= 1, found 0" in capsys.readouterr().err
+    assert (
+        main(["experiment", "shapes", "--quick", "--out", str(tmp_path), "--runs", "jit_long", "--no-long"])
+        == 2
+    )
+    assert "--runs must be a non-empty subset" in capsys.readouterr().err

@@ -1,9 +1,11 @@
 import json
+import math
 
 import pytest
 import torch
 
 from jitkit.cli import main
+from jitkit.config import ConfigError
 from jitkit.experiments.shapes_study import DiTDDPM, JiTFlow, ShapesStudyConfig, fit, quick_config
 
 
@@ -26,7 +28,7 @@ def test_fit_decreases_the_loss_on_a_tiny_set():
     imgs = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     imgs[:, :, :8] = 0  # structure to learn
     labels = torch.arange(32) % 16
-    res, _ = fit(
+    res, opt = fit(
         model,
         imgs,
         labels,
@@ -40,6 +42,11 @@ def test_fit_decreases_the_loss_on_a_tiny_set():
     )
     assert res.steps == 12
     assert res.epoch_losses[-1] < res.epoch_losses[0]
+    # the study's AdamW, left at the cosine's value for the last step (11 of 12)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert opt.param_groups[0]["lr"] == pytest.approx(
+        3e-3 * 0.5 * (1 + math.cos(math.pi * 11 / 12)), rel=1e-12
+    )
     with pytest.raises(ValueError, match="batch_size"):
         fit(
             model,
@@ -53,6 +60,65 @@ def test_fit_decreases_the_loss_on_a_tiny_set():
             seed=0,
             progress=False,
         )
+
+
+@pytest.mark.parametrize("steps_per_epoch,epochs", [(25, 30), (2, 2), (7, 3), (1, 1)])
+def test_library_cosine_equals_the_studys_per_step_cosine(steps_per_epoch, epochs):
+    """``fit`` sets ``lr_at(step / steps_per_epoch, …)`` (cosine, no warm-up): the study's
+    lr·½(1 + cos(π·step/total_steps))."""
+    from jitkit.train.schedule import lr_at
+
+    lr, total = 5e-4, steps_per_epoch * epochs
+    for step in range(total):
+        study = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        got = lr_at(step / steps_per_epoch, lr, warmup_epochs=0, epochs=epochs, schedule="cosine")
+        assert got == pytest.approx(study, rel=1e-12, abs=1e-20), step
+
+
+def test_jit_samples_equal_the_sampler_driven_by_hand():
+    """JiTFlow samples through ``sample_denoiser``: the same images and trajectory as ``sample`` given the
+    Denoiser's v-prediction, null class and t_eps by hand (the study's code before it used the library)."""
+    from jitkit.diffusion.sampling import Trajectory, sample
+
+    cfg = quick_config()
+    torch.manual_seed(0)
+    flow = JiTFlow(cfg)
+    with torch.no_grad():
+        for p in flow.net.parameters():  # the zero-initialised output layer would make every x̂ = 0
+            p.normal_(0.0, 0.05)
+    noise = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 5, 15])
+    frames: list = []
+    got = flow.generate(noise, y, seed=0, frames=frames)
+    traj = Trajectory()
+    with torch.no_grad():
+        want = sample(
+            lambda z, t, yy: flow.denoiser.predict(z, t, yy, kind="v"),
+            noise,
+            y,
+            flow.sampler,
+            flow.denoiser.null_class,
+            t_eps=flow.denoiser.cfg.t_eps,
+            trajectory=traj,
+        )
+    assert torch.equal(got, want)
+    assert len(frames) == len(traj.x) + 1
+    assert all(torch.equal(f[1], z) and torch.equal(f[2], x) for f, z, x in zip(frames, traj.z, traj.x))
+
+
+def test_study_config_rejects_unknown_keys_and_coerces_strings():
+    cfg = ShapesStudyConfig().replace(epochs="7", runs="dit,jit", hflip="false", lr="1e-3")
+    assert (cfg.epochs, cfg.runs, cfg.hflip, cfg.lr) == (7, ("dit", "jit"), False, 1e-3)
+    assert ShapesStudyConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown ShapesStudyConfig key 'epoch'.*did you mean 'epochs'"):
+        ShapesStudyConfig().replace(epoch=3)
+    with pytest.raises(ConfigError, match="ddpm_T must be >= 1, found 0"):
+        quick_config(ddpm_T=0)
+    with pytest.raises(ConfigError, match="runs must be a non-empty subset"):
+        quick_config(runs="dit,sd")
+    with pytest.raises(ConfigError, match="long_check_every must be >= 1, found 0"):
+        quick_config(long_check_every=0)
+    quick_config(runs="dit", long_check_every=0)  # (c)'s knobs only matter when (c) runs
 
 
 def test_quick_shapes_cli_writes_every_file(tmp_path):

@@ -1,4 +1,5 @@
-"""AdamWEMA: AdamW and both EMA updates in one pass must equal torch's AdamW followed by EMA.update."""
+"""The optimiser: parameter groups, the factory's implementations, and AdamWEMA (AdamW and both EMA updates
+in one pass), which must equal torch's AdamW followed by EMA.update."""
 
 from __future__ import annotations
 
@@ -7,8 +8,46 @@ import torch
 from torch import nn
 
 from jitkit.train.ema import EMA
-from jitkit.train.engine import param_groups
-from jitkit.train.optim import AdamWEMA, adamw_ema_kernel
+from jitkit.train.optim import AdamWEMA, adamw_ema_kernel, make_optimizer, param_groups
+
+
+def test_weight_decay_groups_skip_biases_and_vectors():
+    m = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    assert len(param_groups(m, 0.0)) == 1
+    decay, no_decay = param_groups(m, 0.05)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach", "loop"])
+def test_make_optimizer_implementations_take_the_same_step(impl: str) -> None:
+    """fused, foreach and loop are one AdamW: the same weights after a step, within float rounding."""
+    torch.manual_seed(0)
+    ref, m = nn.Linear(4, 3), nn.Linear(4, 3)
+    m.load_state_dict(ref.state_dict())
+    w0 = ref.weight.detach().clone()
+    x = torch.randn(5, 4)
+    opts = []
+    for kind, model in (("loop", ref), (impl, m)):
+        opt = make_optimizer(model, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05, impl=kind)
+        model(x).square().mean().backward()
+        opt.step()
+        opts.append(opt)
+    want = {"fused": (True, False), "foreach": (False, True), "loop": (False, False)}[impl]
+    assert (bool(opts[1].defaults["fused"]), bool(opts[1].defaults["foreach"])) == want
+    assert not torch.equal(ref.weight, w0)  # the step moved the weights
+    torch.testing.assert_close(m.weight, ref.weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m.bias, ref.bias, rtol=1e-6, atol=1e-7)
+
+
+def test_make_optimizer_rejects_unknown_impl_and_fused_ema_without_ema() -> None:
+    m = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="fused, foreach, loop, fused-ema.*'adam'"):
+        make_optimizer(m, lr=1e-3, impl="adam")
+    with pytest.raises(ValueError, match="needs the EMA"):
+        make_optimizer(m, lr=1e-3, impl="fused-ema")
+    opt = make_optimizer(m, lr=1e-3, impl="fused-ema", ema=EMA(m))
+    assert isinstance(opt, AdamWEMA) and opt.updates_ema
 
 
 class _Toy(nn.Module):

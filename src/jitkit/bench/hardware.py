@@ -1,4 +1,4 @@
-"""What the benchmark runs on: device choice and names, the measured dense GEMM peak, peak memory.
+"""What the benchmark runs on: device names, the measured dense GEMM peak, peak memory.
 
 Peak memory:
 * CUDA: ``torch.cuda.max_memory_allocated`` growth over the baseline (peak stats reset at the baseline).
@@ -13,7 +13,6 @@ Peak memory:
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import sys
@@ -23,33 +22,7 @@ from collections.abc import Callable
 import torch
 
 from jitkit.models.linear import onednn_available, onednn_product
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → cuda, else mps, else cpu; anything else must be available or a ValueError says why."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available here (try --device cpu)")
-    if dev.type == "mps" and not (
-        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    ):
-        raise ValueError(f"device {device!r} was requested but MPS is not available here (try --device cpu)")
-    return dev
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+from jitkit.runtime import synchronize
 
 
 def cpu_name() -> str:
@@ -85,9 +58,9 @@ def retain_freed_memory() -> str:
     """Keep memory that the process frees instead of handing it back to the kernel (glibc only; else a no-op).
 
     glibc maps large blocks fresh and trims the heap on free, so a buffer allocated again after a free pays
-    page faults: the 16 MiB output of each GEMM probe after a training phase took 4,000–6,000 faults and ran at
-    ~60 % of its speed (the probes of one run fell from 430 to 250 GFLOP/s while the forward passes they were
-    paired with did not slow down). Benchmarks call this first, for every side alike. Returns what was done.
+    page faults: the output of each GEMM probe after a training phase is faulted in afresh, which slows the
+    probe and skews the paired MFU (measured in ``benchmarks/README.md``, "Measurement fix"). Benchmarks call
+    this first, for every side alike. Returns what was done.
     """
     if not sys.platform.startswith("linux"):
         return "default"
@@ -108,8 +81,9 @@ def _gemm_timer(
     warm-up call; ``work`` = 2·n³ FLOPs. n defaults to 2048 on CPUs and 8192 on GPUs.
 
     On a CPU in float32 the product runs on the faster of torch's two GEMMs, ``torch.mm`` (MKL) and oneDNN
-    (the kernel of :mod:`jitkit.models.linear`; on AMD CPUs MKL runs its AVX2 code and oneDNN twice as fast),
-    so that an MFU against it is against the best dense float32 product this process can run.
+    (the kernel of :mod:`jitkit.models.linear`; which one wins depends on the CPU, see
+    ``benchmarks/README.md``), so that an MFU against it is against the best dense float32 product this
+    process can run.
     """
     if n is None:
         n = 2048 if device.type == "cpu" else 8192
@@ -263,11 +237,3 @@ class PeakMemory:
 def _ru_maxrss_bytes() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(r) if sys.platform == "darwin" else float(r) * 1024.0
-
-
-def threads_in_use() -> int:
-    return torch.get_num_threads()
-
-
-def logical_cpus() -> int:
-    return os.cpu_count() or 1

@@ -3,24 +3,26 @@
 A configuration (:class:`BenchSettings`) is measured by :func:`run_config`:
 
 * **train**: one timed step = ``Denoiser.loss`` (label drop, t ~ logit-normal, noise, z_t, v-loss) +
-  backward + AdamW (fused / foreach / per-tensor loop) + the two EMAs, on a batch that lives in memory, so
-  the model (not data loading) is what is timed. No ``.item()`` inside the step; the device is synchronised
-  once per timed step.
+  backward + AdamW (:func:`jitkit.train.optim.make_optimizer`: fused / foreach / per-tensor loop /
+  fused-ema) + the two EMAs, on a batch that lives in memory, so the model (not data loading) is what is
+  timed. No ``.item()`` inside the step; the device is synchronised once per timed step.
 * **forward**: the network alone under ``torch.no_grad`` (eval mode) on a batch of noisy images.
-* **sample**: a full Heun sampler run with ``sample_steps`` steps and CFG ``cfg`` on the interval
-  [0.1, 1] (batched conditional/unconditional passes; unconditional pass skipped where the scale is 1).
+* **sample**: a full Heun run of :func:`jitkit.diffusion.generate.sample_denoiser` with ``sample_steps``
+  steps and CFG ``cfg`` on the interval [0.1, 1] (batched conditional/unconditional passes; unconditional
+  pass skipped where the scale is 1).
 
-Warm-up iterations are excluded; ``repeats`` timed iterations give a median (reported as the img/s) and
-a best. FLOPs come from :mod:`jitkit.bench.flops`. MFU = achieved FLOP/s ÷ the dense GEMM throughput in the
-same dtype on the same device, paired: a short GEMM probe (:func:`jitkit.bench.hardware.gemm_probe`) runs
-just before every timed repeat and each repeat is divided by its own probe (median reported), so drift of the
-machine's speed does not enter the ratio. ``mfu_*_vs_best_peak`` divides by the best call of a separate
-2-second peak measurement (:func:`jitkit.bench.hardware.gemm_peak`) instead.
+The "before" variants that some settings select (``ema=loop|lerp``, ``cfg_mode=separate``) live in
+:mod:`jitkit.bench.variants`. Warm-up iterations are excluded; ``repeats`` timed iterations give a median
+(reported as the img/s) and a best. FLOPs come from :mod:`jitkit.bench.flops`. MFU = achieved FLOP/s ÷ the
+dense GEMM throughput in the same precision on the same device, paired: a short GEMM probe
+(:func:`jitkit.bench.hardware.gemm_probe`) runs just before every timed repeat and each repeat is divided by
+its own probe (median reported), so drift of the machine's speed does not enter the ratio.
+``mfu_*_vs_best_peak`` divides by the best call of a separate 2-second peak measurement
+(:func:`jitkit.bench.hardware.gemm_peak`) instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -28,46 +30,51 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from jitkit.bench.flops import flops_per_image
 from jitkit.bench.hardware import (
-    DTYPES,
     PeakMemory,
     configure_backends,
     cpu_name,
     device_name,
     gemm_peak,
     gemm_probe,
-    resolve_device,
     retain_freed_memory,
-    synchronize,
 )
-from jitkit.config import DiffusionConfig, ModelConfig, SamplerConfig, model_config
+from jitkit.bench.variants import LerpEMA, LoopEMA, sample_separate_cfg
+from jitkit.config import ConfigBase, ConfigError, DiffusionConfig, ModelConfig, SamplerConfig, model_config
+from jitkit.diffusion.generate import sample_denoiser
 from jitkit.models.linear import BACKENDS, cpu_linear_backend, use_cpu_linear
+from jitkit.runtime import PRECISIONS, amp_dtype, autocast, resolve_device, resolve_precision, synchronize
+from jitkit.train.ema import EMA
+from jitkit.train.optim import OPTIMIZER_IMPLS, make_optimizer
 
 MODES = ("train", "forward", "sample", "all")
-OPTIMS = ("fused", "foreach", "loop", "fused-ema")
+OPTIMS = OPTIMIZER_IMPLS  # fused | foreach | loop | fused-ema (jitkit.train.optim)
 EMAS = ("foreach", "lerp", "loop", "none")
 MEMORY = ("auto", "inprocess", "subprocess", "off")
 CFG_MODES = ("batched", "separate")
 CLOCKS = ("wall", "cpu")
 CPU_LINEAR = BACKENDS  # auto | onednn | aten (jitkit.models.linear)
 SAMPLE_INTERVAL = (0.1, 1.0)
+# the timed AdamW: the reference's betas, no weight decay (the learning rate does not change the cost)
+ADAMW = {"lr": 1e-4, "betas": (0.9, 0.95), "weight_decay": 0.0}
 
 
 @dataclass(frozen=True)
-class BenchSettings:
-    """One configuration to measure. ``img_size``/``num_classes`` None = the model's registered default."""
+class BenchSettings(ConfigBase):
+    """One configuration to measure. ``img_size``/``num_classes`` None = the model's registered default;
+    ``precision`` auto | fp32 | bf16 | fp16 (:func:`jitkit.runtime.resolve_precision`)."""
 
     model: str = "JiT-B/16"
     img_size: int | None = None
     batch_size: int = 2
     device: str = "auto"
-    dtype: str = "fp32"
+    precision: str = "fp32"
     mode: str = "all"
     sample_steps: int = 50
     sample_batch_size: int | None = None
@@ -95,30 +102,23 @@ class BenchSettings:
 
     def validate(self) -> None:
         if not self.modes() or any(m not in MODES[:3] for m in self.modes()):
-            raise ValueError(
+            raise ConfigError(
                 f"mode must be one of {MODES} or a comma list like train,forward; found {self.mode!r}"
             )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, found {self.dtype!r}")
-        if self.optim not in OPTIMS:
-            raise ValueError(f"optim must be one of {OPTIMS}, found {self.optim!r}")
-        if self.ema not in EMAS:
-            raise ValueError(f"ema must be one of {EMAS}, found {self.ema!r}")
-        if self.cfg_mode not in CFG_MODES:
-            raise ValueError(f"cfg_mode must be one of {CFG_MODES}, found {self.cfg_mode!r}")
-        if self.clock not in CLOCKS:
-            raise ValueError(f"clock must be one of {CLOCKS}, found {self.clock!r}")
-        if self.cpu_linear not in CPU_LINEAR:
-            raise ValueError(f"cpu_linear must be one of {CPU_LINEAR}, found {self.cpu_linear!r}")
-        if self.memory not in MEMORY:
-            raise ValueError(f"memory must be one of {MEMORY}, found {self.memory!r}")
-        for name in ("batch_size", "sample_steps", "repeats", "sample_repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, found {self.warmup}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, found {self.threads}")
+        choices = {
+            "precision": PRECISIONS,
+            "optim": OPTIMS,
+            "ema": EMAS,
+            "cfg_mode": CFG_MODES,
+            "clock": CLOCKS,
+            "cpu_linear": CPU_LINEAR,
+            "memory": MEMORY,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, found {getattr(self, name)!r}")
+        self.check_at_least(1, "batch_size", "sample_steps", "repeats", "sample_repeats", "threads")
+        self.check_at_least(0, "warmup")
         self.model_config().validate()
 
     def modes(self) -> tuple[str, ...]:
@@ -134,26 +134,10 @@ class BenchSettings:
             kw["num_classes"] = self.num_classes
         return model_config(self.model, **kw)
 
-    def with_value(self, key: str, value: str) -> BenchSettings:
-        """A copy with one field set from a string (``--compare key=a,b``); booleans accept 0/1."""
-        types = {f.name: f.type for f in fields(self)}
-        if key not in types:
-            raise ValueError(f"unknown setting {key!r} to compare; choose from {', '.join(sorted(types))}")
-        t = str(types[key])
-        try:
-            if t.startswith("bool"):
-                if value.lower() not in ("0", "1", "true", "false", "on", "off"):
-                    raise ValueError
-                v: Any = value.lower() in ("1", "true", "on")
-            elif t.startswith("int"):
-                v = None if value.lower() == "none" else int(value)
-            elif t.startswith("float"):
-                v = float(value)
-            else:
-                v = value
-        except ValueError:
-            raise ValueError(f"setting {key} expects a value of type {t}, found {value!r}") from None
-        return replace(self, **{key: v})
+    def with_value(self, key: str, text: str) -> BenchSettings:
+        """A copy with one setting given as text (a compared value: ``"1"``, ``"none"``, ``"8"``), coerced to
+        the setting's type by :meth:`ConfigBase.replace`; a ``ConfigError`` names the setting otherwise."""
+        return self.replace(**{key: text})
 
 
 QUICK = {
@@ -168,12 +152,6 @@ QUICK = {
 
 
 # --- building pieces -----------------------------------------------------------------------------------------
-
-
-def autocast_ctx(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
 def build_denoiser(s: BenchSettings, device: torch.device) -> torch.nn.Module:
@@ -198,74 +176,18 @@ def fuses_ema(s: BenchSettings) -> bool:
     return s.compile and s.optim == "fused" and s.ema == "foreach"
 
 
-def make_optimizer(
-    params: list[torch.nn.Parameter], kind: str, device: torch.device, model: torch.nn.Module | None = None
-) -> torch.optim.Optimizer:
-    """AdamW(β = 0.9, 0.95, wd 0) as in the reference: ``fused`` (one kernel per step where torch has it for
-    the device, else foreach), ``foreach`` (multi-tensor), ``loop`` (per-tensor, torch's CPU default) or
-    ``fused-ema`` (:class:`jitkit.train.optim.AdamWEMA` over ``model``, which also owns the two EMAs: the
-    caller then makes none)."""
-    kw = {"lr": 1e-4, "betas": (0.9, 0.95), "weight_decay": 0.0}
-    if kind == "fused-ema":
-        from jitkit.models.registry import compiler_available
-        from jitkit.train.ema import EMA
-        from jitkit.train.optim import AdamWEMA
-
-        ok, why = compiler_available(device)
-        if not ok:
-            raise ValueError(f"the compiled AdamW + EMA step needs torch.compile on {device.type}: {why}")
-        if model is None:
-            raise ValueError("optim 'fused-ema' needs the model (its EMAs are updated in the optimiser step)")
-        return AdamWEMA(params, ema=EMA(model), model=model, **kw)
-    if kind == "fused":
-        try:
-            return torch.optim.AdamW(params, fused=True, **kw)
-        except (RuntimeError, ValueError):  # no fused kernel for this device/dtype
-            return torch.optim.AdamW(params, foreach=True, **kw)
-    return torch.optim.AdamW(params, foreach=(kind == "foreach"), **kw)
-
-
-class _LoopEMA:
-    """The reference's EMA: per-tensor ema ← d·ema + (1 − d)·p, two decays (for before/after timings)."""
-
-    def __init__(self, model: torch.nn.Module, decays: tuple[float, ...] = (0.9999, 0.9996)) -> None:
-        self.decays = decays
-        self.shadows = [[p.detach().clone() for p in model.parameters()] for _ in decays]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        params = list(model.parameters())
-        for d, shadow in zip(self.decays, self.shadows):
-            for e, p in zip(shadow, params):
-                e.mul_(d).add_(p, alpha=1 - d)
-
-
-class _ForeachEMA(_LoopEMA):
-    """ema ← ema + (1 − d)·(p − ema) with one ``torch._foreach_lerp_`` per decay (no temporaries)."""
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        params = [p.detach() for p in model.parameters()]
-        for d, shadow in zip(self.decays, self.shadows):
-            torch._foreach_lerp_(shadow, params, 1 - d)
-
-
-def make_ema(model: torch.nn.Module, kind: str) -> Any:
-    """``foreach``: the training engine's :class:`jitkit.train.ema.EMA` (torch._foreach ops), or the local
-    ``lerp`` one if the train package is absent; ``lerp``: one ``torch._foreach_lerp_`` per decay;
-    ``loop``: the reference's per-tensor mul_/add_."""
+def make_ema(model: torch.nn.Module, kind: str) -> EMA | LoopEMA | None:
+    """``foreach``: the library's :class:`jitkit.train.ema.EMA`; ``lerp`` / ``loop``: the "before" variants
+    of :mod:`jitkit.bench.variants`; ``none``: no EMA."""
     if kind == "none":
         return None
     if kind == "loop":
-        return _LoopEMA(model)
+        return LoopEMA(model)
     if kind == "lerp":
-        return _ForeachEMA(model)
-    try:
-        from jitkit.train.ema import EMA
-
+        return LerpEMA(model)
+    if kind == "foreach":
         return EMA(model)
-    except Exception:  # the train package not present, or another signature
-        return _ForeachEMA(model)
+    raise ValueError(f"ema must be one of {EMAS}, found {kind!r}")
 
 
 def _timed(fn: Callable[[], Any], device: torch.device, clock: str = "wall") -> float:
@@ -311,6 +233,7 @@ def prepare_train(
     and the batch are the baseline) over ``max(warmup, 2)`` steps run here (the second step is the first with
     the AdamW moments allocated during its forward and backward).
     """
+    precision = resolve_precision(s.precision, device)
     den = build_denoiser(s, device)
     den.train()
     mc = s.model_config()
@@ -321,12 +244,20 @@ def prepare_train(
     y = torch.randint(0, mc.num_classes, (s.batch_size,), generator=g).to(device)
     if mem is not None:
         mem.start()
-    kind = "fused-ema" if fuses_ema(s) else s.optim  # fused-ema: the engine's compiled AdamW + EMA step
-    opt = make_optimizer([p for p in den.parameters() if p.requires_grad], kind, device, model=den)
-    ema = None if getattr(opt, "updates_ema", False) else make_ema(den, s.ema)
+    fused_ema = None
+    if fuses_ema(s):  # the engine's compiled AdamW + EMA step: the optimiser owns and updates the EMAs
+        from jitkit.models.registry import compiler_available
+
+        ok, why = compiler_available(device)
+        if not ok:
+            raise ValueError(f"the compiled AdamW + EMA step needs torch.compile on {device.type}: {why}")
+        fused_ema = EMA(den)
+    impl = "fused-ema" if fused_ema is not None else s.optim
+    opt = make_optimizer(den, impl=impl, ema=fused_ema, **ADAMW)
+    ema = None if fused_ema is not None else make_ema(den, s.ema)
 
     def step() -> None:
-        with autocast_ctx(device, s.dtype):
+        with autocast(device, precision):
             loss = den.loss(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,7 +272,7 @@ def prepare_train(
     info: dict[str, Any] = {
         "optimizer": {k: opt.defaults.get(k) for k in ("fused", "foreach")} | {"class": type(opt).__name__},
         "ema": "in the optimiser step (AdamWEMA)"
-        if getattr(opt, "updates_ema", False)
+        if fused_ema is not None
         else (None if ema is None else f"{type(ema).__module__}.{type(ema).__name__}"),
     }
     _set_threads(s)
@@ -358,6 +289,7 @@ def prepare_train(
 
 def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None]:
     """The network alone, eval mode, no grad, on a batch of noisy images."""
+    precision = resolve_precision(s.precision, device)
     den = build_denoiser(s, device).eval()
     mc = s.model_config()
     g = torch.Generator(device="cpu").manual_seed(s.seed + 1)
@@ -368,7 +300,7 @@ def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None
     y = torch.randint(0, mc.num_classes, (s.batch_size,), generator=g).to(device)
 
     def fwd() -> None:
-        with torch.no_grad(), autocast_ctx(device, s.dtype):
+        with torch.no_grad(), autocast(device, precision):
             den.net(z, t, y)
 
     _set_threads(s)
@@ -378,9 +310,11 @@ def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None
 
 
 def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[], None], dict[str, Any]]:
-    """A full Heun run (``sample_steps``, CFG ``cfg`` on [0.1, 1]) with the library sampler."""
-    from jitkit.diffusion.sampling import initial_noise, network_evaluations, sample
+    """A full Heun run (``sample_steps``, CFG ``cfg`` on [0.1, 1]) of the library sampler, or with
+    ``cfg_mode="separate"`` of :func:`jitkit.bench.variants.sample_separate_cfg`."""
+    from jitkit.diffusion.sampling import initial_noise, network_evaluations
 
+    precision = resolve_precision(s.precision, device)
     den = build_denoiser(s, device).eval()
     mc = s.model_config()
     B = s.sample_batch_size or s.batch_size
@@ -388,69 +322,33 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
     g = torch.Generator(device="cpu").manual_seed(s.seed + 2)
     y = torch.randint(0, mc.num_classes, (B,), generator=g).to(device)
     z0 = initial_noise(B, (mc.in_channels, mc.img_size, mc.img_size), 1.0, seed=s.seed, device=device)
-
-    def velocity(z: torch.Tensor, t: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-        with autocast_ctx(device, s.dtype):
-            return den.predict(z, t, yy, kind="v")
+    sampler = sample_denoiser if s.cfg_mode == "batched" else sample_separate_cfg
 
     def run() -> None:
-        if s.cfg_mode == "batched":
-            sample(velocity, z0, y, scfg, mc.num_classes, t_eps=den.cfg.t_eps)
-        else:
-            sample_separate_cfg(velocity, z0, y, scfg, mc.num_classes)
+        sampler(den, z0, y, scfg, precision=precision)
 
     _set_threads(s)
     if s.warmup:  # one short run warms the kernels up (a full run would double the cost)
         short = SamplerConfig(method="heun", steps=2, cfg=s.cfg, interval=SAMPLE_INTERVAL)
-        sample(velocity, z0, y, short, mc.num_classes, t_eps=den.cfg.t_eps)
+        sample_denoiser(den, z0, y, short, precision=precision)
     evals = network_evaluations(scfg)
     return run, {"batch_size": B, "network_evaluations": evals, "cfg_mode": s.cfg_mode}
-
-
-def sample_separate_cfg(
-    velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    z0: torch.Tensor,
-    y: torch.Tensor,
-    cfg: SamplerConfig,
-    null_class: int,
-) -> torch.Tensor:
-    """The "before" of batched CFG: Heun where every velocity is two separate forwards (conditional, then
-    unconditional), also where the guidance scale is 1 — the reference's way, for ``--compare
-    cfg_mode=separate,batched``. Same result as :func:`jitkit.diffusion.sampling.sample`."""
-    from jitkit.diffusion.sampling import guidance_scale
-
-    B = z0.shape[0]
-    ts = torch.linspace(0.0, 1.0, cfg.steps + 1).tolist()
-    y_null = torch.full_like(y, null_class)
-
-    def vel(z: torch.Tensor, t: float) -> torch.Tensor:
-        tt = torch.full((B,), t, device=z.device, dtype=z.dtype)
-        v_c, v_u = velocity(z, tt, y), velocity(z, tt, y_null)
-        return v_u + guidance_scale(t, cfg.cfg, cfg.interval) * (v_c - v_u)
-
-    z = z0
-    with torch.no_grad():
-        for k in range(cfg.steps):
-            dt = ts[k + 1] - ts[k]
-            v1 = vel(z, ts[k])
-            if k < cfg.steps - 1:
-                z = z + dt * 0.5 * (v1 + vel(z + dt * v1, ts[k + 1]))
-            else:
-                z = z + dt * v1
-    return z
 
 
 # --- configurations ------------------------------------------------------------------------------------------
 
 
-def settings_record(s: BenchSettings, device: torch.device) -> dict[str, Any]:
+def settings_record(s: BenchSettings, device: torch.device, precision: str) -> dict[str, Any]:
+    """Every setting of ``s`` with the defaults resolved (``precision`` as asked for and, in
+    ``precision_resolved``, as run), and the machine: torch, Python, CPU and device names."""
     mc = s.model_config()
-    rec = asdict(s)
+    rec = s.to_dict()
     rec.update(
         {
             "img_size": mc.img_size,
             "num_classes": mc.num_classes,
             "device": str(device),
+            "precision_resolved": precision,
             "threads": s.threads if s.threads is not None else torch.get_num_threads(),
             "torch": torch.__version__,
             # the float32 CPU linear backend the layers ran on (auto resolved); "-" off the CPU
@@ -469,42 +367,32 @@ def settings_record(s: BenchSettings, device: torch.device) -> dict[str, Any]:
 
 def memory_in_subprocess(s: BenchSettings) -> dict[str, Any]:
     """Peak training-step memory of ``s`` measured in a fresh Python process (robust RSS baseline)."""
-    probe = replace(s, mode="train", warmup=2, repeats=1, memory="inprocess")
-    cmd = [sys.executable, "-m", "jitkit.bench.runner", json.dumps(asdict(probe))]
+    probe = s.replace(mode="train", warmup=2, repeats=1, memory="inprocess")
+    cmd = [sys.executable, "-m", "jitkit.bench.runner", json.dumps(probe.to_dict())]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"memory probe failed ({' '.join(cmd[:3])} …):\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def parse_compare(spec: str) -> tuple[str, list[str]]:
-    """``"attention=sdpa,math-fp32"`` → ("attention", ["sdpa", "math-fp32"])."""
-    if "=" not in spec:
-        raise ValueError(f"--compare expects KEY=a,b (e.g. attention=sdpa,math-fp32), found {spec!r}")
-    key, vals = spec.split("=", 1)
-    values = [v for v in vals.split(",") if v]
-    if len(values) < 2:
-        raise ValueError(f"--compare {key} needs at least two comma-separated values, found {vals!r}")
-    return key.strip().replace("-", "_"), values
-
-
 def _interleaved(
-    cases: list[tuple[BenchSettings, Callable[[], None]]], repeats: int, device: torch.device
+    cases: list[tuple[BenchSettings, str, Callable[[], None]]], repeats: int, device: torch.device
 ) -> tuple[list[list[float]], list[list[float]]]:
-    """Time every case ``repeats`` times, round-robin, so that load drift hits all variants alike.
+    """Time every case (settings, resolved precision, unit) ``repeats`` times, round-robin, so that load
+    drift hits all variants alike.
 
-    Before each timed call the case's GEMM probe (:func:`jitkit.bench.hardware.gemm_probe`, same dtype and
-    threads) measures the matmul throughput of that moment; returns (seconds, probe FLOP/s) per case.
+    Before each timed call the case's GEMM probe (:func:`jitkit.bench.hardware.gemm_probe`, same precision
+    and threads) measures the matmul throughput of that moment; returns (seconds, probe FLOP/s) per case.
     """
     times: list[list[float]] = [[] for _ in cases]
     peaks: list[list[float]] = [[] for _ in cases]
     probes: dict[tuple[str, int | None], Callable[[], float]] = {}
     for _ in range(repeats):
-        for i, (v, fn) in enumerate(cases):
+        for i, (v, precision, fn) in enumerate(cases):
             _set_threads(v)
-            key = (v.dtype, v.threads)
+            key = (precision, v.threads)
             if key not in probes:
-                probes[key] = gemm_probe(device, DTYPES[v.dtype], n=v.gemm_n)
+                probes[key] = gemm_probe(device, amp_dtype(precision), n=v.gemm_n)
             peaks[i].append(probes[key]())
             times[i].append(_timed(fn, device, v.clock))
     return times, peaks
@@ -515,53 +403,62 @@ def _paired_mfu(batch: int, flops_per_img: float, times: list[float], peaks: lis
     return statistics.median(batch * flops_per_img / t / p for t, p in zip(times, peaks))
 
 
+def _store_timings(
+    kind: str, results: list[dict[str, Any]], variants: list[BenchSettings], times: list, probe_peaks: list
+) -> None:
+    """Rates, probe FLOP/s and the paired MFU of the interleaved ``kind`` ("train" | "forward") runs."""
+    flops_key = "train_flops_per_img" if kind == "train" else "flops_per_img"
+    for r, v, ts, pk in zip(results, variants, times, probe_peaks):
+        d = r["details"].setdefault(kind, {})
+        d.update(_rates(v.batch_size, ts))
+        d["gemm_probe_flops"] = pk
+        r[f"mfu_{kind}"] = _paired_mfu(v.batch_size, r[flops_key], ts, pk)
+        r[f"{kind}_img_per_s"] = d["img_per_s"]
+
+
+def _empty_result(fl: dict[str, float], gemm: dict[str, Any]) -> dict[str, Any]:
+    none = ("train_img_per_s", "forward_img_per_s", "sample_img_per_s", "peak_mem_mib")
+    return {
+        **dict.fromkeys(none),
+        "flops_per_img": fl["forward"],
+        "train_flops_per_img": fl["train"],
+        **dict.fromkeys(
+            ("mfu", "mfu_train", "mfu_forward", "mfu_train_vs_best_peak", "mfu_forward_vs_best_peak")
+        ),
+        "gemm_peak_flops": gemm["flops"],
+        "peak_mem_kind": None,
+        "details": {"gemm": gemm},
+    }
+
+
 def run_bench(
     s: BenchSettings, compare: tuple[str, list[str]] | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Measure ``s`` and return one flat result, or with ``compare=(key, values)`` measure each variant in
     this process — timed repeats interleaved round-robin across the variants — and return
     ``{"compare": key, "values": [...], "variants": [results], "ratios": {value: {metric: ratio}}}``, the
-    ratios being over the first variant. The GEMM peak is measured once per dtype. Peak memory is measured
-    per variant over its warm-up steps; on CPU the variants of a comparison are measured in fresh processes
-    (see :mod:`jitkit.bench.hardware`)."""
+    ratios being over the first variant. The GEMM peak is measured once per precision. Peak memory is
+    measured per variant over its warm-up steps; on CPU the variants of a comparison are measured in fresh
+    processes (see :mod:`jitkit.bench.hardware`)."""
     s.validate()
     device = resolve_device(s.device)
     malloc = retain_freed_memory() if device.type == "cpu" else "default"
     load_start = _loadavg()
     variants = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
-    for v in variants:
-        v.validate()
+    precisions = [resolve_precision(v.precision, device) for v in variants]
     say = log or (lambda msg: None)
     peaks: dict[str, dict] = {}
-    for v in variants:
+    for v, precision in zip(variants, precisions):
         configure_backends(device, v.tf32)
-        if v.dtype not in peaks:
+        if precision not in peaks:
             _set_threads(v)
-            say(f"measuring the {v.dtype} GEMM peak on {device}")
-            peaks[v.dtype] = gemm_peak(
-                device, DTYPES[v.dtype], n=v.gemm_n, seconds=v.gemm_seconds, clock=v.clock
+            say(f"measuring the {precision} GEMM peak on {device}")
+            peaks[precision] = gemm_peak(
+                device, amp_dtype(precision), n=v.gemm_n, seconds=v.gemm_seconds, clock=v.clock
             )
-    results: list[dict[str, Any]] = []
-    for v in variants:
-        fl = flops_per_image(v.model_config())
-        results.append(
-            {
-                "train_img_per_s": None,
-                "forward_img_per_s": None,
-                "sample_img_per_s": None,
-                "peak_mem_mib": None,
-                "flops_per_img": fl["forward"],
-                "train_flops_per_img": fl["train"],
-                "mfu": None,
-                "mfu_train": None,
-                "mfu_forward": None,
-                "mfu_train_vs_best_peak": None,
-                "mfu_forward_vs_best_peak": None,
-                "gemm_peak_flops": peaks[v.dtype]["flops"],
-                "peak_mem_kind": None,
-                "details": {"gemm": peaks[v.dtype]},
-            }
-        )
+    results = [
+        _empty_result(flops_per_image(v.model_config()), peaks[p]) for v, p in zip(variants, precisions)
+    ]
     modes = s.modes()
     labels = ["" if compare is None else f"{compare[0]}={val}" for val in (compare[1] if compare else [""])]
 
@@ -579,16 +476,9 @@ def run_bench(
             results[i]["peak_mem_kind"] = info.pop("peak_mem_kind", None)
             results[i]["details"]["train"] = info
             subprocess_mem.append(not in_proc and v.memory != "off")
-            cases.append((v, fn))
+            cases.append((v, precisions[i], fn))
         say(f"train: {s.repeats} timed steps per variant")
-        times, probe_peaks = _interleaved(cases, s.repeats, device)
-        for i, (ts, pk) in enumerate(zip(times, probe_peaks)):
-            results[i]["details"]["train"].update(_rates(variants[i].batch_size, ts))
-            results[i]["details"]["train"]["gemm_probe_flops"] = pk
-            results[i]["mfu_train"] = _paired_mfu(
-                variants[i].batch_size, results[i]["train_flops_per_img"], ts, pk
-            )
-            results[i]["train_img_per_s"] = results[i]["details"]["train"]["img_per_s"]
+        _store_timings("train", results, variants, *_interleaved(cases, s.repeats, device))
         del cases
         for i, v in enumerate(variants):
             if subprocess_mem[i]:
@@ -600,25 +490,18 @@ def run_bench(
         cases = []
         for i, v in enumerate(variants):
             say(f"forward: preparing {labels[i]}".rstrip())
-            cases.append((v, prepare_forward(v, device)))
+            cases.append((v, precisions[i], prepare_forward(v, device)))
         say(f"forward: {s.repeats} timed passes per variant")
-        times, probe_peaks = _interleaved(cases, s.repeats, device)
-        for i, (ts, pk) in enumerate(zip(times, probe_peaks)):
-            results[i]["details"]["forward"] = _rates(variants[i].batch_size, ts)
-            results[i]["details"]["forward"]["gemm_probe_flops"] = pk
-            results[i]["mfu_forward"] = _paired_mfu(
-                variants[i].batch_size, results[i]["flops_per_img"], ts, pk
-            )
-            results[i]["forward_img_per_s"] = results[i]["details"]["forward"]["img_per_s"]
+        _store_timings("forward", results, variants, *_interleaved(cases, s.repeats, device))
         del cases
     if "sample" in modes:
         for i, v in enumerate(variants):
-            say(f"sample: {labels[i]} Heun {v.sample_steps} steps, cfg {v.cfg}".replace(" Heun", " Heun"))
+            say(f"sample: {labels[i]} Heun {v.sample_steps} steps, cfg {v.cfg}".replace("  ", " "))
             fn, info = prepare_sample(v, device)
             ts = [_timed(fn, device, v.clock) for _ in range(v.sample_repeats)]
             results[i]["details"]["sample"] = {**info, **_rates(info["batch_size"], ts)}
             results[i]["sample_img_per_s"] = results[i]["details"]["sample"]["img_per_s"]
-    for v, r in zip(variants, results):
+    for v, precision, r in zip(variants, precisions, results):
         # the paired MFU (above) is the headline; against the best GEMM call of the up-front peak measurement
         # (a lower bound when the machine was faster then than during the timed repeats) it is kept beside
         peak = r["gemm_peak_flops"]
@@ -627,7 +510,7 @@ def run_bench(
         if r["forward_img_per_s"] is not None:
             r["mfu_forward_vs_best_peak"] = r["forward_img_per_s"] * r["flops_per_img"] / peak
         r["mfu"] = r["mfu_train"] if r["mfu_train"] is not None else r["mfu_forward"]
-        r["settings"] = settings_record(v, device)
+        r["settings"] = settings_record(v, device, precision)
         r["settings"]["malloc"] = malloc
         r["settings"]["loadavg_start"] = load_start
         r["settings"]["loadavg_end"] = _loadavg()
@@ -647,7 +530,7 @@ def run_config(s: BenchSettings) -> dict[str, Any]:
 
 
 def _worker(argv: list[str]) -> int:
-    s = BenchSettings(**json.loads(argv[0]))
+    s = BenchSettings.from_dict(json.loads(argv[0]))
     device = resolve_device(s.device)
     if device.type == "cpu":
         retain_freed_memory()  # as in the parent's timed runs

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from jitkit.checkpoint.load import check_state_dict
+from jitkit.checkpoint.store import save_checkpoint
 from jitkit.config import MODEL_NAMES, RunConfig, model_config
 from jitkit.fileio import atomic_write_bytes
 
@@ -201,7 +203,7 @@ def _read_classes(path: str | Path | None, n: int) -> list[str]:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     if not isinstance(names, list) or len(names) != n:
         raise ReferenceCheckpointError(
-            f"--classes {p}: expected {n} class names (a JSON list or one per line), found "
+            f"class names {p}: expected {n} class names (a JSON list or one per line), found "
             f"{len(names) if isinstance(names, list) else type(names).__name__}"
         )
     return [str(x) for x in names]
@@ -216,15 +218,14 @@ def import_reference(
     safetensors; meta with the reference args). Mismatches between args and tensors raise an error naming
     both configs and the first mismatching tensor.
     """
-    from jitkit.checkpoint import check_state_dict, save_checkpoint
     from jitkit.diffusion.flow import Denoiser
     from jitkit.models.registry import build_model
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out expects a run folder (new or empty), found a file: {out}")
+        raise NotADirectoryError(f"out must be a run folder (new or empty), found a file: {out}")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+        raise FileExistsError(f"out {out} is not empty; choose a new folder or pass overwrite=True")
     ck = load_reference_checkpoint(src)
     cfg = config_from_args(ck["args"])
     model = _clean_state_dict(ck["model"], "model")

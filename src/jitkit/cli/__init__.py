@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # command-group modules, each with register(subparsers); add a module here to add its commands
-_MODULES = ("models", "data", "train", "sample", "experiment", "bench", "demo")
+_MODULES = ("models", "data", "train", "plan", "sample", "experiment", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

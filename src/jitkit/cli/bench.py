@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jitkit.bench.runner import BenchSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Steady-state throughput of one model configuration with data from memory: warm-up excluded, "
             "several repeats, median (and best) reported. FLOPs are analytic (2·MACs of all matmuls incl. "
             "attention, forward; training = 3× forward); MFU divides each timed repeat by a dense GEMM probe "
-            "in the same dtype run just before it (median over the repeats), so drift of the device's speed "
+            "in the same precision run just before it (median over the repeats), so drift of the device's speed "
             "does not enter it; the JSON also has it against the best call of a separate GEMM peak run."
         ),
     )
@@ -29,11 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--device", default="auto", help="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps"
     )
     p.add_argument(
-        "--dtype",
+        "--precision",
         default="fp32",
-        choices=("fp32", "bf16", "fp16"),
-        help="fp32, or autocast to bf16/fp16 (default fp32)",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="fp32, autocast to bf16/fp16, or auto (bf16 on CUDA, fp32 elsewhere) (default fp32)",
     )
+    # the former name of --precision, kept so that recorded commands still run
+    p.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"), help=argparse.SUPPRESS)
     p.add_argument(
         "--mode", default="all", help="train | forward | sample | all, or a comma list such as train,forward"
     )
@@ -90,7 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="KEY=a,b",
         help="run variants of one setting side by side and print ratios, e.g. attention=sdpa,math-fp32, "
-        "grad_checkpoint=0,1, compile=0,1, optim=loop,fused, ema=loop,foreach, batch_size=2,8",
+        "grad_checkpoint=0,1, compile=0,1, optim=loop,fused, ema=loop,foreach, precision=fp32,bf16, "
+        "batch_size=2,8",
     )
     p.add_argument("--quick", action="store_true", help="a tiny model and few steps: runs in seconds")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -98,18 +105,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _settings(args: argparse.Namespace):  # -> BenchSettings
-    from dataclasses import replace
+# former setting names still accepted by --compare (the commands recorded in benchmarks/ use them)
+_COMPARE_ALIASES = {"dtype": "precision"}
 
+
+def parse_compare(spec: str) -> tuple[str, list[str]]:
+    """``--compare`` text → (setting, values): ``"attention=sdpa,math-fp32"`` → ("attention", ["sdpa",
+    "math-fp32"]); dashes in the key become underscores and ``dtype`` is read as ``precision``."""
+    if "=" not in spec:
+        raise ValueError(f"--compare expects KEY=a,b (e.g. attention=sdpa,math-fp32), found {spec!r}")
+    key, vals = spec.split("=", 1)
+    values = [v for v in vals.split(",") if v]
+    if len(values) < 2:
+        raise ValueError(f"--compare {key} needs at least two comma-separated values, found {vals!r}")
+    key = key.strip().replace("-", "_")
+    return _COMPARE_ALIASES.get(key, key), values
+
+
+def _settings(args: argparse.Namespace) -> BenchSettings:
     from jitkit.bench.runner import QUICK, BenchSettings
 
+    precision = args.precision
+    if args.dtype is not None:
+        print("jitkit bench: --dtype is deprecated; use --precision", file=sys.stderr)
+        precision = args.dtype
     s = BenchSettings(
         model=args.model,
         img_size=args.img_size,
         batch_size=args.batch_size,
         sample_batch_size=args.sample_batch_size,
         device=args.device,
-        dtype=args.dtype,
+        precision=precision,
         mode=args.mode,
         sample_steps=args.sample_steps,
         cfg=args.cfg,
@@ -135,8 +161,7 @@ def _settings(args: argparse.Namespace):  # -> BenchSettings
     if args.quick:
         # the quick preset replaces the size knobs the user left at their defaults
         defaults = BenchSettings()
-        over = {k: v for k, v in QUICK.items() if getattr(s, k) == getattr(defaults, k)}
-        s = replace(s, **over)
+        s = s.replace(**{k: v for k, v in QUICK.items() if getattr(s, k) == getattr(defaults, k)})
     return s
 
 
@@ -151,7 +176,7 @@ def _print_table(res: dict) -> None:
     st = rows[0]["settings"]
     print(
         f"{st['model']} @ {st['img_size']}px  batch {st['batch_size']}  {st['device']} ({st['device_name']})  "
-        f"{st['dtype']}  threads {st['threads']}  torch {st['torch']}  CPU linear {st.get('cpu_linear_backend', '-')}"
+        f"{st['precision_resolved']}  threads {st['threads']}  torch {st['torch']}  CPU linear {st.get('cpu_linear_backend', '-')}"
     )
     print(
         f"FLOPs/img (fwd) {rows[0]['flops_per_img'] / 1e9:.2f} G   GEMM peak "
@@ -176,7 +201,7 @@ def _print_table(res: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jitkit.bench.runner import parse_compare, run_bench
+    from jitkit.bench.runner import run_bench
 
     s = _settings(args)
     compare = parse_compare(args.compare) if args.compare else None

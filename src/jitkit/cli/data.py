@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--size", type=int, default=None, help="image side (shapes: 16, folders: 256; a cache keeps its own)"
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the shapes data (default 0)")
-    e.add_argument("--grid", default=None, metavar="PNG", help="also write a grid: one column per class")
-    e.add_argument("--grid-per-class", type=int, default=4, help="rows of the grid (default 4)")
+    e.add_argument("--grid", default=None, metavar="PNG", help="also write a grid: one row per class")
+    e.add_argument("--grid-per-class", type=int, default=4, help="images per class in the grid (default 4)")
     e.add_argument("--strict", action="store_true", help="unreadable images are an error instead of skipped")
     e.add_argument("--overwrite", action="store_true", help="replace an existing sample folder at --out")
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -72,7 +72,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from jitkit.data.export import export_samples
+    from jitkit.eval.export import export_samples
 
     export_samples(
         args.source,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jitkit.cli.sample import add_device_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ema", default="1", choices=["1", "2", "none"], help="which weights to load (default: EMA 1)"
     )
-    p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto (default: auto)")
+    add_device_args(p)
     p.add_argument(
         "--max-steps", type=int, default=50, help="largest number of sampling steps allowed (default: 50)"
     )
@@ -52,13 +54,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jitkit.demo.model import ensure_shapes_model, load_model
-    from jitkit.demo.server import create_app, serve
+    from jitkit.checkpoint import load_denoiser
+    from jitkit.demo.model import ensure_shapes_model
+    from jitkit.demo.server import PortUnavailable, create_app, serve
+    from jitkit.runtime import resolve_device, resolve_precision
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must lie in [0, 65535], found {args.port}")
     if args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, found {args.max_steps}")
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)  # before any training or loading
     if args.run is None:
         overrides = {"train.epochs": args.epochs} if args.epochs else None
         path = ensure_shapes_model(args.cache_dir, retrain=args.retrain, overrides=overrides)
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = args.run
         source = str(path)
-    denoiser, cfg, classes = load_model(path, ema=args.ema, device=args.device)
+    denoiser, cfg, classes = load_denoiser(path, ema=args.ema, device=device)
     print(f"jitkit demo: loaded {cfg.model.name} ({len(classes)} classes) from {path}", flush=True)
     app = create_app(
         denoiser,
@@ -75,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         sampler=cfg.sampler,
         steps_range=(1, args.max_steps),
         source=source,
+        precision=precision,
     )
-    serve(app, host=args.host, port=args.port, open_browser=args.open)
+    try:
+        serve(app, host=args.host, port=args.port, open_browser=args.open)
+    except PortUnavailable as e:
+        raise ValueError(f"--port {args.port}: {e}") from e
     return 0

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-
-def _dims(s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in s.replace(",", " ").split())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"expected ambient dimensions like '2,8,16,32,128,512', found {s!r}"
-        ) from e
-
-
-def _preds(s: str) -> tuple[str, ...]:
-    return tuple(x for x in s.replace(",", " ").split())
+# flag → config field (values are converted by the config's own coercion: ``replace``)
+_MANIFOLD_FLAGS = {
+    "epochs": "epochs",
+    "dims": "dims",
+    "preds": "preds",
+    "n": "n",
+    "noise": "noise",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "steps": "sample_steps",
+    "samples": "n_samples",
+    "seed": "seed",
+    "threads": "threads",
+}
+_SHAPES_FLAGS = {
+    "epochs": "epochs",
+    "runs": "runs",
+    "max_epochs": "long_max_epochs",
+    "check_every": "long_check_every",
+    "heun_steps": "heun_steps",
+    "beta_start": "beta_start",
+    "beta_end": "beta_end",
+    "per_class": "per_class",
+    "samples_per_class": "samples_per_class",
+    "seed": "seed",
+    "threads": "threads",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", default="runs/experiments/manifold", help="output folder")
     m.add_argument("--quick", action="store_true", help="a miniature run (seconds), for tests")
     m.add_argument("--epochs", type=int, default=None, help="epochs per model (default 150; notebook 2000)")
-    m.add_argument("--dims", type=_dims, default=None, help="ambient dimensions, e.g. 2,8,16,32,128,512")
-    m.add_argument("--preds", type=_preds, default=None, help="prediction types, subset of x,eps,v")
+    m.add_argument("--dims", default=None, help="ambient dimensions, e.g. 2,8,16,32,128,512")
+    m.add_argument("--preds", default=None, help="prediction types, subset of x,eps,v")
     m.add_argument("--n", type=int, default=None, help="number of swiss-roll points (10000)")
     m.add_argument("--noise", type=float, default=None, help="roll noise before the 1/10 scaling (0.5)")
     m.add_argument("--batch-size", type=int, default=None, help="batch size (1024)")
@@ -62,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-epochs", type=int, default=None, help="epoch budget of (c) (100)")
     s.add_argument("--check-every", type=int, default=None, help="(c) checks the targets every N epochs (10)")
     s.add_argument("--no-long", action="store_true", help="skip run (c)")
-    s.add_argument("--runs", type=_preds, default=None, help="which runs, subset of dit,jit,jit_long (all)")
+    s.add_argument("--runs", default=None, help="which runs, subset of dit,jit,jit_long (all)")
     s.add_argument("--beta-start", type=float, default=None, help="DDPM linear beta schedule start (1e-4)")
     s.add_argument("--beta-end", type=float, default=None, help="DDPM linear beta schedule end (0.02)")
     s.add_argument("--heun-steps", type=int, default=None, help="JiT sampler steps (20)")
@@ -76,30 +92,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
-def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
-    return {field: getattr(args, a) for a, field in mapping.items() if getattr(args, a) is not None}
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The config fields of the flags given on the command line (values as typed, e.g. ``"2,8,16"``)."""
+    return {field: getattr(args, a) for a, field in flags.items() if getattr(args, a) is not None}
+
+
+def _replace(cfg: Any, kw: dict[str, Any], flags: dict[str, str]) -> Any:
+    """``cfg.replace(**kw)`` (typed coercion and validation); an error about a field that has a flag names
+    the flag instead."""
+    from jitkit.config import ConfigError
+
+    try:
+        return cfg.replace(**kw)
+    except ConfigError as e:
+        msg = str(e)
+        for a, field in flags.items():
+            if msg.startswith((f"{field} ", f"{field}:")):
+                msg = "--" + a.replace("_", "-") + msg[len(field) :]
+                break
+        raise ConfigError(msg) from e
 
 
 def run_manifold(args: argparse.Namespace) -> int:
     from jitkit.experiments.manifold import ManifoldConfig, quick_config, run_manifold
 
-    kw = _overrides(
-        args,
-        {
-            "epochs": "epochs",
-            "dims": "dims",
-            "preds": "preds",
-            "n": "n",
-            "noise": "noise",
-            "batch_size": "batch_size",
-            "lr": "lr",
-            "steps": "sample_steps",
-            "samples": "n_samples",
-            "seed": "seed",
-        },
-    )
-    kw["threads"] = args.threads
-    cfg = quick_config(**kw) if args.quick else ManifoldConfig(**kw)
+    base = quick_config() if args.quick else ManifoldConfig()
+    cfg = _replace(base, _overrides(args, _MANIFOLD_FLAGS), _MANIFOLD_FLAGS)
     res = run_manifold(cfg, args.out, progress=not args.no_progress)
     print(
         f"manifold: {res['wall_seconds']:.0f} s; wrote {args.out}/report.md, manifold.png, samples.npz, results.json"
@@ -113,25 +131,10 @@ def run_manifold(args: argparse.Namespace) -> int:
 def run_shapes(args: argparse.Namespace) -> int:
     from jitkit.experiments.shapes_study import ShapesStudyConfig, quick_config, run_shapes_study
 
-    kw = _overrides(
-        args,
-        {
-            "epochs": "epochs",
-            "runs": "runs",
-            "max_epochs": "long_max_epochs",
-            "check_every": "long_check_every",
-            "heun_steps": "heun_steps",
-            "beta_start": "beta_start",
-            "beta_end": "beta_end",
-            "per_class": "per_class",
-            "samples_per_class": "samples_per_class",
-            "seed": "seed",
-        },
-    )
-    kw["threads"] = args.threads
+    base = quick_config() if args.quick else ShapesStudyConfig()
+    cfg = _replace(base, _overrides(args, _SHAPES_FLAGS), _SHAPES_FLAGS)
     if args.no_long:
-        kw["runs"] = tuple(r for r in kw.get("runs", ("dit", "jit", "jit_long")) if r != "jit_long")
-    cfg = quick_config(**kw) if args.quick else ShapesStudyConfig(**kw)
+        cfg = _replace(cfg, {"runs": tuple(r for r in cfg.runs if r != "jit_long")}, _SHAPES_FLAGS)
     run_shapes_study(cfg, args.out, progress=not args.no_progress)
     print(f"shapes: wrote {args.out}/report.md, grid_*.png, trajectory.png, losses.png, results.json")
     return 0

@@ -13,6 +13,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_import(sub)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # jitkit.runtime.PRECISIONS, without importing torch for --help
+
+
+def add_device_args(p: argparse.ArgumentParser, *, precision: bool = True) -> None:
+    """``--device`` and (with ``precision``) ``--precision``, alike for every command that runs a model."""
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default: auto)")
+    if precision:
+        p.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="auto",
+            help="auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16 (default: auto)",
+        )
+
+
 # -- jitkit sample ---------------------------------------------------------------------------------------
 
 
@@ -41,13 +56,7 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", choices=["1", "2", "none"], default="1", help="which weights (default: EMA 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default: auto)")
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16 (default: auto)",
-    )
+    add_device_args(p)
     p.add_argument("--grid", default=None, metavar="PNG", help="write a grid, one row per class")
     p.add_argument("--out", default=None, metavar="DIR", help="write 00000.png … + labels.csv (resumable)")
     p.add_argument("--npz", default=None, metavar="FILE", help="write uint8 images and labels to an .npz")
@@ -126,6 +135,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     from jitkit.diffusion.generate import balanced_labels
     from jitkit.diffusion.sampling import sampling_cost
     from jitkit.eval.sample_folder import sample_to_outputs
+    from jitkit.runtime import resolve_precision
 
     denoiser, cfg, classes = load_denoiser(args.checkpoint, ema=args.ema, device=device)
     scfg = cfg.sampler
@@ -159,7 +169,8 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
         "ema": args.ema,
         "sampler": scfg.to_dict(),
         "seed": args.seed,
-        "precision": args.precision,
+        # what ran (auto resolved on this device), so that a folder resumes under auto or its explicit name
+        "precision": resolve_precision(args.precision, device),
     }
     summary = sample_to_outputs(
         denoiser,
@@ -201,10 +212,21 @@ def _add_inception_args(p: argparse.ArgumentParser) -> None:
         help="local weights-inception-2015-12-05-6726825d.pth (default: $JITKIT_INCEPTION_WEIGHTS or torch's hub "
         "cache); nothing is downloaded",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps (default: auto)")
+    add_device_args(p, precision=False)
     p.add_argument("--batch-size", type=int, default=50, help="images per Inception forward (default 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _inception(args: argparse.Namespace):
+    """The Inception feature extractor of ``--inception-weights`` on ``--device``."""
+    from jitkit.eval.fidelity import InceptionFeatures, InceptionWeightsMissing
+    from jitkit.runtime import resolve_device
+
+    try:
+        return InceptionFeatures(args.inception_weights, resolve_device(args.device))
+    except InceptionWeightsMissing as e:
+        raise InceptionWeightsMissing(f"{e}. On the command line: --inception-weights PATH") from e
 
 
 def _register_eval(sub: argparse._SubParsersAction) -> None:
@@ -330,9 +352,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _inception_eval(args: argparse.Namespace, which: list[str]) -> dict:
     from jitkit.eval.fid import load_stats
-    from jitkit.eval.fidelity import InceptionFeatures, extract_features, image_metrics
+    from jitkit.eval.fidelity import extract_features, image_metrics
     from jitkit.eval.sources import open_source
-    from jitkit.runtime import resolve_device
 
     ref = load_stats(args.ref) if args.ref else None
     if "pr" in which and ref is not None and "features" not in ref:
@@ -341,7 +362,7 @@ def _inception_eval(args: argparse.Namespace, which: list[str]) -> dict:
             "jitkit ref-stats DATA --out STATS.npz --features"
         )
     src = open_source(args.samples)
-    ext = InceptionFeatures(args.inception_weights, resolve_device(args.device))
+    ext = _inception(args)
     print(f"jitkit eval: {src.description}; Inception weights {ext.weights}", file=sys.stderr)
     feats = extract_features(src.batches(args.batch_size), ext, src.n, progress=not args.no_progress)
     if ref is not None and ref["mu"].shape[0] != feats["2048"].shape[1]:
@@ -387,14 +408,15 @@ def _register_ref_stats(sub: argparse._SubParsersAction) -> None:
 
 def run_ref_stats(args: argparse.Namespace) -> int:
     from jitkit.eval.fid import feature_stats, save_stats
-    from jitkit.eval.fidelity import InceptionFeatures, extract_features
-    from jitkit.eval.sources import open_source
-    from jitkit.runtime import resolve_device
+    from jitkit.eval.fidelity import extract_features
+    from jitkit.eval.sources import crop_size_needed, open_source
 
     if not str(args.out).lower().endswith(".npz"):
         raise ValueError(f"--out must be a .npz file, found {args.out!r}")
+    if args.size is None and crop_size_needed(args.data):
+        raise ValueError(f"--size is needed to center-crop the images of {args.data!r} (e.g. --size 256)")
     src = open_source(args.data, size=args.size, split=args.split, limit=args.limit)
-    ext = InceptionFeatures(args.inception_weights, resolve_device(args.device))
+    ext = _inception(args)
     print(f"jitkit ref-stats: {src.description}; Inception weights {ext.weights}", file=sys.stderr)
     feats = extract_features(src.batches(args.batch_size), ext, src.n, progress=not args.no_progress)
     mu, sigma = feature_stats(feats["2048"])
@@ -425,12 +447,18 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     from jitkit.checkpoint.reference import import_reference
     from jitkit.config import RunConfig
 
-    out = import_reference(args.checkpoint, args.out, classes=args.classes, overwrite=args.overwrite)
-    import json
-
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out expects a run folder (new or empty), found a file: {out}")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+    out = import_reference(args.checkpoint, out, classes=args.classes, overwrite=args.overwrite)
     cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
     m, s = cfg.model, cfg.sampler
     print(

@@ -1,20 +1,11 @@
-"""``jitkit train`` (preset ← YAML ← command line → one call of jitkit.train.train) and ``jitkit plan``."""
+"""``jitkit train``: preset ← YAML ← command line → one call of :func:`jitkit.train.train`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    _register_train(sub)
-    _register_plan(sub)
-
-
-# -- jitkit train -------------------------------------------------------------------------------------------
 
 # flag → dotted config key (value conversion by the config's own coercion)
 _FLAG_KEYS = {
@@ -39,7 +30,7 @@ _FLAG_KEYS = {
 }
 
 
-def _register_train(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     from jitkit.config import PRESETS
 
     p = sub.add_parser(
@@ -132,12 +123,6 @@ def _yaml_value(v: str) -> Any:
         return v
 
 
-def _dotted_to_nested(flat: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
-    from jitkit.config import RunConfig
-
-    return RunConfig.nest(flat)
-
-
 def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the user set on the command line or in --config, as a nested dict (no preset defaults)."""
     import yaml
@@ -167,7 +152,7 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 for k, v in vals.items():
                     flat[f"{sec}.{k}"] = v
-        nested = merge_dicts(nested, _dotted_to_nested(flat, sections))
+        nested = merge_dicts(nested, RunConfig.nest(flat))
     flat: dict[str, Any] = {}
     for name, key in _FLAG_KEYS.items():
         v = getattr(args, name, None)
@@ -192,80 +177,43 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.grad_checkpoint:
         flat["model.grad_checkpoint"] = True
     flat.update(_parse_kv(list(args.sets) + list(args.overrides)))
-    return merge_dicts(nested, _dotted_to_nested(flat, sections))
+    return merge_dicts(nested, RunConfig.nest(flat))
 
 
 def build_config(args: argparse.Namespace):
-    """(RunConfig, resume path or None, notes) from the parsed arguments."""
-    from jitkit.config import merge_dicts, preset_dict, resolve_run_config
+    """(RunConfig, checkpoint folder to resume from or None, notes to print) from the parsed arguments.
+
+    With ``--resume`` the checkpoint's config is used and only what was given explicitly (flags, ``--set``,
+    ``--config``, an explicit ``--preset``) overrides it; the model cannot change.
+    """
+    from jitkit.config import ConfigError, merge_dicts, preset_dict, resolve_run_config, resume_config
+    from jitkit.train.run_folder import checkpoint_config, resolve_resume
 
     explicit = explicit_overrides(args)
-    preset_name = args.preset or "shapes"
-    base = preset_dict(preset_name)
     notes: list[str] = []
     # data image size follows the model unless given
     if "img_size" in explicit.get("model", {}) and "img_size" not in explicit.get("data", {}):
         explicit.setdefault("data", {})["img_size"] = explicit["model"]["img_size"]
-    fresh = resolve_run_config(merge_dicts(base, explicit))
+    fresh = resolve_run_config(merge_dicts(preset_dict(args.preset or "shapes"), explicit))
     if fresh.data.img_size != fresh.model.img_size and "img_size" not in explicit.get("data", {}):
         fresh = fresh.override({"data.img_size": fresh.model.img_size})
     if not args.resume:
         return fresh, None, notes
-
-    from jitkit.checkpoint import load_checkpoint, resolve_checkpoint_path
-    from jitkit.train.engine import find_resume_run
-
-    if args.resume == "auto":
-        run = find_resume_run(fresh.train.out)
-        if run is None:
-            notes.append(f"--resume auto: no run with a checkpoint under {fresh.train.out}; starting fresh")
-            return fresh, None, notes
-        ckpt_path = resolve_checkpoint_path(run)
-    else:
-        ckpt_path = resolve_checkpoint_path(args.resume)
-    ck_meta = json.loads((ckpt_path / "meta.json").read_text())
-    from jitkit.config import RunConfig
-
-    ck_cfg = RunConfig.from_dict(ck_meta["config"], strict=False)
-    # explicit settings (incl. an explicit --preset) override the checkpoint's config
+    try:
+        ckpt, note = resolve_resume(args.resume, fresh.train.out)
+    except (ValueError, FileNotFoundError) as e:  # not a checkpoint: say which flag named it
+        raise ValueError(f"--resume {args.resume}: {e}") from e
+    if ckpt is None:
+        notes.append(f"--resume {args.resume}: {note}")
+        return fresh, None, notes
     layered = merge_dicts(preset_dict(args.preset), explicit) if args.preset else explicit
-    ck_dict = ck_cfg.to_dict()
-    model_over = layered.get("model", {})
-    if model_over:
-        if "name" in model_over and model_over["name"] != ck_cfg.model.name:
-            req = resolve_run_config(merge_dicts({"model": {}}, {"model": model_over})).model
-        else:
-            req = ck_cfg.model.replace(**{k: v for k, v in model_over.items() if k != "name"})
-        if req.to_dict() != ck_cfg.model.to_dict():
-            raise ValueError(
-                f"--resume {ckpt_path}: the model asked for on the command line differs from the checkpoint's; "
-                f"refusing to continue (drop the model options to use the checkpoint's, or start a new run "
-                f"with another --out)\n"
-                + side_by_side(ck_cfg.model.to_dict(), req.to_dict(), "checkpoint", "command line")
-            )
-    merged = merge_dicts(ck_dict, {k: v for k, v in layered.items() if k != "model"})
-    cfg = RunConfig.from_dict(merged)
-    changed = [
-        f"{s}.{k}: {ck_dict[s][k]} -> {cfg.to_dict()[s][k]}"
-        for s in cfg.SECTIONS
-        for k in ck_dict[s]
-        if ck_dict[s][k] != cfg.to_dict()[s][k]
-    ]
+    try:
+        cfg, changed = resume_config(checkpoint_config(ckpt), layered)
+    except ConfigError as e:  # the model options on the command line differ from the checkpoint's
+        raise ConfigError(f"--resume {ckpt}: {e}") from e
     if changed:
         notes.append("resuming with explicit changes to the checkpoint's config: " + "; ".join(changed))
-    _ = load_checkpoint  # (imported for callers that want to inspect; the engine loads the weights)
-    return cfg, str(ckpt_path), notes
-
-
-def side_by_side(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
-    """Two flat dicts as aligned columns; differing rows are marked."""
-    keys = list(dict.fromkeys(list(a) + list(b)))
-    w = max(14, *(len(str(a.get(k))) for k in keys))
-    rows = [f"  {'field':<18} {name_a:>{w}}   {name_b:>{w}}"]
-    for k in keys:
-        va, vb = str(a.get(k, "-")), str(b.get(k, "-"))
-        rows.append(f"  {k:<18} {va:>{w}}   {vb:>{w}}" + ("   <-- differs" if va != vb else ""))
-    return "\n".join(rows)
+    return cfg, str(ckpt), notes
 
 
 def format_config(cfg) -> str:
@@ -276,45 +224,10 @@ def format_config(cfg) -> str:
     return "\n".join(lines)
 
 
-def _apply_auto_batch(cfg, notes: list[str]):
-    """--batch-size auto: micro-batch/accumulation (and checkpointing) from the planner for this machine."""
-    from jitkit.runtime.dist import env_world
-    from jitkit.train.engine import resolve_device
-    from jitkit.train.planner import dataset_size_for, detect_hardware, make_plan
-
-    _, world, _ = env_world()
-    hw = detect_hardware()
-    dev = resolve_device(cfg.train.device)
-    kind = dev.type
-    target = cfg.train.global_batch or cfg.train.batch_size * cfg.train.accum_steps * world
-    plan = make_plan(
-        cfg.model,
-        target_batch=target,
-        device_kind=kind,
-        devices=world,
-        device_mem=hw["device_mem"] if kind == hw["device_kind"] else None,
-        host_mem=hw["host_mem"],
-        cpus=hw["cpus"],
-        blr=cfg.train.blr,
-        precision=cfg.train.precision,
-        fsdp=cfg.train.fsdp,
-        dataset_size=dataset_size_for(cfg.data.data, cfg.data.per_class),
-    )
-    notes.append("--batch-size auto:\n" + plan.render())
-    upd = {
-        "train.batch_size": plan.micro_batch,
-        "train.global_batch": plan.effective_batch,
-        "train.accum_steps": 1,
-        "model.grad_checkpoint": plan.grad_checkpoint,
-    }
-    return cfg.override(upd)
-
-
 def _calm_openmp_on_busy_hosts() -> str | None:
     """On a CPU host that is already busy (1-min load ≥ cores), make OpenMP threads sleep instead of spin.
 
-    Spinning worker threads of several processes starve each other: measured on a 2-core host at load 9,
-    JiT-T/4 trained at 13 img/s with spinning and 425 img/s with OMP_WAIT_POLICY=PASSIVE. Must run before
+    Spinning worker threads of several processes starve each other (measured: docs/train.md). Must run before
     torch is imported; an explicit OMP_WAIT_POLICY is left alone.
     """
     import os
@@ -339,9 +252,12 @@ def run_train(args: argparse.Namespace) -> int:
     cfg, resume, notes = build_config(args)
     if calm:
         notes.append(calm)
+    rank, world, _ = env_world()
     if args.batch_size is not None and str(args.batch_size).lower() == "auto":
-        cfg = _apply_auto_batch(cfg, notes)
-    rank, _, _ = env_world()
+        from jitkit.train.planner import auto_batch
+
+        cfg, plan = auto_batch(cfg, world)
+        notes.append("--batch-size auto:\n" + plan.render())
     main = rank == 0
     if main:
         for n in notes:
@@ -366,7 +282,11 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         run_dir = train(cfg, resume=resume, callbacks=callbacks, progress=not args.no_progress)
     except NonFiniteLossError as e:
-        print(f"jitkit train: error: {e}", file=sys.stderr)
+        print(
+            f"jitkit train: error: {e}\n  (on the command line: --set train.blr=…, --set train.grad_clip=1.0 "
+            "or --precision fp32, then --resume auto)",
+            file=sys.stderr,
+        )
         return 3
     except DiskFullError as e:
         print(f"jitkit train: error: {e.strerror or e}", file=sys.stderr)
@@ -378,93 +298,3 @@ def run_train(args: argparse.Namespace) -> int:
     if main:
         print(f"[jitkit] run folder: {run_dir}")
     return 0
-
-
-# -- jitkit plan --------------------------------------------------------------------------------------------
-
-
-def _register_plan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "plan",
-        help="choose micro-batch, accumulation, workers and precision for your hardware; estimate memory",
-        description=(
-            "Plan a training run: from the model, image size, devices and host (detected, or given) and a "
-            "target effective batch, print micro-batch, accumulation, DataLoader workers, precision, the "
-            "estimated peak memory per device and on the host, LR and steps per epoch — with and without "
-            "activation checkpointing — and warn when it will not fit."
-        ),
-    )
-    p.add_argument("--preset", default="imagenet256-b16", help="take model/batch/blr/data from this preset")
-    p.add_argument("--model", default=None, help="registered model name (default: the preset's)")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None, help="target effective batch (default: the preset's)")
-    p.add_argument("--gpus", type=int, default=None, help="number of GPUs (0: CPU training)")
-    p.add_argument("--gpu-mem", default=None, help="memory per GPU, e.g. 12GiB")
-    p.add_argument("--host-mem", default=None, help="host memory, e.g. 24GiB")
-    p.add_argument("--cpus", type=int, default=None, help="host CPU cores")
-    p.add_argument("--device-kind", choices=["cpu", "cuda", "mps"], default=None)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
-    ck = p.add_mutually_exclusive_group()
-    ck.add_argument("--grad-checkpoint", dest="gc", action="store_true", default=None)
-    ck.add_argument("--no-grad-checkpoint", dest="gc", action="store_false")
-    p.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state over the GPUs")
-    p.add_argument("--blr", type=float, default=None)
-    p.add_argument("--dataset-size", type=int, default=None, help="images in the data set (for steps/epoch)")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=run_plan)
-
-
-def run_plan(args: argparse.Namespace) -> int:
-    from jitkit.config import preset_dict, resolve_run_config
-    from jitkit.train.planner import dataset_size_for, detect_hardware, make_plan, parse_bytes
-
-    d = preset_dict(args.preset)
-    if args.model:
-        d["model"] = {k: v for k, v in d["model"].items() if k not in ("name", "img_size")} | {
-            "name": args.model
-        }
-    if args.img_size:
-        d["model"]["img_size"] = args.img_size
-    if args.num_classes:
-        d["model"]["num_classes"] = args.num_classes
-    cfg = resolve_run_config(d)
-    mc = cfg.model
-
-    given = args.gpus is not None or args.gpu_mem is not None or args.device_kind is not None
-    hw = detect_hardware() if not given or args.host_mem is None or args.cpus is None else {}
-    if given:
-        kind = args.device_kind or ("cuda" if (args.gpus or 0) > 0 or args.gpu_mem else "cpu")
-        n = args.gpus if args.gpus is not None else 1
-        if kind == "cpu":
-            n = max(1, n)
-        dev_mem = parse_bytes(args.gpu_mem) if args.gpu_mem else None
-        if kind != "cpu" and dev_mem is None:
-            raise ValueError(f"--gpus {n}: give the memory of one GPU with --gpu-mem (e.g. --gpu-mem 12GiB)")
-    else:
-        kind, n, dev_mem = hw["device_kind"], hw["devices"], hw["device_mem"]
-    host = parse_bytes(args.host_mem) if args.host_mem else hw["host_mem"]
-    cpus = args.cpus if args.cpus else hw["cpus"]
-    tc = cfg.train
-    target = args.batch or tc.global_batch or tc.batch_size * max(1, n if kind != "cpu" else 1)
-    ds = args.dataset_size or dataset_size_for(cfg.data.data, cfg.data.per_class)
-    plan = make_plan(
-        mc,
-        target_batch=target,
-        device_kind=kind,
-        devices=n,
-        device_mem=dev_mem,
-        host_mem=host,
-        cpus=cpus,
-        blr=args.blr if args.blr is not None else tc.blr,
-        precision=args.precision or ("auto" if tc.precision == "auto" else tc.precision),
-        grad_checkpoint=args.gc,
-        fsdp=args.fsdp,
-        dataset_size=ds,
-    )
-    if args.json:
-        print(json.dumps(plan.to_dict(), indent=1, default=str))
-    else:
-        print(plan.render())
-    return 0 if plan.fits else 1

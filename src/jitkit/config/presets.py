@@ -23,16 +23,33 @@ def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
 # constant, EMA 0.9999 / 0.9996, P_mean -0.8, P_std 0.8, noise scale 1.0 at 256 / 2.0 at 512,
 # label drop 0.1, proj dropout 0.2 for H. Sampling: Heun 50 steps, cfg and interval per size.
 
-_IMAGENET_TRAIN = {
-    "blr": 5e-5,
-    "warmup_epochs": 5.0,
-    "epochs": 600,
-    "ema_decay1": 0.9999,
-    "ema_decay2": 0.9996,
-    # compiled blocks: 1.15x the training step of B/16 on CPU (benchmarks/README.md); the engine stays eager
-    # where torch.compile has no compiler (no C++ compiler on CPU, no triton on CUDA, MPS) or with --fsdp
-    "compile": True,
-}
+
+def _imagenet(
+    name: str, size: int, *, classes: int = 1000, cfg: float = 2.9, data: str = "imagenet", **model: Any
+) -> dict[str, Any]:
+    """The reference recipe at ``size`` px for model ``name`` (train options are added per preset)."""
+    return {
+        "model": {"name": name, "img_size": size, "num_classes": classes, **model},
+        "diffusion": {"noise_scale": 2.0 if size >= 512 else 1.0},
+        "sampler": {"method": "heun", "steps": 50, "cfg": cfg, "interval": [0.1, 1.0]},
+        "data": {"data": data, "img_size": size},
+        "train": {
+            "blr": 5e-5,
+            "warmup_epochs": 5.0,
+            "epochs": 600,
+            "ema_decay1": 0.9999,
+            "ema_decay2": 0.9996,
+            # compiled blocks (measured gain: benchmarks/README.md); the engine stays eager where torch.compile
+            # has no compiler (no C++ compiler on CPU, no triton on CUDA, MPS) or with FSDP
+            "compile": True,
+            "batch_size": 128,
+        },
+    }
+
+
+def _with_train(preset: dict[str, Any], **train: Any) -> dict[str, Any]:
+    return _deep_update(preset, {"train": train})
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "shapes": {
@@ -56,53 +73,25 @@ PRESETS: dict[str, dict[str, Any]] = {
             "sample_every": 0,
         },
     },
-    "imagenet256-b16": {
-        "model": {"name": "JiT-B/16", "img_size": 256, "num_classes": 1000},
-        "diffusion": {"noise_scale": 1.0},
-        "sampler": {"method": "heun", "steps": 50, "cfg": 2.9, "interval": [0.1, 1.0]},
-        "data": {"data": "imagenet", "img_size": 256},
-        "train": {**_IMAGENET_TRAIN, "out": "runs/imagenet256-b16", "batch_size": 128},
-    },
-    "imagenet256-b16-2x12gb": {
-        "model": {"name": "JiT-B/16", "img_size": 256, "num_classes": 1000, "grad_checkpoint": True},
-        "diffusion": {"noise_scale": 1.0},
-        "sampler": {"method": "heun", "steps": 50, "cfg": 2.9, "interval": [0.1, 1.0]},
-        "data": {"data": "imagenet", "img_size": 256},
-        "train": {
-            **_IMAGENET_TRAIN,
-            "out": "runs/imagenet256-b16-2x12gb",
-            "batch_size": 32,
-            "global_batch": 1024,
-        },
-    },
-    "imagenette256-b16-t4": {
-        "model": {"name": "JiT-B/16", "img_size": 256, "num_classes": 10},
-        "diffusion": {"noise_scale": 1.0},
-        "sampler": {"method": "heun", "steps": 50, "cfg": 2.9, "interval": [0.1, 1.0]},
-        "data": {"data": "imagenette", "img_size": 256},
-        "train": {
-            **_IMAGENET_TRAIN,
-            "out": "runs/imagenette256-b16-t4",
-            "epochs": 200,
-            "batch_size": 16,
-            "global_batch": 256,
-            "precision": "fp16",
-        },
-    },
-    "imagenet512-b32": {
-        "model": {"name": "JiT-B/32", "img_size": 512, "num_classes": 1000},
-        "diffusion": {"noise_scale": 2.0},
-        "sampler": {"method": "heun", "steps": 50, "cfg": 2.9, "interval": [0.1, 1.0]},
-        "data": {"data": "imagenet", "img_size": 512},
-        "train": {**_IMAGENET_TRAIN, "out": "runs/imagenet512-b32", "batch_size": 128},
-    },
-    "imagenet256-h16": {
-        "model": {"name": "JiT-H/16", "img_size": 256, "num_classes": 1000, "proj_dropout": 0.2},
-        "diffusion": {"noise_scale": 1.0},
-        "sampler": {"method": "heun", "steps": 50, "cfg": 2.2, "interval": [0.1, 1.0]},
-        "data": {"data": "imagenet", "img_size": 256},
-        "train": {**_IMAGENET_TRAIN, "out": "runs/imagenet256-h16", "batch_size": 128},
-    },
+    "imagenet256-b16": _with_train(_imagenet("JiT-B/16", 256), out="runs/imagenet256-b16"),
+    "imagenet256-b16-2x12gb": _with_train(
+        _imagenet("JiT-B/16", 256, grad_checkpoint=True),
+        out="runs/imagenet256-b16-2x12gb",
+        batch_size=32,
+        global_batch=1024,
+    ),
+    "imagenette256-b16-t4": _with_train(
+        _imagenet("JiT-B/16", 256, classes=10, data="imagenette"),
+        out="runs/imagenette256-b16-t4",
+        epochs=200,
+        batch_size=16,
+        global_batch=256,
+        precision="fp16",
+    ),
+    "imagenet512-b32": _with_train(_imagenet("JiT-B/32", 512), out="runs/imagenet512-b32"),
+    "imagenet256-h16": _with_train(
+        _imagenet("JiT-H/16", 256, cfg=2.2, proj_dropout=0.2), out="runs/imagenet256-h16"
+    ),
 }
 
 

@@ -8,13 +8,13 @@ DataLoader sized for the host; ``to_model_range`` and ``random_hflip`` run on th
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 from jitkit.config import DataConfig
 from jitkit.data.datasets import ImageDataset, InMemoryDataset
 from jitkit.data.loader import make_loader, plan_workers
 from jitkit.data.transforms import from_model_range, random_hflip, to_model_range
+from jitkit.runtime import dist
 
 __all__ = [
     "ImageDataset",
@@ -92,7 +92,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
     from jitkit.data.folder import ImageFolderDataset
 
     # under torchrun every rank builds the data set; only rank 0 prints the layout line and warnings
-    verbose = os.environ.get("RANK", "0") == "0"
+    verbose = dist.rank() == 0
     return ImageFolderDataset(
         path, cfg.img_size, split=split, hflip=hflip, strict=cfg.strict, verbose=verbose
     )

@@ -41,16 +41,6 @@ def class_names() -> list[str]:
     return [f"{c}_{s}" for c, _ in COLORS for s in SHAPES]
 
 
-def class_color(label: int) -> tuple[int, int, int]:
-    """Palette colour (before jitter) of a class index."""
-    return COLORS[int(label) // len(SHAPES)][1]
-
-
-def class_shape(label: int) -> int:
-    """Shape index (0 circle, 1 square, 2 triangle, 3 cross) of a class index."""
-    return int(label) % len(SHAPES)
-
-
 def shape_mask(shape: int, L: int) -> np.ndarray:
     """Boolean [L, L] mask of shape ``shape`` (index into SHAPES) inside an L×L box (spec geometry)."""
     if not 0 <= int(shape) < len(SHAPES):

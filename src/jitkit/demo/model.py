@@ -1,8 +1,9 @@
-"""Which model the demo shows: a run or checkpoint the user names, or the small built-in shapes model.
+"""The demo's built-in model: the small shapes model (preset ``shapes``: a small JiT on 16×16 coloured
+shapes, 16 classes), trained once and cached. A run the user names is loaded by the CLI with
+``jitkit.checkpoint.load_denoiser``.
 
-The shapes model (preset ``shapes``: a small JiT on 16×16 coloured shapes, 16 classes) is trained once and
-cached in the user's cache folder (``$XDG_CACHE_HOME/jitkit`` or ``~/.cache/jitkit``) under a name that
-includes a hash of its training config, so a changed preset or ``--epochs`` trains a new one. Training
+The cache is the user's cache folder (``$XDG_CACHE_HOME/jitkit`` or ``~/.cache/jitkit``); the run's name
+includes a hash of its training config, so a changed preset or epoch count trains a new one. Training
 writes into a temporary folder that is renamed into place only when it finished, so an interrupted run
 never leaves a half-trained model in the cache.
 """
@@ -100,29 +101,3 @@ def ensure_shapes_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def pick_device(device: str = "auto") -> str:
-    """``auto`` → cuda if available, else mps if available, else cpu."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def load_model(path: str | Path, *, ema: str = "1", device: str = "auto") -> tuple[Any, Any, list[str]]:
-    """(Denoiser in eval mode, RunConfig, class names) from a run folder, checkpoint folder or weights file."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"no run or checkpoint at {p}: expected a run folder (with checkpoints/), a checkpoint folder "
-            f"(with model.safetensors) or a file inside one"
-        )
-    from jitkit.checkpoint import load_denoiser
-
-    return load_denoiser(str(p), ema=ema, device=pick_device(device))

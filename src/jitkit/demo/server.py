@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from jitkit.config import SAMPLERS, ModelConfig, SamplerConfig
 from jitkit.demo.trajectory import record_run
+from jitkit.runtime import resolve_precision
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SEED_MAX = 2**31 - 1
@@ -33,6 +34,10 @@ log = logging.getLogger("jitkit.demo")
 
 class BadRequest(ValueError):
     """A request parameter the demo cannot use (answered with a 400 and this message)."""
+
+
+class PortUnavailable(ValueError):
+    """The server cannot listen on the address it was given (busy port, no permission, unknown host)."""
 
 
 class TokenBucket:
@@ -133,12 +138,15 @@ def create_app(
     max_content_length: int = 4096,
     title: str = "jitkit demo",
     source: str = "",
+    precision: str = "auto",
 ) -> Flask:
     """A Flask app that serves the page and samples trajectories from ``denoiser`` (a jitkit Denoiser).
 
     ``sampler``: the defaults (method, steps, cfg, guidance interval; the checkpoint's sampler config).
     ``rate``/``burst``: the per-client token bucket of the API (requests per second / at once).
     ``source``: a short description of where the model came from, shown on the page.
+    ``precision``: auto | fp32 | bf16 | fp16, the network's autocast while sampling (auto: bf16 on CUDA,
+    fp32 elsewhere).
     """
     if len(classes) < 1:
         raise ValueError("the demo needs at least one class name, found none")
@@ -150,6 +158,8 @@ def create_app(
     lo, hi = steps_range
     if not 1 <= lo <= hi:
         raise ValueError(f"steps_range must satisfy 1 <= low <= high, found {steps_range}")
+    param = next(denoiser.parameters(), None)
+    precision = resolve_precision(precision, param.device if param is not None else "cpu")
     sampler = sampler or SamplerConfig()
     default_steps = min(max(sampler.steps, lo), hi)
     default_cfg = min(max(float(sampler.cfg), 0.0), cfg_max)
@@ -177,6 +187,7 @@ def create_app(
         "cfg_range": [0.0, cfg_max],
         "seed_range": [0, SEED_MAX],
         "t_eps": float(denoiser.cfg.t_eps),
+        "precision": precision,
         "interval": list(interval),
         "defaults": {
             "class": classes[0],
@@ -283,6 +294,7 @@ def create_app(
                 sampler=scfg,
                 img_size=model_config.img_size,
                 in_channels=model_config.in_channels,
+                precision=precision,
             )
         elapsed = time.perf_counter() - t0
 
@@ -325,8 +337,8 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8765, open_browser: b
     try:
         server = make_server(host, port, app, threaded=True)
     except (OSError, SystemExit) as e:  # werkzeug reports a busy port with SystemExit(1)
-        raise ValueError(
-            f"cannot listen on {host}:{port}; choose another port with --port (0 picks a free one)"
+        raise PortUnavailable(
+            f"cannot listen on {host}:{port} (in use or not allowed); choose another port (0 picks a free one)"
         ) from e
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{shown if ':' not in shown else f'[{shown}]'}:{server.server_port}/"

@@ -9,6 +9,9 @@ which for an x-predicting JiT is (up to the t_eps clamp) the network's own outpu
 step of length 1/K from t_{K−1}, so the final image z_1 = z + (1/K)·v equals the last x̂ exactly when
 1/K ≥ t_eps (K ≤ 20 for t_eps = 0.05); for more steps it differs slightly and the page says by how much.
 
+The run goes through ``jitkit.diffusion.generate.sample_denoiser``, the sampler every other path uses (the
+null class and t_eps come from the Denoiser); its starting noise is ``initial_noise(seed=seed)``.
+
 Shape key: K steps; C channels; S image side; frames are uint8 [S, S, 3] (height, width, RGB).
 """
 
@@ -22,14 +25,8 @@ import torch
 
 from jitkit.config import SamplerConfig
 from jitkit.diffusion.flow import Denoiser
-from jitkit.diffusion.sampling import (
-    Trajectory,
-    guidance_scale,
-    initial_noise,
-    network_evaluations,
-    sample,
-    to_uint8,
-)
+from jitkit.diffusion.generate import sample_denoiser
+from jitkit.diffusion.sampling import Trajectory, guidance_scale, initial_noise, network_evaluations, to_uint8
 
 
 @dataclass
@@ -73,20 +70,20 @@ def record_run(
     sampler: SamplerConfig,
     img_size: int,
     in_channels: int = 3,
+    precision: str = "auto",
 ) -> RecordedRun:
-    """Sample one image of ``class_index`` from the noise of ``seed`` and record every step."""
-    dcfg = denoiser.cfg
+    """Sample one image of ``class_index`` from the noise of ``seed`` and record every step.
+
+    ``precision``: auto | fp32 | bf16 | fp16, the network's autocast (the sampler state stays float32).
+    """
     param = next(denoiser.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    z0 = initial_noise(1, (in_channels, img_size, img_size), dcfg.noise_scale, seed=seed, device=device)
+    z0 = initial_noise(
+        1, (in_channels, img_size, img_size), denoiser.cfg.noise_scale, seed=seed, device=device
+    )
     y = torch.tensor([class_index], dtype=torch.long, device=device)
     traj = Trajectory()
-
-    def velocity(z: torch.Tensor, t: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-        return denoiser.predict(z, t, yy, kind="v")
-
-    with torch.inference_mode():
-        sample(velocity, z0, y, sampler, denoiser.null_class, t_eps=dcfg.t_eps, trajectory=traj)
+    sample_denoiser(denoiser, z0, y, sampler, precision=precision, trajectory=traj)
     final = traj.z[-1][0].float()
     z = np.stack([_to_hwc_rgb(s[0]) for s in traj.z])  # [K+1,S,S,3]
     x = np.stack([_to_hwc_rgb(s[0]) for s in traj.x])  # [K,S,S,3]

@@ -6,7 +6,7 @@ are resized to 299 inside it; features '2048' (pool) feed FID and precision/reca
 The statistics and distances are jitkit's own (``jitkit.eval.fid``).
 
 Nothing is downloaded: the weights file (``weights-inception-2015-12-05-6726825d.pth``) is taken from
-``--inception-weights PATH``, else ``$JITKIT_INCEPTION_WEIGHTS``, else torch's hub cache where torch-fidelity
+the ``weights`` path given, else ``$JITKIT_INCEPTION_WEIGHTS``, else torch's hub cache where torch-fidelity
 keeps it after one online run; missing, the error says where to get it.
 
 torch-fidelity imports torchvision, which must match the installed torch; all imports of it are lazy.
@@ -58,7 +58,7 @@ def find_inception_weights(path: str | Path | None = None) -> Path:
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise InceptionWeightsMissing(f"--inception-weights {p}: no such file. {_where_to_get()}")
+            raise InceptionWeightsMissing(f"Inception weights {p}: no such file. {_where_to_get()}")
         return p
     env = os.environ.get(WEIGHTS_ENV)
     if env:
@@ -77,7 +77,7 @@ def find_inception_weights(path: str | Path | None = None) -> Path:
 def _where_to_get() -> str:
     return (
         f"Download {INCEPTION_FILE} (the pt_inception-2015-12-05 weights torch-fidelity uses, 91 MB) on a machine "
-        f"with internet from {INCEPTION_URL} and pass it with --inception-weights PATH or set {WEIGHTS_ENV}=PATH "
+        f"with internet from {INCEPTION_URL} and pass its path (inception_weights) or set {WEIGHTS_ENV}=PATH "
         f"(or place it at {Path(torch.hub.get_dir()) / 'checkpoints' / INCEPTION_FILE})"
     )
 

@@ -1,16 +1,18 @@
 """Evaluation during training, as callbacks for ``jitkit.train.train(cfg, callbacks=[...])``.
 
 A callback is ``cb(event, info)`` with events "step", "epoch_end", "end"; ``info`` holds "step", "epoch",
-"run_dir", "denoiser" (EMA1 weights, eval mode) and "config". Training never imports this module: the train
-CLI builds the callbacks with ``make_eval_callbacks(cfg, ...)`` and passes them in.
+"run_dir", "config", "classes", "device" and a lazily built "denoiser" (EMA1 weights, eval mode). Training
+never imports this module: the train CLI builds the callbacks with ``make_eval_callbacks(cfg, ...)`` and
+passes them in.
 
 - ``ShapesEval``: at the end of a run on ``shapes``, sample ``per_class`` images per class with the run's
   sampler and report the shapes metric (accuracy, colour/shape accuracy, mean IoU).
 - ``FIDEval``: every N epochs (and at the end) sample ``num`` images and report FID (and IS) against
   reference statistics, through torch-fidelity's Inception with local weights.
 
-Results are printed, appended to ``RUN/eval.jsonl`` and returned (the callback's return value is a dict).
-Only rank 0 evaluates under torchrun.
+Both sample through ``jitkit.diffusion.generate.generate_images`` in the run's precision, so their images
+are the ones ``jitkit sample`` makes for the same seed. Results are printed, appended to ``RUN/eval.jsonl``
+and returned (the callback's return value is a dict). Only rank 0 evaluates under torchrun.
 """
 
 from __future__ import annotations
@@ -22,17 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from jitkit.config import RunConfig, SamplerConfig
+from jitkit.runtime import dist
 
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
+__all__ = ["FIDEval", "ShapesEval", "append_eval_log", "fid_due", "make_eval_callbacks"]
 
 
 def append_eval_log(run_dir: str | Path | None, record: dict[str, Any]) -> None:
@@ -47,14 +45,52 @@ def append_eval_log(run_dir: str | Path | None, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    try:
-        return next(module.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
+class _SamplingEval:
+    """What the evaluations share: sampling from the run's EMA1 Denoiser and the record of the result.
+
+    Subclasses set ``seed``, ``batch_size``, ``sampler`` (None: the run config's) and ``progress``.
+    """
+
+    seed: int
+    batch_size: int
+    sampler: SamplerConfig | None
+    progress: bool
+    last: dict[str, Any] | None = None
+
+    def _sample(self, info: dict[str, Any], labels: np.ndarray, desc: str) -> torch.Tensor:
+        """uint8 images [N, C, S, S] of ``labels``, in the run's precision (``train.precision``)."""
+        from jitkit.diffusion.generate import generate_images
+
+        cfg: RunConfig | None = info.get("config")
+        scfg = self.sampler or (cfg.sampler if cfg is not None else SamplerConfig())
+        precision = cfg.train.precision if cfg is not None else "fp32"
+        return generate_images(
+            info["denoiser"],
+            labels,
+            scfg,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            precision=precision,
+            progress=self.progress,
+            desc=desc,
+        )
+
+    def _record(
+        self, event: str, info: dict[str, Any], metric: str, values: dict[str, Any], **extra: Any
+    ) -> dict[str, Any]:
+        """The eval.jsonl line of one evaluation (also kept as ``last``)."""
+        self.last = {
+            "event": event,
+            "step": info.get("step"),
+            "epoch": info.get("epoch"),
+            "metric": metric,
+            **extra,
+            **values,
+        }
+        return self.last
 
 
-class ShapesEval:
+class ShapesEval(_SamplingEval):
     """The shapes metric on ``per_class`` samples per class at the end of training (event "end")."""
 
     def __init__(
@@ -69,40 +105,22 @@ class ShapesEval:
     ) -> None:
         self.per_class, self.seed, self.batch_size = per_class, seed, batch_size
         self.sampler, self.events, self.save_grid, self.progress = sampler, events, save_grid, progress
-        self.last: dict[str, Any] | None = None
 
     def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
-        if event not in self.events or _rank() != 0:
+        if event not in self.events or dist.rank() != 0:
             return None
         from jitkit.data.shapes import class_names
-        from jitkit.diffusion.generate import balanced_labels, generate_images
+        from jitkit.diffusion.generate import balanced_labels
         from jitkit.eval.shapes_metric import format_shapes_metrics, shapes_metrics
         from jitkit.images import save_grid
 
-        den = info["denoiser"]
-        cfg: RunConfig | None = info.get("config")
-        scfg = self.sampler or (cfg.sampler if cfg is not None else SamplerConfig())
         names = class_names()
         labels = balanced_labels(len(names), per_class=self.per_class)
         t0 = time.time()
-        images = generate_images(
-            den,
-            labels,
-            scfg,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            progress=self.progress,
-            desc="eval shapes",
-        )
+        images = self._sample(info, labels, "eval shapes")
         m = shapes_metrics(images, labels)
         m["seconds"] = round(time.time() - t0, 2)
-        record = {
-            "event": event,
-            "step": info.get("step"),
-            "epoch": info.get("epoch"),
-            "metric": "shapes",
-            **m,
-        }
+        record = self._record(event, info, "shapes", m)
         run_dir = info.get("run_dir")
         if run_dir is not None and self.save_grid:
             path = Path(run_dir) / "samples" / f"eval-shapes-step-{int(info.get('step') or 0):06d}.png"
@@ -110,7 +128,6 @@ class ShapesEval:
             record["grid"] = str(path)
         append_eval_log(run_dir, record)
         print(f"[eval] step {info.get('step')}: {format_shapes_metrics(m)}", file=sys.stderr)
-        self.last = record
         return record
 
 
@@ -121,7 +138,7 @@ def fid_due(event: str, epoch: int, every: int, at_end: bool = True) -> bool:
     return event == "epoch_end" and every > 0 and epoch > 0 and epoch % every == 0
 
 
-class FIDEval:
+class FIDEval(_SamplingEval):
     """FID/IS against reference statistics every ``every_epochs`` epochs (0: only at the end)."""
 
     def __init__(
@@ -147,52 +164,33 @@ class FIDEval:
         self.num, self.every, self.seed, self.batch_size = num, every_epochs, seed, batch_size
         self.sampler, self.at_end, self.progress = sampler, at_end, progress
         self._extractor = None
-        self.last: dict[str, Any] | None = None
 
     def due(self, event: str, info: dict[str, Any]) -> bool:
         return fid_due(event, int(info.get("epoch") or 0), self.every, self.at_end)
 
     def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.due(event, info) or _rank() != 0:
+        if not self.due(event, info) or dist.rank() != 0:
             return None
-        from jitkit.diffusion.generate import balanced_labels, generate_images
+        from jitkit.diffusion.generate import balanced_labels
         from jitkit.eval.fidelity import InceptionFeatures, extract_features, image_metrics
 
         den = info["denoiser"]
-        cfg: RunConfig | None = info.get("config")
-        scfg = self.sampler or (cfg.sampler if cfg is not None else SamplerConfig())
-        dev = _device_of(den)
         if self._extractor is None:
-            self._extractor = InceptionFeatures(self.weights, dev)
+            device = next(den.parameters()).device
+            self._extractor = InceptionFeatures(self.weights, device)
         t0 = time.time()
         labels = balanced_labels(den.num_classes, num=self.num)
-        images = generate_images(
-            den,
-            labels,
-            scfg,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            progress=self.progress,
-            desc="eval FID",
-        )
+        images = self._sample(info, labels, "eval FID")
         feats = extract_features(images.split(self.batch_size), self._extractor, len(images), progress=False)
         m = image_metrics(feats, self.ref, prc=False)
         m["seconds"] = round(time.time() - t0, 2)
-        record = {
-            "event": event,
-            "step": info.get("step"),
-            "epoch": info.get("epoch"),
-            "metric": "fid",
-            "ref": self.ref_path,
-            **m,
-        }
+        record = self._record(event, info, "fid", m, ref=self.ref_path)
         append_eval_log(info.get("run_dir"), record)
         print(
             f"[eval] epoch {info.get('epoch')} step {info.get('step')}: FID {m['fid']:.3f} "
             f"(n {m['n']}), IS {m['inception_score']:.3f}",
             file=sys.stderr,
         )
-        self.last = record
         return record
 
 
@@ -228,21 +226,3 @@ def make_eval_callbacks(
             "(make them with jitkit ref-stats DATA --out STATS.npz)"
         )
     return cbs
-
-
-def make_eval_callback(cfg: RunConfig, **kw: Any):
-    """One callback running all of ``make_eval_callbacks(cfg, **kw)`` (None when there is nothing to do)."""
-    cbs = make_eval_callbacks(cfg, **kw)
-    if not cbs:
-        return None
-
-    def callback(event: str, info: dict[str, Any]) -> dict[str, Any] | None:
-        out: dict[str, Any] = {}
-        for cb in cbs:
-            r = cb(event, info)
-            if r:
-                out[r["metric"]] = r
-        return out or None
-
-    callback.callbacks = cbs  # type: ignore[attr-defined]
-    return callback

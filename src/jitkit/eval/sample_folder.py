@@ -31,6 +31,29 @@ from jitkit.fileio import atomic_write_bytes
 from jitkit.images import png_bytes, save_grid, to_hwc
 from jitkit.runtime import dist
 
+__all__ = [
+    "check_replaceable",
+    "write_sample_folder",
+    "IMAGE_EXTS",
+    "LABELS_CSV",
+    "META_JSON",
+    "SampleFolder",
+    "image_name",
+    "list_images",
+    "load_images",
+    "load_npz",
+    "read_image",
+    "read_labels_csv",
+    "read_sample_folder",
+    "sample_to_outputs",
+    "save_npz",
+    "write_labels_csv",
+]
+
+LABELS_CSV = "labels.csv"
+META_JSON = "sample_meta.json"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a folder of images may hold
+
 # -- npz -------------------------------------------------------------------------------------------------
 
 
@@ -78,11 +101,9 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str]
 
 # -- sample folders --------------------------------------------------------------------------------------
 
-LABELS_CSV = "labels.csv"
-META_JSON = "sample_meta.json"
-
 
 def image_name(i: int) -> str:
+    """The file name of image ``i`` of a sample folder: ``00000.png``."""
     return f"{i:05d}.png"
 
 
@@ -140,11 +161,13 @@ class SampleFolder:
         return [i for i in rank_indices(len(self.labels), rank, world_size) if i not in have]
 
     def write(self, indices: Iterable[int], images: Any) -> None:
+        """Write uint8 ``images`` [B, C, S, S] as the PNGs of plan ``indices``, each atomically."""
         a = to_hwc(images)
         for i, img in zip(indices, a):
             atomic_write_bytes(self.root / image_name(int(i)), png_bytes(img))
 
     def complete(self) -> bool:
+        """Whether every image of the plan is in the folder."""
         return len(self.existing()) == len(self.labels)
 
     def finish(self) -> bool:
@@ -169,6 +192,69 @@ def write_labels_csv(root: str | Path, labels: Sequence[int], classes: Sequence[
     path = Path(root) / LABELS_CSV
     atomic_write_bytes(path, buf.getvalue().encode())
     return path
+
+
+def check_replaceable(dest: str | Path, overwrite: bool = False) -> None:
+    """Raise unless ``dest`` may receive a new sample folder: absent, empty, or (with ``overwrite``) a sample
+    folder (one with labels.csv) — never another kind of folder, whose files would be lost."""
+    dest = Path(dest)
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise NotADirectoryError(f"{dest} exists and is not a folder; expected a folder for the samples")
+    if any(dest.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{dest} is not empty; choose another folder or allow overwriting")
+        if not (dest / LABELS_CSV).is_file():
+            raise FileExistsError(
+                f"{dest} is not empty and is not a sample folder (no {LABELS_CSV}); refusing to replace it"
+            )
+
+
+def write_sample_folder(
+    dest: str | Path,
+    images: Any,
+    labels: Any,
+    classes: Sequence[str],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write images [N, 3, S, S] and their labels as a complete sample folder, atomically.
+
+    The folder is written beside ``dest`` and renamed into place at the end (a replaced sample folder is
+    removed only after that), so an interrupted write leaves no half folder. See :func:`check_replaceable`.
+    """
+    import os
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    check_replaceable(dest, overwrite)
+    a = to_hwc(images)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(y) != len(a):
+        raise ValueError(f"{len(a)} images but {len(y)} labels")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for i in tqdm(range(len(a)), desc="export", unit="img", disable=not progress):
+            (tmp / image_name(i)).write_bytes(png_bytes(a[i]))
+        write_labels_csv(tmp, y, classes)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
 
 
 def read_labels_csv(root: str | Path) -> tuple[list[Path], np.ndarray] | None:
@@ -198,7 +284,12 @@ def read_labels_csv(root: str | Path) -> tuple[list[Path], np.ndarray] | None:
     return files, labels
 
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file (PNG, JPEG, …) as uint8 [3, S, S] RGB."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
 
 
 def list_images(
@@ -224,7 +315,7 @@ def read_sample_folder(root: str | Path, *, with_labels: bool = True) -> tuple[n
     files, labels = list_images(root, with_labels=with_labels)
     if not files:
         raise ValueError(f"{root}: no PNG images found")
-    arrs = [read_png(f) for f in files]
+    arrs = [read_image(f) for f in files]
     sizes = {a.shape for a in arrs}
     if len(sizes) > 1:
         raise ValueError(f"{root}: images have different sizes {sorted(sizes)[:3]}; expected one size")
@@ -328,7 +419,7 @@ def sample_to_outputs(
         if folder is not None:
             for i in mine:
                 if i not in gen_images:
-                    gen_images[i] = read_png(folder.root / image_name(i))
+                    gen_images[i] = read_image(folder.root / image_name(i))
         part = np.stack([gen_images[i] for i in mine]) if mine else None
         target = Path(npz) if npz is not None else Path(grid)
         images = _gather_parts(target, part, mine, n, rank, world_size)
@@ -340,14 +431,6 @@ def sample_to_outputs(
                 save_grid(images, labels, grid, classes)
                 summary["grid"] = str(grid)
     return summary
-
-
-def read_png(path: Path) -> np.ndarray:
-    """One image file as uint8 [3, S, S] (RGB)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
 
 
 def _part_path(target: Path, rank: int, world_size: int) -> Path:

@@ -8,14 +8,28 @@ Shape key: N images, B batch, S side.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from jitkit.eval.sample_folder import IMAGE_EXTS, list_images
+from jitkit.eval.sample_folder import IMAGE_EXTS, LABELS_CSV, list_images, load_npz, read_image
+
+__all__ = [
+    "ImageSource",
+    "crop_size_needed",
+    "dataset_source",
+    "folder_source",
+    "is_image_folder_of_files",
+    "npz_source",
+    "open_source",
+]
+
+# the side of the built-in shapes data set, the one data set whose size needs no asking
+SHAPES_SIZE = 16
 
 
 @dataclass
@@ -26,22 +40,15 @@ class ImageSource:
     n: int
     size: int
     labels: np.ndarray | None
-    _batches: object  # callable(batch_size) -> iterator
+    _batches: Callable[[int], Iterator[torch.Tensor]]
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        return self._batches(batch_size)  # type: ignore[operator]
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).transpose(2, 0, 1)  # [3,H,W]
+        return self._batches(batch_size)
 
 
 def is_image_folder_of_files(root: Path) -> bool:
     """True for a flat folder of image files (a sample folder), False for class folders / caches."""
-    if (root / "labels.csv").is_file():
+    if (root / LABELS_CSV).is_file():
         return True
     if (root / "manifest.json").is_file():
         return False
@@ -56,13 +63,13 @@ def folder_source(root: str | Path) -> ImageSource:
     files, labels = list_images(root, exts=IMAGE_EXTS)
     if not files:
         raise ValueError(f"{root}: no images (png/jpg/jpeg/webp/bmp) found; expected a sample folder")
-    first = _read_rgb(files[0])
+    first = read_image(files[0])
     if first.shape[1] != first.shape[2]:
         raise ValueError(f"{files[0]}: expected square images, found {first.shape[2]}x{first.shape[1]}")
 
     def batches(bs: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(files), bs):
-            arrs = [_read_rgb(f) for f in files[i : i + bs]]
+            arrs = [read_image(f) for f in files[i : i + bs]]
             for f, a in zip(files[i : i + bs], arrs):
                 if a.shape != first.shape:
                     raise ValueError(
@@ -75,8 +82,7 @@ def folder_source(root: str | Path) -> ImageSource:
 
 
 def npz_source(path: str | Path) -> ImageSource:
-    from jitkit.eval.sample_folder import load_npz
-
+    """The images of an npz (``arr_0``/``images``, see ``load_npz``), loaded whole."""
     a, y, _ = load_npz(path)
 
     def batches(bs: int) -> Iterator[torch.Tensor]:
@@ -90,7 +96,8 @@ def dataset_source(
     data: str, size: int | None, split: str = "auto", limit: int = 0, per_class: int = 200
 ) -> ImageSource:
     """A jitkit data set: ``shapes``, an image folder (ImageNet layout: split ``val`` by default when
-    PATH/val exists), or a prepared cache; images are center-cropped to ``size`` (the ADM crop)."""
+    PATH/val exists), or a prepared cache; images are center-cropped to ``size`` (the ADM crop), which
+    only ``shapes`` may leave out (its images are 16 px)."""
     from jitkit.config import DataConfig
     from jitkit.data import build_dataset
 
@@ -98,10 +105,9 @@ def dataset_source(
     if split == "auto":
         split = "val" if (p / "val").is_dir() else "train"
     if size is None:
-        if data.strip().lower() == "shapes":
-            size = 16
-        else:
-            raise ValueError(f"--size is needed to center-crop the images of {data!r} (e.g. --size 256)")
+        if data.strip().lower() != "shapes":
+            raise ValueError(f"size is needed to center-crop the images of {data!r} (e.g. size=256)")
+        size = SHAPES_SIZE
     ds = build_dataset(
         DataConfig(data=data, img_size=int(size), per_class=per_class, hflip=False), split=split
     )
@@ -132,9 +138,16 @@ def dataset_source(
 
 
 def _cpus() -> int:
-    import os
-
     return max(0, (os.cpu_count() or 1) - 1)
+
+
+def crop_size_needed(spec: str | Path) -> bool:
+    """Whether ``open_source(spec)`` needs a ``size``: for an existing data set other than ``shapes`` (a
+    sample folder or an npz keeps the size of its images; a missing path fails on its own)."""
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".npz" or str(spec).strip().lower() == "shapes" or not p.exists():
+        return False
+    return not (p.is_dir() and is_image_folder_of_files(p))
 
 
 def open_source(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +41,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from jitkit.config import ConfigBase, ConfigError
 from jitkit.diffusion.flow import convert, flow_loss, interpolate
-from jitkit.fileio import atomic_save_figure, atomic_write_text, atomic_write_with
+from jitkit.experiments.common import machine_record, pyplot, save_figure, start_run
+from jitkit.fileio import atomic_write_text, atomic_write_with
 
 PRED_KINDS = ("x", "eps", "v")
 PRED_LABELS = {"x": "x-prediction", "eps": "ε-prediction", "v": "v-prediction"}
 
 
 @dataclass(frozen=True)
-class ManifoldConfig:
+class ManifoldConfig(ConfigBase):
     """Every knob of the manifold toy (defaults: the paper's setup with a CPU-sized epoch budget)."""
 
     dims: tuple[int, ...] = (2, 8, 16, 32, 128, 512)
@@ -73,35 +75,20 @@ class ManifoldConfig:
     def validate(self) -> None:
         bad = [p for p in self.preds if p not in PRED_KINDS]
         if bad or not self.preds:
-            raise ValueError(f"preds must be a non-empty subset of {PRED_KINDS}, found {list(self.preds)}")
+            raise ConfigError(f"preds must be a non-empty subset of {PRED_KINDS}, found {list(self.preds)}")
         if not self.dims or min(self.dims) < 2:
-            raise ValueError(f"dims must be ambient dimensions >= 2, found {list(self.dims)}")
+            raise ConfigError(f"dims must be ambient dimensions >= 2, found {list(self.dims)}")
         if not (0.0 < self.t_min < self.t_max < 1.0):
-            raise ValueError(f"need 0 < t_min < t_max < 1, found t_min={self.t_min}, t_max={self.t_max}")
+            raise ConfigError(f"need 0 < t_min < t_max < 1, found t_min={self.t_min}, t_max={self.t_max}")
         if not (0.0 < self.t_eps <= min(self.t_min, 1 - self.t_max)):
-            raise ValueError(
+            raise ConfigError(
                 f"t_eps must lie in (0, min(t_min, 1 - t_max)] = (0, {min(self.t_min, 1 - self.t_max)}] so that "
                 f"the conversions are never clamped, found {self.t_eps}"
             )
-        for name in (
-            "n",
-            "epochs",
-            "batch_size",
-            "width",
-            "hidden_layers",
-            "sample_steps",
-            "n_samples",
-            "n_heldout",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
-        if self.noise < 0:
-            raise ValueError(f"noise must be >= 0, found {self.noise}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["dims"], d["preds"] = list(self.dims), list(self.preds)
-        return d
+        self.check_at_least(
+            1, "n", "epochs", "batch_size", "width", "hidden_layers", "sample_steps", "n_samples", "n_heldout"
+        )
+        self.check_at_least(0, "noise")
 
 
 QUICK = dict(
@@ -220,14 +207,9 @@ def plot_grid(
     With ``metrics`` each sample panel is annotated with its mean nearest-neighbour distance and the share
     of samples that fall outside the (shared) frame.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lim = float(np.abs(data2d).max()) * 1.25
     ncol = 1 + len(preds)
-    fig, axes = plt.subplots(len(dims), ncol, figsize=(2.3 * ncol, 2.3 * len(dims)), squeeze=False)
+    fig, axes = pyplot().subplots(len(dims), ncol, figsize=(2.3 * ncol, 2.3 * len(dims)), squeeze=False)
     d_show = data2d[:max_points]
     for r, D in enumerate(dims):
         cols = [("data", d_show)] + [(p, samples[f"D{D}_{p}"][:max_points]) for p in preds]
@@ -260,18 +242,14 @@ def plot_grid(
                 ax.set_ylabel(f"D = {D}", fontsize=10)
     fig.suptitle("swiss roll in D dims, samples projected back by Pᵀ (v-loss for all)", fontsize=10)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
-def plot_losses(histories: dict[str, list[float]], dims, preds, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(preds), figsize=(3.6 * len(preds), 3.0), squeeze=False, sharey=True)
+def plot_losses(
+    histories: dict[str, list[float]], dims: tuple[int, ...], preds: tuple[str, ...], path: Path
+) -> Path:
+    """A panel per prediction kind with a log-scale v-loss curve per D (``histories``: ``D{D}_{pred}``)."""
+    fig, axes = pyplot().subplots(1, len(preds), figsize=(3.6 * len(preds), 3.0), squeeze=False, sharey=True)
     for c, p in enumerate(preds):
         ax = axes[0][c]
         for D in dims:
@@ -284,12 +262,10 @@ def plot_losses(histories: dict[str, list[float]], dims, preds, path: Path) -> P
             ax.set_ylabel("v-loss")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
-def metrics_table(results: dict[str, Any], dims, preds) -> str:
+def metrics_table(results: dict[str, Any], dims: tuple[int, ...], preds: tuple[str, ...]) -> str:
     """Markdown table: one row per D, per prediction the mean NN distance / off-manifold energy / SW."""
     head = "| D | " + " | ".join(f"{PRED_LABELS[p]}: NN dist · off-plane · SW₁" for p in preds) + " |"
     sep = "|---:|" + "---:|" * len(preds)
@@ -317,10 +293,7 @@ def run_manifold(cfg: ManifoldConfig, out: str | Path, *, progress: bool = True)
     from jitkit.eval.swissroll_metric import swissroll_metrics
 
     cfg.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    out = start_run(out, cfg.threads)
     dims, preds = tuple(cfg.dims), tuple(cfg.preds)
     steps_per_model = cfg.epochs * math.ceil(cfg.n / cfg.batch_size)
     bar = tqdm(total=steps_per_model * len(dims), desc="manifold", unit="step", disable=not progress)
@@ -361,8 +334,6 @@ def _write_outputs(
 ) -> None:
     """Write every output for the dimensions finished so far (called after each D, so an interrupted run
     still leaves a consistent, smaller result)."""
-    import os
-
     preds = tuple(cfg.preds)
     done = tuple(sorted(D for D in cfg.dims if f"D{D}_{preds[0]}" in metrics))
     _atomic_savez(out / "samples.npz", **samples, data=data2d.astype(np.float32))
@@ -376,8 +347,7 @@ def _write_outputs(
         "steps_per_model": cfg.epochs * math.ceil(cfg.n / cfg.batch_size),
         "wall_seconds": round(wall, 1),
         "seconds_per_D": timings,
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        **machine_record(),
         "metrics": metrics,
         "final_loss": {k: v[-1] for k, v in histories.items()},
         "loss_history": histories,
@@ -444,8 +414,9 @@ def manifold_report(results: dict[str, Any]) -> str:
 
 
 def quick_config(**overrides: Any) -> ManifoldConfig:
-    """A miniature of the toy that runs in seconds (used by the tests and ``--quick``)."""
-    return ManifoldConfig(**{**QUICK, **overrides})
+    """A miniature of the toy that runs in seconds (used by the tests and ``--quick``); ``overrides`` as
+    ``replace``."""
+    return ManifoldConfig().replace(**{**QUICK, **overrides})
 
 
 __all__ = [

@@ -7,19 +7,22 @@ Runs (all on the same 3,200 images, 16 classes, same batches order given the see
     T = 200, L_simple), ancestral sampling (T = 200 network evaluations).
 (b) ``jit``:  a JiT of the same width and depth (patch 4, width 64, depth 4, 4 heads; bottleneck 32 and 4
     in-context tokens from block 2 as jitkit's tiny sizes) with x-prediction and the v-loss
-    (``jitkit.diffusion.flow.Denoiser``), Heun sampling (``jitkit.diffusion.sampling.sample``).
+    (``jitkit.diffusion.flow.Denoiser``), Heun sampling (``jitkit.diffusion.generate.sample_denoiser``).
 (c) ``jit_long``: the same JiT trained for as long as it takes to draw crisp shapes (shapes accuracy
-    ≥ 0.95 and mean IoU ≥ 0.9 on 16 samples per class), checked every ``check_every`` epochs.
+    ≥ 0.95 and mean IoU ≥ 0.9 on 16 samples per class), checked every ``long_check_every`` epochs.
 
-(a) and (b) share the optimisation recipe of the study: AdamW lr 5e-4, weight decay 0, gradient clipping
-at 1.0, cosine decay over the run (no warm-up), batch 128, 30 epochs, random horizontal flips. The loop is
-``fit`` below — a minimal loop over library pieces (the model's loss, torch's AdamW); both models go
-through the same code, and samples are drawn from the raw weights (no EMA).
+(a) and (b) share the optimisation recipe of the study: AdamW (β = (0.9, 0.999)) lr 5e-4, weight decay 0,
+gradient clipping at 1.0, cosine decay over the run updated every step (no warm-up), batch 128, 30 epochs,
+random horizontal flips. The loop is ``fit`` below — a minimal loop over library pieces (the model's loss,
+``jitkit.train.optim.make_optimizer``, ``jitkit.train.schedule.lr_at``); both models go through the same
+code, and samples are drawn from the raw weights (no EMA).
 
 (c) goes through the library's trainer ``jitkit.train.train`` with the `jitkit train` shapes preset's recipe
 (AdamW β = (0.9, 0.95), batch 64, lr 3e-3, 2 warm-up epochs, cosine over ``long_max_epochs``, clip 1.0, EMA
 ``ema_decay`` warmed up) with a callback that scores the EMA weights
 every ``long_check_every`` epochs and stops the run (``StopTraining``) once the targets are met.
+
+Figures and ``report.md``: :mod:`jitkit.experiments.shapes_report`.
 
 Shape key: B batch, C = 3 channels, S = 16 side; images are uint8 [N, 3, S, S] or floats in [−1, 1].
 """
@@ -28,11 +31,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from jitkit.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplerConfig, TrainConfig
-from jitkit.fileio import atomic_save_figure, atomic_write_text
+from jitkit.config import (
+    ConfigBase,
+    ConfigError,
+    DataConfig,
+    DiffusionConfig,
+    ModelConfig,
+    RunConfig,
+    SamplerConfig,
+    TrainConfig,
+)
+from jitkit.experiments.common import machine_record, start_run
+from jitkit.experiments.shapes_report import save_loss_png, save_trajectory_png, shapes_report
+from jitkit.fileio import atomic_write_text
 
-LOSS_EPOCHS = (1, 4, 8, 16, 24, 30)
 TRAJECTORY_CLASS = 10  # blue_triangle
 RUN_KEYS = ("dit", "jit", "jit_long")
-_LETTER = {"dit": "a", "jit": "b", "jit_long": "c"}
 PUBLISHED = {"params": 323_696, "loss_epoch1": 0.9147, "loss_epoch30": 0.1228, "wall_seconds": 42.7}
 
 
 @dataclass(frozen=True)
-class ShapesStudyConfig:
+class ShapesStudyConfig(ConfigBase):
     """Every knob of the study (defaults: the study's recipe)."""
 
     img_size: int = 16
@@ -94,27 +104,14 @@ class ShapesStudyConfig:
     threads: int = 0
 
     def validate(self) -> None:
-        for name in (
-            "epochs",
-            "batch_size",
-            "ddpm_T",
-            "heun_steps",
-            "samples_per_class",
-            "trajectory_frames",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+        self.check_at_least(
+            1, "epochs", "batch_size", "ddpm_T", "heun_steps", "samples_per_class", "trajectory_frames"
+        )
         bad = [r for r in self.runs if r not in RUN_KEYS]
         if bad or not self.runs:
-            raise ValueError(f"runs must be a non-empty subset of {RUN_KEYS}, found {list(self.runs)}")
-        if "jit_long" in self.runs and (self.long_max_epochs < 1 or self.long_check_every < 1):
-            raise ValueError(
-                f"long_max_epochs and long_check_every must be >= 1, found {self.long_max_epochs}, "
-                f"{self.long_check_every}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+            raise ConfigError(f"runs must be a non-empty subset of {RUN_KEYS}, found {list(self.runs)}")
+        if "jit_long" in self.runs:
+            self.check_at_least(1, "long_max_epochs", "long_check_every")
 
     def jit_model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -156,8 +153,8 @@ QUICK = dict(
 
 
 def quick_config(**overrides: Any) -> ShapesStudyConfig:
-    """A miniature of the study that runs in seconds (tests, ``--quick``)."""
-    return ShapesStudyConfig(**{**QUICK, **overrides})
+    """A miniature of the study that runs in seconds (tests, ``--quick``); ``overrides`` as ``replace``."""
+    return ShapesStudyConfig().replace(**{**QUICK, **overrides})
 
 
 # --- the two models as (loss, sampler) pairs --------------------------------------------------------------
@@ -223,21 +220,11 @@ class JiTFlow(nn.Module):
     def generate(
         self, noise: torch.Tensor, y: torch.Tensor, seed: int, frames: list | None = None
     ) -> torch.Tensor:
-        from jitkit.diffusion.sampling import Trajectory, sample
-
-        def vel(z: torch.Tensor, t: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-            return self.denoiser.predict(z, t, yy, kind="v")
+        from jitkit.diffusion.generate import sample_denoiser
+        from jitkit.diffusion.sampling import Trajectory
 
         traj = Trajectory() if frames is not None else None
-        out = sample(
-            vel,
-            noise,
-            y,
-            self.sampler,
-            self.denoiser.null_class,
-            t_eps=self.denoiser.cfg.t_eps,
-            trajectory=traj,
-        )
+        out = sample_denoiser(self.denoiser, noise, y, self.sampler, trajectory=traj)
         if frames is not None:
             for k in range(len(traj.x)):
                 frames.append((traj.t[k], traj.z[k], traj.x[k]))
@@ -273,41 +260,36 @@ def fit(
     grad_clip: float,
     seed: int,
     hflip: bool = True,
-    total_epochs: int | None = None,
-    start_epoch: int = 0,
-    opt: torch.optim.Optimizer | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> tuple[FitResult, torch.optim.Optimizer]:
-    """AdamW + cosine decay (per step, over ``total_epochs``) + gradient clipping, epochs of shuffled batches
-    (last partial batch dropped). ``model.loss(x, y, generator)`` is the objective; images are uint8 [N,3,S,S].
-
-    Resumable in pieces: pass the returned optimizer back with ``start_epoch`` (used by the long run).
+    """The study's recipe: AdamW β = (0.9, 0.999) (``make_optimizer``), a cosine from ``lr`` to 0 over the run
+    set every step (``lr_at`` without warm-up), gradient clipping (0: none), epochs of shuffled batches (last
+    partial batch dropped), random horizontal flips. ``model.loss(x, y, generator)`` is the objective; images
+    are uint8 [N, 3, S, S]. Returns the result and the optimiser.
     """
     from tqdm import tqdm
 
     from jitkit.data import random_hflip, to_model_range
+    from jitkit.train.optim import make_optimizer
+    from jitkit.train.schedule import lr_at, set_lr
 
-    total_epochs = total_epochs or epochs
     N = images.shape[0]
     steps_per_epoch = N // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {batch_size} is larger than the data set ({N} images)")
-    total_steps = steps_per_epoch * total_epochs
-    if opt is None:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
-    g = torch.Generator().manual_seed(seed + 1000 * start_epoch)
+    opt = make_optimizer(model, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(total=steps_per_epoch * epochs, desc=desc, unit="step", disable=not progress, leave=False)
-    for ep in range(start_epoch, start_epoch + epochs):
+    for ep in range(epochs):
         perm = torch.randperm(N, generator=g)
         total = 0.0
         for s in range(steps_per_epoch):
             step = ep * steps_per_epoch + s
-            for group in opt.param_groups:  # half-cycle cosine from lr to 0 over the whole run
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            set_lr(opt, lr_at(step / steps_per_epoch, lr, warmup_epochs=0, epochs=epochs, schedule="cosine"))
             idx = perm[s * batch_size : (s + 1) * batch_size]
             x = to_model_range(images[idx])
             if hflip:
@@ -368,64 +350,6 @@ def trajectory_frames(model: nn.Module, classes: list[int], seed: int, img_size:
     return ts, states, preds
 
 
-def save_trajectory_png(
-    runs: list[tuple[str, list, torch.Tensor, torch.Tensor, str]], path: Path, class_names: list[str]
-) -> Path:
-    """Rows: for each run and each example, the state z and the predicted clean image x̂ at each kept step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = []
-    for name, ts, states, preds, unit in runs:
-        for k in range(states.shape[1]):
-            rows.append((f"{name}\nstate", ts, states[:, k], unit))
-            rows.append((f"{name}\npredicted x", ts, preds[:, k], unit))
-    ncol = max(r[2].shape[0] for r in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.05 * ncol + 0.9, 1.05 * len(rows)), squeeze=False)
-    for r, (label, ts, imgs, unit) in enumerate(rows):
-        for c in range(ncol):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= imgs.shape[0]:
-                ax.axis("off")
-                continue
-            ax.imshow(imgs[c].permute(1, 2, 0).numpy(), interpolation="nearest")
-            if r % 2 == 0:
-                if unit == "t":
-                    title = f"t={ts[c]:.2f}"
-                else:
-                    title = "output" if ts[c] < 0 else f"step {ts[c]}"
-                ax.set_title(title, fontsize=7)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7)
-    fig.tight_layout(pad=0.3)
-    atomic_save_figure(fig, path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def save_loss_png(curves: dict[str, list[float]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for name, h in curves.items():
-        ax.plot(np.arange(1, len(h) + 1), h, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (own objective)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def _score(
     model, cfg: ShapesStudyConfig, seed: int
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, float]:
@@ -453,10 +377,7 @@ def run_shapes_study(
 
     cfg.validate()
     say = log or (lambda s: None)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    out = start_run(out, cfg.threads)
     ds = build_dataset(
         DataConfig(data="shapes", img_size=cfg.img_size, per_class=cfg.per_class, seed=cfg.seed, hflip=False)
     )
@@ -500,7 +421,7 @@ def run_shapes_study(
         )
 
     if "jit_long" in cfg.runs:
-        runs["jit_long"], models["jit_long"] = _long_run(cfg, images, labels, classes, out, common, say)
+        runs["jit_long"], models["jit_long"] = _long_run(cfg, len(labels), classes, out, progress, say)
 
     # the denoising trajectories: one sample (the same class and noise for every run), ~10 evenly spaced steps
     ex = [TRAJECTORY_CLASS]
@@ -511,15 +432,14 @@ def run_shapes_study(
         )
         unit = "step" if key == "dit" else "t"
         traj_runs.append((key, ts, states, preds, unit))
-    save_trajectory_png(traj_runs, out / "trajectory.png", classes)
+    save_trajectory_png(traj_runs, out / "trajectory.png")
     save_loss_png({f"{k} ({v['title']})": v["epoch_losses"] for k, v in runs.items()}, out / "losses.png")
 
     results = {
         "experiment": "shapes",
         "config": cfg.to_dict(),
         "published_dit": PUBLISHED,
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        **machine_record(),
         "runs": runs,
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
@@ -559,7 +479,7 @@ def long_run_config(cfg: ShapesStudyConfig, out: Path) -> RunConfig:
 
 
 class _CrispnessCheck:
-    """A ``jitkit.train.train`` callback: every ``every`` epochs, score 16 samples per class of the EMA
+    """A ``jitkit.train.train`` callback: every ``long_check_every`` epochs, score the samples of the EMA
     denoiser; stop the run once accuracy and mean IoU reach the targets. Tracks training-only wall time."""
 
     def __init__(self, cfg: ShapesStudyConfig, say: Callable[[str], None]) -> None:
@@ -594,7 +514,7 @@ class _CrispnessCheck:
         return metrics, train_s
 
     def __call__(self, event: str, info: dict) -> None:
-        from jitkit.train.engine import StopTraining
+        from jitkit.train import StopTraining
 
         if event == "step":
             self._epoch_loss.append(float(info["loss"]))
@@ -625,7 +545,14 @@ class _DenoiserView(JiTFlow):
         self.sampler = sampler
 
 
-def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tuple[dict[str, Any], nn.Module]:
+def _long_run(
+    cfg: ShapesStudyConfig,
+    n_images: int,
+    classes: list[str],
+    out: Path,
+    progress: bool,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], nn.Module]:
     """(c) Train JiT with ``jitkit.train.train`` (one cosine schedule over ``long_max_epochs``), checking the
     EMA samples every ``long_check_every`` epochs and stopping at the first check that reaches the targets."""
     from jitkit.images import save_grid
@@ -634,13 +561,13 @@ def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tup
 
     rc = long_run_config(cfg, out)
     check = _CrispnessCheck(cfg, say)
-    run_dir = train(rc, callbacks=[check], progress=common.get("progress", True))
+    run_dir = train(rc, callbacks=[check], progress=progress)
     if check.last is None:  # interrupted before the first check: score the saved EMA weights
         from jitkit.checkpoint import load_denoiser
 
         den, _, _ = load_denoiser(run_dir, ema="1")
         epochs = len(check.losses)
-        check.score(den, epochs, epochs * (images.shape[0] // cfg.long_batch_size))
+        check.score(den, epochs, epochs * (n_images // cfg.long_batch_size))
     metrics, imgs, y, flow = check.last
     save_grid(imgs, y, out / "grid_jit_long.png", classes)
     last = check.checks[-1]
@@ -659,87 +586,3 @@ def _long_run(cfg, images, labels, classes, out: Path, common: dict, say) -> tup
         "metrics": metrics,
     }
     return info, flow
-
-
-def _fmt_loss(h: list[float], e: int) -> str:
-    return f"{h[e - 1]:.4f}" if len(h) >= e else "—"
-
-
-def shapes_report(results: dict[str, Any]) -> str:
-    cfg, runs = results["config"], results["runs"]
-    keys = list(runs)
-    pub = results["published_dit"]
-    epochs_shown = [e for e in LOSS_EPOCHS if e <= cfg["epochs"]] or [cfg["epochs"]]
-    lines = [
-        "# Shapes study: DiT ε-prediction DDPM vs JiT x-prediction (16×16, 16 classes)",
-        "",
-        f"Data: built-in `shapes`, {cfg['per_class']} images per class at {cfg['img_size']}×{cfg['img_size']}. "
-        f"(a) and (b): AdamW lr {cfg['lr']}, wd {cfg['weight_decay']}, grad clip {cfg['grad_clip']}, cosine, "
-        f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, raw weights sampled. Metrics: "
-        f"{cfg['samples_per_class']} samples per class, shapes accuracy (colour and shape right) and mean best IoU. "
-        f"{results['torch_threads']} torch threads; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in (results['load_average'] or []))}.",
-        "",
-        "| | " + " | ".join(f"({_LETTER[k]}) {runs[k]['title']}" for k in keys) + " |",
-        "|---|" + "---:|" * len(keys),
-        "| parameters | " + " | ".join(f"{runs[k]['params']:,}" for k in keys) + " |",
-        "| epochs (steps) | "
-        + " | ".join(f"{len(runs[k]['epoch_losses'])} ({runs[k]['steps']})" for k in keys)
-        + " |",
-        "| training wall time | " + " | ".join(f"{runs[k]['train_seconds']:.1f} s" for k in keys) + " |",
-        "| sampler (network evals per image) | "
-        + " | ".join(f"{runs[k]['sampler']} ({runs[k]['nfe']})" for k in keys)
-        + " |",
-        "| shapes accuracy | " + " | ".join(f"{runs[k]['metrics']['accuracy']:.3f}" for k in keys) + " |",
-        "| colour / shape accuracy | "
-        + " | ".join(
-            f"{runs[k]['metrics']['color_accuracy']:.3f} / {runs[k]['metrics']['shape_accuracy']:.3f}"
-            for k in keys
-        )
-        + " |",
-        "| mean IoU | " + " | ".join(f"{runs[k]['metrics']['mean_iou']:.3f}" for k in keys) + " |",
-        "",
-        "Training loss per epoch (each model's own objective: ε-MSE for the DDPM, v-MSE for JiT — the two "
-        "scales are not comparable with each other):",
-        "",
-        "| epoch | " + " | ".join(f"({_LETTER[k]}) {k}" for k in keys) + " | published DiT |",
-        "|---:|" + "---:|" * (len(keys) + 1),
-    ]
-    for e in epochs_shown:
-        pubv = {1: f"{pub['loss_epoch1']:.4f}", 30: f"{pub['loss_epoch30']:.4f}"}.get(e, "")
-        lines.append(
-            f"| {e} | " + " | ".join(_fmt_loss(runs[k]["epoch_losses"], e) for k in keys) + f" | {pubv} |"
-        )
-    lines += [
-        "",
-        f"Published DiT baseline: {pub['params']:,} parameters, loss {pub['loss_epoch1']} → {pub['loss_epoch30']}, "
-        f"{pub['wall_seconds']} s on a CPU, blurry shapes with correct colours.",
-        "",
-    ]
-    if "jit_long" in runs:
-        r = runs["jit_long"]
-        status = "reached" if r["reached_target"] else "did NOT reach"
-        lines += [
-            f"(c) {status} accuracy ≥ {cfg['target_accuracy']} and IoU ≥ {cfg['target_iou']} after {r['epochs']} "
-            f"epochs ({r['steps']} steps, {r['train_seconds']:.0f} s of training).",
-            "",
-            "| epoch | train s | accuracy | mean IoU | loss |",
-            "|---:|---:|---:|---:|---:|",
-        ]
-        for c in r["checks"]:
-            lines.append(
-                f"| {c['epoch']} | {c['train_seconds']:.0f} | {c['accuracy']:.3f} | {c['mean_iou']:.3f} | {c['loss']:.4f} |"
-            )
-        lines.append("")
-    for k in keys:
-        lines += [f"({_LETTER[k]}) {runs[k]['title']}, one row per class:", "", f"![{k}](grid_{k}.png)", ""]
-    lines += [
-        "Denoising trajectories (rows: state and predicted clean image; ~10 evenly spaced sampler steps; "
-        "DDPM steps count down from T−1, flow times t go from 0 (noise) to 1 (data)):",
-        "",
-        "![trajectory](trajectory.png)",
-        "",
-        "![losses](losses.png)",
-        "",
-    ]
-    return "\n".join(lines)

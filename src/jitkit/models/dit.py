@@ -38,18 +38,19 @@ Shape key: B batch, C channels, S image side, p patch, G = S/p, N = G² tokens, 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jitkit.models.layers import modulate, sincos_2d
+from jitkit.config import ConfigBase, ConfigError
+from jitkit.models.layers import init_adaln_zero, modulate
 from jitkit.models.linear import Linear
 
 
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(ConfigBase):
     """Architecture of the toy DiT (defaults: the shapes study's baseline, 323,696 parameters)."""
 
     img_size: int = 16
@@ -69,23 +70,21 @@ class DiTConfig:
     class_init_std: float = 1.0
 
     def validate(self) -> None:
+        self.check_at_least(1, "img_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
         if self.img_size % self.patch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"DiT img_size must be divisible by patch_size, found {self.img_size} and {self.patch_size}"
             )
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"DiT hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
         if not self.class_init_std > 0:
-            raise ValueError(f"DiT class_init_std must be > 0, found {self.class_init_std}")
+            raise ConfigError(f"DiT class_init_std must be > 0, found {self.class_init_std}")
         if self.hidden_size % 4 or self.freq_dim % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"DiT needs hidden_size % 4 == 0 and an even freq_dim, found {self.hidden_size}, {self.freq_dim}"
             )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def grid_size(self) -> int:
@@ -156,10 +155,7 @@ class DiT(nn.Module):
 
     def __init__(self, cfg: DiTConfig | None = None, **overrides) -> None:
         super().__init__()
-        cfg = cfg or DiTConfig()
-        if overrides:
-            cfg = DiTConfig(**{**cfg.to_dict(), **overrides})
-        cfg.validate()
+        cfg = (cfg or DiTConfig()).replace(**overrides)  # checks keys, coerces and validates
         self.cfg = cfg
         D, p, C, G = cfg.hidden_size, cfg.patch_size, cfg.in_channels, cfg.grid_size
         self.x_embedder = nn.Conv2d(C, D, kernel_size=p, stride=p, bias=True)
@@ -171,27 +167,18 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        def _basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(_basic)
-        if self.pos_embed.device.type != "meta":
-            self.pos_embed.data.copy_(sincos_2d(self.cfg.hidden_size, self.cfg.grid_size).unsqueeze(0))
-        w = self.x_embedder.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.bias)
-        nn.init.normal_(self.y_embedder.weight, std=self.cfg.class_init_std)
-        nn.init.normal_(self.t_mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        """DiT's initialisation (:func:`init_adaln_zero`) with the class table at N(0, class_init_std²)."""
+        init_adaln_zero(
+            self,
+            pos_embed=self.pos_embed,
+            grid=self.cfg.grid_size,
+            patch_convs=(self.x_embedder,),
+            class_table=self.y_embedder.weight,
+            class_std=self.cfg.class_init_std,
+            timestep_mlp=self.t_mlp,
+            blocks=self.blocks,
+            final_layer=self.final_layer,
+        )
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B,N,p·p·C] → [B,C,S,S] (token vectors ordered pixel row, pixel column, channel)."""

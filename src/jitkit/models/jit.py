@@ -21,9 +21,9 @@ from jitkit.models.layers import (
     RMSNorm,
     SwiGLU,
     TimestepEmbedder,
+    init_adaln_zero,
     modulate,
     rope_tables,
-    sincos_2d,
 )
 from jitkit.models.linear import Linear, cpu_linear_backend
 
@@ -94,30 +94,20 @@ class JiT(nn.Module):
 
     # -- initialisation (all of it here, as the reference) ------------------------------------------------
     def initialize_weights(self) -> None:
-        def _basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(_basic)
-        if self.pos_embed.device.type != "meta":
-            self.pos_embed.data.copy_(sincos_2d(self.cfg.hidden_size, self.cfg.grid_size).unsqueeze(0))
-        for conv in (self.x_embedder.proj1, self.x_embedder.proj2):
-            nn.init.xavier_uniform_(conv.weight.data.view(conv.weight.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj2.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        """The reference's: DiT's (:func:`init_adaln_zero`), then the in-context tokens ~ N(0, 0.02²)."""
+        init_adaln_zero(
+            self,
+            pos_embed=self.pos_embed,
+            grid=self.cfg.grid_size,
+            patch_convs=(self.x_embedder.proj1, self.x_embedder.proj2),
+            class_table=self.y_embedder.embedding_table.weight,
+            class_std=0.02,
+            timestep_mlp=self.t_embedder.mlp,
+            blocks=self.blocks,
+            final_layer=self.final_layer,
+        )
         if self.in_context_len > 0:
             nn.init.normal_(self.in_context_posemb, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
 
     # -- compilation -----------------------------------------------------------------------------------------
     def compile_blocks(self) -> JiT:

@@ -1,4 +1,5 @@
-"""Building blocks of JiT: RMSNorm, 2-D RoPE, SwiGLU, attention, embedders, sin-cos tables.
+"""Building blocks of JiT: RMSNorm, 2-D RoPE, SwiGLU, attention, embedders, sin-cos tables, and the
+adaLN-Zero initialisation that JiT and the toy DiT share (:func:`init_adaln_zero`).
 
 Shape key: B batch, T tokens (prefix + image), N image tokens, D width, H heads, h head dim, G grid side,
 L in-context (prefix) tokens, F timestep frequencies.
@@ -7,6 +8,7 @@ L in-context (prefix) tokens, F timestep frequencies.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -213,3 +215,55 @@ def attention_math_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop:
     if drop > 0:
         attn = F.dropout(attn, p=drop)
     return (attn @ v.float()).to(q.dtype)
+
+
+# --- initialisation ---------------------------------------------------------------------------------------
+
+
+def init_adaln_zero(
+    model: nn.Module,
+    *,
+    pos_embed: torch.Tensor,
+    grid: int,
+    patch_convs: Sequence[nn.Conv2d],
+    class_table: torch.Tensor,
+    class_std: float,
+    timestep_mlp: nn.Sequential,
+    blocks: Iterable[nn.Module],
+    final_layer: nn.Module,
+) -> None:
+    """DiT's initialisation, shared by JiT and the toy DiT. In this order (the order of the random draws, so
+    a seed gives the same weights):
+
+    1. every ``nn.Linear`` of ``model``: xavier-uniform weight, zero bias;
+    2. ``pos_embed`` [1, G·G, D] ← the 2-D sin-cos table (left alone on the meta device);
+    3. each patch conv: xavier-uniform of its weight seen as [out, in·k·k], zero bias (if it has one);
+    4. ``class_table`` ~ N(0, class_std²);
+    5. the two Linears of ``timestep_mlp`` (indices 0 and 2) ~ N(0, 0.02²);
+    6. adaLN-Zero: the last Linear of every block's ``adaLN_modulation``, and the final layer's
+       ``adaLN_modulation`` and ``linear``, weight and bias zero (the untrained network outputs 0).
+
+    Anything else (e.g. JiT's in-context tokens) the model initialises after this call.
+    """
+
+    def _linear(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    model.apply(_linear)
+    if pos_embed.device.type != "meta":
+        pos_embed.data.copy_(sincos_2d(pos_embed.shape[-1], grid).unsqueeze(0))
+    for conv in patch_convs:
+        nn.init.xavier_uniform_(conv.weight.data.view(conv.weight.shape[0], -1))  # [out, in·k·k]
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    nn.init.normal_(class_table, std=class_std)
+    nn.init.normal_(timestep_mlp[0].weight, std=0.02)
+    nn.init.normal_(timestep_mlp[2].weight, std=0.02)
+    zero = [block.adaLN_modulation[-1] for block in blocks]
+    zero += [final_layer.adaLN_modulation[-1], final_layer.linear]
+    for lin in zero:
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)

@@ -10,8 +10,9 @@ from PIL import Image
 
 from jitkit.cli import main
 from jitkit.data.cache import open_cache
-from jitkit.data.export import class_grid, export_samples
 from jitkit.data.shapes import class_names, render_shapes
+from jitkit.eval.export import export_samples
+from jitkit.images import make_grid
 
 
 def read_folder(d):
@@ -106,16 +107,38 @@ def test_prepare_errors_are_reported(tmp_path, capsys):
     assert err.startswith("jitkit prepare: error: no images in") and "empty" in err
 
 
-def test_class_grid_layout(tmp_path):
-    images, labels = render_shapes(per_class=4, size=16, seed=0)
-    g = class_grid(images, labels, class_names(), per_class=4, cell=64, pad=2)
-    assert g.shape[1] == 2 + 16 * (64 + 2)
-    head = g.shape[0] - 2 - 4 * (64 + 2)
-    # the cell of class 5, row 2 is image (5·4 + 2) enlarged 4× by nearest neighbour
-    top, left = head + 2 * 66, 2 + 5 * 66
-    cell = g[top : top + 64, left : left + 64]
-    np.testing.assert_array_equal(cell[::4, ::4], images[5 * 4 + 2].transpose(1, 2, 0))
-    np.testing.assert_array_equal(cell[3::4, 3::4], images[5 * 4 + 2].transpose(1, 2, 0))
+def test_export_grid_is_the_one_grid_writers(tmp_path):
+    images, labels = render_shapes(per_class=6, size=16, seed=0)
     path = tmp_path / "g.png"
-    export_samples("shapes", None, per_class=4, grid=path, progress=False)
-    np.testing.assert_array_equal(np.asarray(Image.open(path)), g)
+    export_samples("shapes", None, per_class=6, grid=path, grid_per_class=4, progress=False)
+    # the first 4 images of every class, one row per class, class names in the margin
+    keep = np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(16)])
+    want = make_grid(images[keep], labels[keep], class_names())
+    np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), want)
+    # the cell of class 5, column 2 is image (5·6 + 2) enlarged 4× (16 px → 64 px) by nearest neighbour
+    margin = want.shape[1] - 2 - 4 * 66
+    top, left = 2 + 5 * 66, margin + 2 + 2 * 66
+    cell = want[top : top + 64, left : left + 64]
+    np.testing.assert_array_equal(cell[::4, ::4], images[5 * 6 + 2].transpose(1, 2, 0))
+
+
+def test_interrupted_export_leaves_no_half_folder(tmp_path, monkeypatch):
+    from jitkit.eval import sample_folder
+
+    out = tmp_path / "s"
+    export_samples("shapes", out, per_class=1, progress=False)
+    before = sorted(p.name for p in out.iterdir())
+    calls = {"n": 0}
+    real = sample_folder.write_labels_csv
+
+    def dying(*a, **kw):
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_folder, "write_labels_csv", dying)
+    with pytest.raises(KeyboardInterrupt):
+        export_samples("shapes", out, per_class=2, overwrite=True, progress=False)
+    monkeypatch.setattr(sample_folder, "write_labels_csv", real)
+    assert calls["n"] == 1
+    assert sorted(p.name for p in out.iterdir()) == before  # the old folder is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no partial folder left beside it

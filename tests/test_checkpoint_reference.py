@@ -1,4 +1,5 @@
-"""jitkit import: reference checkpoints (pickled dict with model, EMAs and an argparse Namespace) → run folders."""
+"""jitkit.checkpoint.reference (``jitkit import``): reference checkpoints (pickled dict with model, EMAs and an
+argparse Namespace) → run folders."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from jitkit.checkpoint import load_denoiser
 from jitkit.checkpoint.reference import ReferenceCheckpointError, config_from_args, import_reference
 from jitkit.cli import main
-from jitkit.diffusion.sampling import sample
+from jitkit.diffusion.generate import sample_denoiser
 
 
 def _golden(shared_dir):
@@ -85,16 +86,8 @@ def test_import_reproduces_golden_network_and_sampler(shared_dir, tmp_path):
     with torch.no_grad():
         out = den.net(g["input.x"], g["input.t"], g["input.y"])
     torch.testing.assert_close(out, g["output.net"], atol=2e-5, rtol=1e-4)
-    # the imported sampler settings reproduce the reference's Heun samples
-    with torch.no_grad():
-        z = sample(
-            lambda z, t, y: den.predict(z, t, y, kind="v"),
-            g["sample.z0"],
-            g["sample.labels"],
-            cfg.sampler,
-            den.null_class,
-            t_eps=cfg.diffusion.t_eps,
-        )
+    # the imported sampler settings, driven from the Denoiser, reproduce the reference's Heun samples
+    z = sample_denoiser(den, g["sample.z0"], g["sample.labels"], cfg.sampler)
     torch.testing.assert_close(z, g["sample.heun"], atol=1e-4, rtol=1e-4)
     meta = json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())
     assert meta["epoch"] == 42 and meta["reference_args"]["model"] == "JiT-T/4"
@@ -164,3 +157,18 @@ def test_config_from_reference_defaults():
     )
     assert cfg.model.hidden_size == 1280 and cfg.model.depth == 32 and cfg.model.proj_dropout == 0.2
     assert cfg.sampler.cfg == 2.2 and cfg.sampler.steps == 50 and cfg.diffusion.t_eps == 0.05
+
+
+def test_output_folder_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match=r"not empty.*overwrite=True") as e:
+        import_reference(tmp_path / "any.pth", tmp_path / "full")
+    assert "--" not in str(e.value)
+    with pytest.raises(NotADirectoryError, match="out must be a run folder"):
+        import_reference(tmp_path / "any.pth", tmp_path / "afile")
+    assert main(["import", str(tmp_path / "any.pth"), "--out", str(tmp_path / "full")]) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "--overwrite" in err
+    assert main(["import", str(tmp_path / "any.pth"), "--out", str(tmp_path / "afile")]) == 2
+    assert "--out expects a run folder" in capsys.readouterr().err

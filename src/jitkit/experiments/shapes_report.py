@@ -1,0 +1,150 @@
+"""The shapes study's figures and report: denoising trajectories, loss curves and ``report.md``.
+
+Shape key: F kept sampler steps, K examples, C = 3 channels, S side; images uint8 [F, K, C, S, S].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jitkit.experiments.common import pyplot, save_figure
+
+LOSS_EPOCHS = (1, 4, 8, 16, 24, 30)  # the epochs of the report's loss table
+_LETTER = {"dit": "a", "jit": "b", "jit_long": "c"}
+
+
+def save_trajectory_png(runs: list[tuple[str, list, torch.Tensor, torch.Tensor, str]], path: Path) -> Path:
+    """Rows: for each run and each example, the state z and the predicted clean image x̂ at each kept step.
+
+    ``runs``: (name, times or steps [F], states [F, K, C, S, S], predictions [F, K, C, S, S], unit) with unit
+    ``"t"`` (flow time) or ``"step"`` (DDPM step; −1 is the output).
+    """
+    plt = pyplot()
+    rows = []
+    for name, ts, states, preds, unit in runs:
+        for k in range(states.shape[1]):
+            rows.append((f"{name}\nstate", ts, states[:, k], unit))
+            rows.append((f"{name}\npredicted x", ts, preds[:, k], unit))
+    ncol = max(r[2].shape[0] for r in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.05 * ncol + 0.9, 1.05 * len(rows)), squeeze=False)
+    for r, (label, ts, imgs, unit) in enumerate(rows):
+        for c in range(ncol):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= imgs.shape[0]:
+                ax.axis("off")
+                continue
+            ax.imshow(imgs[c].permute(1, 2, 0).numpy(), interpolation="nearest")
+            if r % 2 == 0:
+                if unit == "t":
+                    title = f"t={ts[c]:.2f}"
+                else:
+                    title = "output" if ts[c] < 0 else f"step {ts[c]}"
+                ax.set_title(title, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.tight_layout(pad=0.3)
+    return save_figure(fig, path, dpi=100)
+
+
+def save_loss_png(curves: dict[str, list[float]], path: Path) -> Path:
+    """One log-scale curve of training loss per epoch for each run (``curves``: label → losses)."""
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.2))
+    for name, h in curves.items():
+        ax.plot(np.arange(1, len(h) + 1), h, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (own objective)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def _fmt_loss(h: list[float], e: int) -> str:
+    return f"{h[e - 1]:.4f}" if len(h) >= e else "—"
+
+
+def shapes_report(results: dict[str, Any]) -> str:
+    """``report.md`` of a results dict (as written to results.json by ``run_shapes_study``)."""
+    cfg, runs = results["config"], results["runs"]
+    keys = list(runs)
+    pub = results["published_dit"]
+    epochs_shown = [e for e in LOSS_EPOCHS if e <= cfg["epochs"]] or [cfg["epochs"]]
+    lines = [
+        "# Shapes study: DiT ε-prediction DDPM vs JiT x-prediction (16×16, 16 classes)",
+        "",
+        f"Data: built-in `shapes`, {cfg['per_class']} images per class at {cfg['img_size']}×{cfg['img_size']}. "
+        f"(a) and (b): AdamW lr {cfg['lr']}, wd {cfg['weight_decay']}, grad clip {cfg['grad_clip']}, cosine, "
+        f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, raw weights sampled. Metrics: "
+        f"{cfg['samples_per_class']} samples per class, shapes accuracy (colour and shape right) and mean best IoU. "
+        f"{results['torch_threads']} torch threads; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in (results['load_average'] or []))}.",
+        "",
+        "| | " + " | ".join(f"({_LETTER[k]}) {runs[k]['title']}" for k in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+        "| parameters | " + " | ".join(f"{runs[k]['params']:,}" for k in keys) + " |",
+        "| epochs (steps) | "
+        + " | ".join(f"{len(runs[k]['epoch_losses'])} ({runs[k]['steps']})" for k in keys)
+        + " |",
+        "| training wall time | " + " | ".join(f"{runs[k]['train_seconds']:.1f} s" for k in keys) + " |",
+        "| sampler (network evals per image) | "
+        + " | ".join(f"{runs[k]['sampler']} ({runs[k]['nfe']})" for k in keys)
+        + " |",
+        "| shapes accuracy | " + " | ".join(f"{runs[k]['metrics']['accuracy']:.3f}" for k in keys) + " |",
+        "| colour / shape accuracy | "
+        + " | ".join(
+            f"{runs[k]['metrics']['color_accuracy']:.3f} / {runs[k]['metrics']['shape_accuracy']:.3f}"
+            for k in keys
+        )
+        + " |",
+        "| mean IoU | " + " | ".join(f"{runs[k]['metrics']['mean_iou']:.3f}" for k in keys) + " |",
+        "",
+        "Training loss per epoch (each model's own objective: ε-MSE for the DDPM, v-MSE for JiT — the two "
+        "scales are not comparable with each other):",
+        "",
+        "| epoch | " + " | ".join(f"({_LETTER[k]}) {k}" for k in keys) + " | published DiT |",
+        "|---:|" + "---:|" * (len(keys) + 1),
+    ]
+    for e in epochs_shown:
+        pubv = {1: f"{pub['loss_epoch1']:.4f}", 30: f"{pub['loss_epoch30']:.4f}"}.get(e, "")
+        lines.append(
+            f"| {e} | " + " | ".join(_fmt_loss(runs[k]["epoch_losses"], e) for k in keys) + f" | {pubv} |"
+        )
+    lines += [
+        "",
+        f"Published DiT baseline: {pub['params']:,} parameters, loss {pub['loss_epoch1']} → {pub['loss_epoch30']}, "
+        f"{pub['wall_seconds']} s on a CPU, blurry shapes with correct colours.",
+        "",
+    ]
+    if "jit_long" in runs:
+        r = runs["jit_long"]
+        status = "reached" if r["reached_target"] else "did NOT reach"
+        lines += [
+            f"(c) {status} accuracy ≥ {cfg['target_accuracy']} and IoU ≥ {cfg['target_iou']} after {r['epochs']} "
+            f"epochs ({r['steps']} steps, {r['train_seconds']:.0f} s of training).",
+            "",
+            "| epoch | train s | accuracy | mean IoU | loss |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for c in r["checks"]:
+            lines.append(
+                f"| {c['epoch']} | {c['train_seconds']:.0f} | {c['accuracy']:.3f} | {c['mean_iou']:.3f} | {c['loss']:.4f} |"
+            )
+        lines.append("")
+    for k in keys:
+        lines += [f"({_LETTER[k]}) {runs[k]['title']}, one row per class:", "", f"![{k}](grid_{k}.png)", ""]
+    lines += [
+        "Denoising trajectories (rows: state and predicted clean image; ~10 evenly spaced sampler steps; "
+        "DDPM steps count down from T−1, flow times t go from 0 (noise) to 1 (data)):",
+        "",
+        "![trajectory](trajectory.png)",
+        "",
+        "![losses](losses.png)",
+        "",
+    ]
+    return "\n".join(lines)

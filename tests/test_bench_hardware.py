@@ -1,0 +1,68 @@
+"""jitkit.bench.hardware: peak memory, the GEMM peak, and keeping freed memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from jitkit.bench.hardware import PeakMemory, gemm_peak, gemm_probe
+
+
+@pytest.mark.env_sensitive  # the process RSS high-water mark
+def test_cpu_peak_memory_sees_a_temporary_allocation():
+    mem = PeakMemory(torch.device("cpu"))
+    mem.start()
+    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    x.add_(1)
+    del x  # freed again: only the high-water mark remembers it
+    peak = mem.stop()
+    assert "cpu" in mem.kind
+    assert 60 <= peak < 2000
+
+
+def test_gemm_peak_and_probe_are_positive_rates():
+    p = gemm_peak(torch.device("cpu"), n=128, seconds=0.05)
+    assert p["flops"] >= p["median_flops"] > 0
+    assert p["n"] == 128 and p["backend"] in ("torch.mm", "onednn")
+    assert gemm_probe(torch.device("cpu"), torch.bfloat16, n=64)() > 0
+
+
+_REFAULT = """
+import resource, sys, torch
+from jitkit.bench.hardware import retain_freed_memory
+if sys.argv[1] == "1":
+    print(retain_freed_memory())
+def faults():
+    a = torch.empty(2048, 2048)  # 16 MiB (a GEMM probe's output): glibc maps or trims such a block on free
+    a.fill_(1.0)
+    del a
+def minflt():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+big = torch.empty(64, 2**20)  # 256 MiB touched and freed first, as a training step's activations are
+big.fill_(1.0)
+del big
+faults()
+before = minflt()
+faults()
+print(minflt() - before)
+"""
+
+
+@pytest.mark.env_sensitive  # page faults
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_retained_memory_is_not_faulted_in_again():
+    # a re-allocated 16 MiB buffer costs ~4,000 page faults by default and almost none once freed memory is kept
+    def run(flag: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", _REFAULT, flag], capture_output=True, text=True, check=True
+        )
+        return out.stdout.split()
+
+    default = int(run("0")[-1])
+    kept = run("1")
+    assert kept[0] == "retain", kept
+    assert default > 2000
+    assert int(kept[-1]) < 1000
