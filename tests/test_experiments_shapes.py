@@ -6,7 +6,8 @@ import torch
 
 from jitkit.cli import main
 from jitkit.config import ConfigError
-from jitkit.experiments.shapes_study import DiTDDPM, JiTFlow, ShapesStudyConfig, fit, quick_config
+from jitkit.experiments.shapes_config import ShapesStudyConfig, quick_config
+from jitkit.experiments.shapes_study import DiTDDPM, JiTFlow, fit
 
 
 def test_study_models_match_the_spec():
@@ -28,18 +29,8 @@ def test_fit_decreases_the_loss_on_a_tiny_set():
     imgs = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     imgs[:, :, :8] = 0  # structure to learn
     labels = torch.arange(32) % 16
-    res, opt = fit(
-        model,
-        imgs,
-        labels,
-        epochs=6,
-        batch_size=16,
-        lr=3e-3,
-        weight_decay=0.0,
-        grad_clip=1.0,
-        seed=0,
-        progress=False,
-    )
+    recipe = cfg.replace(epochs=6, batch_size=16, lr=3e-3, weight_decay=0.0, grad_clip=1.0, seed=0)
+    res, opt = fit(model, imgs, labels, recipe, progress=False)
     assert res.steps == 12
     assert res.epoch_losses[-1] < res.epoch_losses[0]
     # the study's AdamW, left at the cosine's value for the last step (11 of 12)
@@ -48,18 +39,7 @@ def test_fit_decreases_the_loss_on_a_tiny_set():
         3e-3 * 0.5 * (1 + math.cos(math.pi * 11 / 12)), rel=1e-12
     )
     with pytest.raises(ValueError, match="batch_size"):
-        fit(
-            model,
-            imgs,
-            labels,
-            epochs=1,
-            batch_size=64,
-            lr=1e-3,
-            weight_decay=0.0,
-            grad_clip=0.0,
-            seed=0,
-            progress=False,
-        )
+        fit(model, imgs, labels, cfg.replace(epochs=1, batch_size=64), progress=False)
 
 
 @pytest.mark.parametrize("steps_per_epoch,epochs", [(25, 30), (2, 2), (7, 3), (1, 1)])

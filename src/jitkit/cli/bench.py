@@ -124,40 +124,15 @@ def parse_compare(spec: str) -> tuple[str, list[str]]:
 
 def _settings(args: argparse.Namespace) -> BenchSettings:
     from jitkit.bench.runner import QUICK, BenchSettings
+    from jitkit.cli.flags import given_flags
 
-    precision = args.precision
+    # every flag is named after its setting (dashes → underscores) except --no-tf32 and the old --dtype
+    given = given_flags(args, BenchSettings.field_names())
+    given["tf32"] = not args.no_tf32
     if args.dtype is not None:
         print("jitkit bench: --dtype is deprecated; use --precision", file=sys.stderr)
-        precision = args.dtype
-    s = BenchSettings(
-        model=args.model,
-        img_size=args.img_size,
-        batch_size=args.batch_size,
-        sample_batch_size=args.sample_batch_size,
-        device=args.device,
-        precision=precision,
-        mode=args.mode,
-        sample_steps=args.sample_steps,
-        cfg=args.cfg,
-        threads=args.threads,
-        attention=args.attention,
-        grad_checkpoint=args.grad_checkpoint,
-        compile=args.compile,
-        channels_last=args.channels_last,
-        optim=args.optim,
-        ema=args.ema,
-        item_sync=args.item_sync,
-        cfg_mode=args.cfg_mode,
-        tf32=not args.no_tf32,
-        cpu_linear=args.cpu_linear,
-        num_classes=args.num_classes,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        sample_repeats=args.sample_repeats,
-        gemm_seconds=args.gemm_seconds,
-        memory=args.memory,
-        clock=args.clock,
-    )
+        given["precision"] = args.dtype
+    s = BenchSettings.from_dict(given)
     if args.quick:
         # the quick preset replaces the size knobs the user left at their defaults
         defaults = BenchSettings()

@@ -57,32 +57,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from jitkit.cli.flags import call_with_flags
     from jitkit.data.cache import prepare_cache
 
-    prepare_cache(
-        args.data,
-        args.size,
-        args.out,
-        split=args.split,
-        workers=args.workers,
-        strict=args.strict,
-        overwrite=args.overwrite,
-    )
+    call_with_flags(prepare_cache, args)  # the flags are named after prepare_cache's parameters
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from jitkit.cli.flags import call_with_flags
     from jitkit.eval.export import export_samples
 
-    export_samples(
-        args.source,
-        args.out,
-        per_class=args.per_class,
-        size=args.size,
-        seed=args.seed,
-        grid=args.grid,
-        grid_per_class=args.grid_per_class,
-        overwrite=args.overwrite,
-        strict=args.strict,
-    )
+    call_with_flags(export_samples, args)  # the flags are named after export_samples' parameters
     return 0

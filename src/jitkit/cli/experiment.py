@@ -5,33 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-# flag → config field (values are converted by the config's own coercion: ``replace``)
-_MANIFOLD_FLAGS = {
-    "epochs": "epochs",
-    "dims": "dims",
-    "preds": "preds",
-    "n": "n",
-    "noise": "noise",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "steps": "sample_steps",
-    "samples": "n_samples",
-    "seed": "seed",
-    "threads": "threads",
-}
-_SHAPES_FLAGS = {
-    "epochs": "epochs",
-    "runs": "runs",
-    "max_epochs": "long_max_epochs",
-    "check_every": "long_check_every",
-    "heun_steps": "heun_steps",
-    "beta_start": "beta_start",
-    "beta_end": "beta_end",
-    "per_class": "per_class",
-    "samples_per_class": "samples_per_class",
-    "seed": "seed",
-    "threads": "threads",
-}
+# flags not named after their config field (flag dest → field); every other flag sets the field of its name
+_MANIFOLD_RENAMES = {"steps": "sample_steps", "samples": "n_samples"}
+_SHAPES_RENAMES = {"max_epochs": "long_max_epochs", "check_every": "long_check_every"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,32 +68,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
-def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The config fields of the flags given on the command line (values as typed, e.g. ``"2,8,16"``)."""
-    return {field: getattr(args, a) for a, field in flags.items() if getattr(args, a) is not None}
-
-
-def _replace(cfg: Any, kw: dict[str, Any], flags: dict[str, str]) -> Any:
-    """``cfg.replace(**kw)`` (typed coercion and validation); an error about a field that has a flag names
-    the flag instead."""
-    from jitkit.config import ConfigError
+def _configure(base: Any, args: argparse.Namespace, renames: dict[str, str], **more: Any) -> Any:
+    """``base`` with the flags given on the command line (typed coercion and validation by the config); an
+    error about a field names its flag."""
+    from jitkit.cli.flags import flag_error, given_flags
 
     try:
-        return cfg.replace(**kw)
-    except ConfigError as e:
-        msg = str(e)
-        for a, field in flags.items():
-            if msg.startswith((f"{field} ", f"{field}:")):
-                msg = "--" + a.replace("_", "-") + msg[len(field) :]
-                break
-        raise ConfigError(msg) from e
+        return base.replace(**{**given_flags(args, base.field_names(), renames), **more})
+    except ValueError as e:
+        flags = {f: f for f in base.field_names() if hasattr(args, f)} | {v: k for k, v in renames.items()}
+        raise flag_error(e, flags) from e
 
 
 def run_manifold(args: argparse.Namespace) -> int:
     from jitkit.experiments.manifold import ManifoldConfig, quick_config, run_manifold
 
     base = quick_config() if args.quick else ManifoldConfig()
-    cfg = _replace(base, _overrides(args, _MANIFOLD_FLAGS), _MANIFOLD_FLAGS)
+    cfg = _configure(base, args, _MANIFOLD_RENAMES)
     res = run_manifold(cfg, args.out, progress=not args.no_progress)
     print(
         f"manifold: {res['wall_seconds']:.0f} s; wrote {args.out}/report.md, manifold.png, samples.npz, results.json"
@@ -129,12 +96,13 @@ def run_manifold(args: argparse.Namespace) -> int:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    from jitkit.experiments.shapes_study import ShapesStudyConfig, quick_config, run_shapes_study
+    from jitkit.experiments.shapes_config import ShapesStudyConfig, quick_config
+    from jitkit.experiments.shapes_study import run_shapes_study
 
     base = quick_config() if args.quick else ShapesStudyConfig()
-    cfg = _replace(base, _overrides(args, _SHAPES_FLAGS), _SHAPES_FLAGS)
+    cfg = _configure(base, args, _SHAPES_RENAMES)
     if args.no_long:
-        cfg = _replace(cfg, {"runs": tuple(r for r in cfg.runs if r != "jit_long")}, _SHAPES_FLAGS)
+        cfg = _configure(cfg, args, _SHAPES_RENAMES, runs=tuple(r for r in cfg.runs if r != "jit_long"))
     run_shapes_study(cfg, args.out, progress=not args.no_progress)
     print(f"shapes: wrote {args.out}/report.md, grid_*.png, trajectory.png, losses.png, results.json")
     return 0

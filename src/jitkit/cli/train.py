@@ -7,27 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# flag → dotted config key (value conversion by the config's own coercion)
-_FLAG_KEYS = {
-    "model": "model.name",
-    "img_size": None,  # model.img_size and data.img_size together
-    "data": "data.data",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "global_batch": "train.global_batch",
-    "accum_steps": "train.accum_steps",
-    "blr": "train.blr",
-    "lr": "train.lr",
-    "out": "train.out",
-    "device": "train.device",
-    "precision": "train.precision",
-    "seed": "train.seed",
-    "sample_every": "train.sample_every",
-    "ckpt_every": "train.ckpt_every",
-    "log_every": "train.log_every",
-    "workers": "data.workers",
-    "threads": "train.threads",
-}
+# Every flag named after a config field sets it (``--epochs`` → train.epochs, resolved by RunConfig.nest);
+# these are not (dest → dotted key). --img-size sets model.img_size and data.img_size; --batch-size may be "auto".
+_RENAMES = {"model": "model.name", "seed": "train.seed"}
+_SPECIAL = {"img_size", "batch_size"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -153,16 +136,12 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
                 for k, v in vals.items():
                     flat[f"{sec}.{k}"] = v
         nested = merge_dicts(nested, RunConfig.nest(flat))
-    flat: dict[str, Any] = {}
-    for name, key in _FLAG_KEYS.items():
-        v = getattr(args, name, None)
-        if v is None:
-            continue
-        if name == "img_size":
-            flat["model.img_size"] = v
-            flat["data.img_size"] = v
-        else:
-            flat[key] = v
+    from jitkit.cli.flags import given_flags
+
+    fields = {n for sec in sections for n in type(getattr(RunConfig(), sec)).field_names()}
+    flat = given_flags(args, fields - _SPECIAL - {"seed"}, _RENAMES)
+    if args.img_size is not None:
+        flat["model.img_size"] = flat["data.img_size"] = args.img_size
     if args.batch_size is not None and str(args.batch_size).lower() != "auto":
         try:
             flat["train.batch_size"] = int(args.batch_size)
@@ -170,12 +149,6 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(
                 f"--batch-size: expected a positive integer or 'auto', found {args.batch_size!r}"
             ) from e
-    if args.fsdp:
-        flat["train.fsdp"] = True
-    if args.compile is not None:
-        flat["train.compile"] = bool(args.compile)
-    if args.grad_checkpoint:
-        flat["model.grad_checkpoint"] = True
     flat.update(_parse_kv(list(args.sets) + list(args.overrides)))
     return merge_dicts(nested, RunConfig.nest(flat))
 

@@ -41,120 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from jitkit.config import (
-    ConfigBase,
-    ConfigError,
-    DataConfig,
-    DiffusionConfig,
-    ModelConfig,
-    RunConfig,
-    SamplerConfig,
-    TrainConfig,
-)
+from jitkit.config import DataConfig, DiffusionConfig, RunConfig, SamplerConfig, TrainConfig
 from jitkit.experiments.common import machine_record, start_run
+from jitkit.experiments.shapes_config import ShapesStudyConfig
 from jitkit.experiments.shapes_report import save_loss_png, save_trajectory_png, shapes_report
 from jitkit.fileio import atomic_write_text
 
 TRAJECTORY_CLASS = 10  # blue_triangle
-RUN_KEYS = ("dit", "jit", "jit_long")
 PUBLISHED = {"params": 323_696, "loss_epoch1": 0.9147, "loss_epoch30": 0.1228, "wall_seconds": 42.7}
-
-
-@dataclass(frozen=True)
-class ShapesStudyConfig(ConfigBase):
-    """Every knob of the study (defaults: the study's recipe)."""
-
-    img_size: int = 16
-    per_class: int = 200
-    seed: int = 0
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    hflip: bool = True
-    # DiT / DDPM
-    dit_hidden: int = 64
-    dit_depth: int = 4
-    dit_heads: int = 4
-    ddpm_T: int = 200
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    # JiT
-    jit_bottleneck: int = 32
-    jit_in_context: int = 4
-    jit_in_context_start: int = 2
-    heun_steps: int = 20
-    # (c): the long JiT run
-    runs: tuple[str, ...] = ("dit", "jit", "jit_long")  # which of (a), (b), (c) to run
-    # the recipe of the `jitkit train` shapes preset (batch 64, lr 3e-3, 2 warm-up epochs, cosine, EMA 0.998
-    # warmed up), which reaches crisp shapes with JiT-T/4 in 50 epochs; here with the study's narrower JiT
-    long_max_epochs: int = 100
-    long_check_every: int = 10
-    long_lr: float = 3e-3
-    long_batch_size: int = 64
-    long_warmup_epochs: float = 2.0
-    long_cfg: float = 3.0  # (c) samples with classifier-free guidance, as the preset's checkpoint sampler
-    ema_decay: float = 0.998  # warmed up: min(d, (1+n)/(10+n)), so early checks already average recent steps
-    target_accuracy: float = 0.95
-    target_iou: float = 0.9
-    # evaluation
-    samples_per_class: int = 16
-    trajectory_frames: int = 10
-    threads: int = 0
-
-    def validate(self) -> None:
-        self.check_at_least(
-            1, "epochs", "batch_size", "ddpm_T", "heun_steps", "samples_per_class", "trajectory_frames"
-        )
-        bad = [r for r in self.runs if r not in RUN_KEYS]
-        if bad or not self.runs:
-            raise ConfigError(f"runs must be a non-empty subset of {RUN_KEYS}, found {list(self.runs)}")
-        if "jit_long" in self.runs:
-            self.check_at_least(1, "long_max_epochs", "long_check_every")
-
-    def jit_model_config(self) -> ModelConfig:
-        return ModelConfig(
-            name="JiT-study/4",
-            img_size=self.img_size,
-            patch_size=4,
-            hidden_size=self.dit_hidden,
-            depth=self.dit_depth,
-            num_heads=self.dit_heads,
-            bottleneck_dim=self.jit_bottleneck,
-            in_context_len=self.jit_in_context,
-            in_context_start=min(self.jit_in_context_start, self.dit_depth),
-            num_classes=16,
-        )
-
-    def jit_sampler(self) -> SamplerConfig:
-        return SamplerConfig(method="heun", steps=self.heun_steps, cfg=1.0)
-
-    def long_sampler(self) -> SamplerConfig:
-        """(c)'s sampler: Heun as (b), with guidance scale ``long_cfg`` over the whole interval."""
-        return SamplerConfig(method="heun", steps=self.heun_steps, cfg=self.long_cfg)
-
-
-QUICK = dict(
-    per_class=4,
-    epochs=2,
-    batch_size=32,
-    dit_hidden=32,
-    dit_depth=1,
-    dit_heads=2,
-    ddpm_T=10,
-    heun_steps=3,
-    long_max_epochs=2,
-    long_check_every=1,
-    long_batch_size=32,
-    samples_per_class=1,
-    trajectory_frames=3,
-)
-
-
-def quick_config(**overrides: Any) -> ShapesStudyConfig:
-    """A miniature of the study that runs in seconds (tests, ``--quick``); ``overrides`` as ``replace``."""
-    return ShapesStudyConfig().replace(**{**QUICK, **overrides})
 
 
 # --- the two models as (loss, sampler) pairs --------------------------------------------------------------
@@ -252,21 +146,16 @@ def fit(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
+    cfg: ShapesStudyConfig,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    grad_clip: float,
-    seed: int,
-    hflip: bool = True,
     desc: str = "train",
     progress: bool = True,
 ) -> tuple[FitResult, torch.optim.Optimizer]:
-    """The study's recipe: AdamW β = (0.9, 0.999) (``make_optimizer``), a cosine from ``lr`` to 0 over the run
-    set every step (``lr_at`` without warm-up), gradient clipping (0: none), epochs of shuffled batches (last
-    partial batch dropped), random horizontal flips. ``model.loss(x, y, generator)`` is the objective; images
-    are uint8 [N, 3, S, S]. Returns the result and the optimiser.
+    """The study's recipe, read from ``cfg`` (epochs, batch_size, lr, weight_decay, grad_clip, seed, hflip):
+    AdamW β = (0.9, 0.999) (``make_optimizer``), a cosine from ``lr`` to 0 over the run set every step
+    (``lr_at`` without warm-up), gradient clipping (0: none), epochs of shuffled batches (last partial batch
+    dropped), random horizontal flips. ``model.loss(x, y, generator)`` is the objective; images are uint8
+    [N, 3, S, S]. Returns the result and the optimiser.
     """
     from tqdm import tqdm
 
@@ -274,12 +163,14 @@ def fit(
     from jitkit.train.optim import make_optimizer
     from jitkit.train.schedule import lr_at, set_lr
 
+    epochs, batch_size, lr, grad_clip = cfg.epochs, cfg.batch_size, cfg.lr, cfg.grad_clip
+
     N = images.shape[0]
     steps_per_epoch = N // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {batch_size} is larger than the data set ({N} images)")
-    opt = make_optimizer(model, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     model.train()
     t0 = time.perf_counter()
@@ -292,7 +183,7 @@ def fit(
             set_lr(opt, lr_at(step / steps_per_epoch, lr, warmup_epochs=0, epochs=epochs, schedule="cosine"))
             idx = perm[s * batch_size : (s + 1) * batch_size]
             x = to_model_range(images[idx])
-            if hflip:
+            if cfg.hflip:
                 x = random_hflip(x, generator=g)
             loss = model.loss(x, labels[idx], generator=g)
             opt.zero_grad(set_to_none=True)
@@ -384,15 +275,6 @@ def run_shapes_study(
     images, labels, classes = ds.images, ds.labels, list(ds.classes)
     say(f"shapes: {len(labels)} images {cfg.img_size}x{cfg.img_size}, {len(classes)} classes")
 
-    common = dict(
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-        seed=cfg.seed,
-        hflip=cfg.hflip,
-        progress=progress,
-    )
     runs: dict[str, dict[str, Any]] = {}
     models: dict[str, nn.Module] = {}
     for key, ctor, title in (("dit", DiTDDPM, "DiT ε-pred DDPM"), ("jit", JiTFlow, "JiT x-pred v-loss")):
@@ -400,7 +282,7 @@ def run_shapes_study(
             continue
         torch.manual_seed(cfg.seed)
         model = ctor(cfg)
-        res, _ = fit(model, images, labels, epochs=cfg.epochs, desc=key, **common)
+        res, _ = fit(model, images, labels, cfg, desc=key, progress=progress)
         metrics, imgs, y, secs = _score(model, cfg, cfg.seed + 99)
         save_grid(imgs, y, out / f"grid_{key}.png", classes)
         runs[key] = {

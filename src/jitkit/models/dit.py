@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jitkit.config import ConfigBase, ConfigError
-from jitkit.models.layers import init_adaln_zero, modulate
+from jitkit.models.layers import init_adaln_zero, modulate, unpatchify
 from jitkit.models.linear import Linear
 
 
@@ -168,25 +168,7 @@ class DiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's initialisation (:func:`init_adaln_zero`) with the class table at N(0, class_init_std²)."""
-        init_adaln_zero(
-            self,
-            pos_embed=self.pos_embed,
-            grid=self.cfg.grid_size,
-            patch_convs=(self.x_embedder,),
-            class_table=self.y_embedder.weight,
-            class_std=self.cfg.class_init_std,
-            timestep_mlp=self.t_mlp,
-            blocks=self.blocks,
-            final_layer=self.final_layer,
-        )
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B,N,p·p·C] → [B,C,S,S] (token vectors ordered pixel row, pixel column, channel)."""
-        B = x.shape[0]
-        G, p, C = self.cfg.grid_size, self.cfg.patch_size, self.cfg.in_channels
-        x = x.reshape(B, G, G, p, p, C)
-        x = torch.einsum("bijpqc->bcipjq", x)  # [B,C,G,p,G,p]
-        return x.reshape(B, C, G * p, G * p)
+        init_adaln_zero(self, (self.x_embedder,), self.y_embedder.weight, self.t_mlp, self.cfg.class_init_std)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         C, S = self.cfg.in_channels, self.cfg.img_size
@@ -200,4 +182,6 @@ class DiT(nn.Module):
         c = self.t_mlp(timestep_embedding(t, self.cfg.freq_dim).to(h.dtype)) + self.y_embedder(y)  # [B,D]
         for block in self.blocks:
             h = block(h, c)
-        return self.unpatchify(self.final_layer(h, c))
+        return unpatchify(
+            self.final_layer(h, c), self.cfg.grid_size, self.cfg.patch_size, self.cfg.in_channels
+        )

@@ -24,6 +24,7 @@ from jitkit.models.layers import (
     init_adaln_zero,
     modulate,
     rope_tables,
+    unpatchify,
 )
 from jitkit.models.linear import Linear, cpu_linear_backend
 
@@ -95,17 +96,8 @@ class JiT(nn.Module):
     # -- initialisation (all of it here, as the reference) ------------------------------------------------
     def initialize_weights(self) -> None:
         """The reference's: DiT's (:func:`init_adaln_zero`), then the in-context tokens ~ N(0, 0.02²)."""
-        init_adaln_zero(
-            self,
-            pos_embed=self.pos_embed,
-            grid=self.cfg.grid_size,
-            patch_convs=(self.x_embedder.proj1, self.x_embedder.proj2),
-            class_table=self.y_embedder.embedding_table.weight,
-            class_std=0.02,
-            timestep_mlp=self.t_embedder.mlp,
-            blocks=self.blocks,
-            final_layer=self.final_layer,
-        )
+        patch_convs = (self.x_embedder.proj1, self.x_embedder.proj2)
+        init_adaln_zero(self, patch_convs, self.y_embedder.embedding_table.weight, self.t_embedder.mlp)
         if self.in_context_len > 0:
             nn.init.normal_(self.in_context_posemb, std=0.02)
 
@@ -137,14 +129,6 @@ class JiT(nn.Module):
         if y.shape != (B,):
             raise ValueError(f"y must have shape [{B}] (one label per image), received {list(y.shape)}")
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B,N,p·p·C] → [B,C,S,S]; each token's vector is ordered (pixel row, pixel column, channel)."""
-        B = x.shape[0]
-        G, p, C = self.cfg.grid_size, self.cfg.patch_size, self.cfg.in_channels
-        x = x.reshape(B, G, G, p, p, C)
-        x = torch.einsum("bijpqc->bcipjq", x)  # [B,C,G,p,G,p]
-        return x.reshape(B, C, G * p, G * p)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.check_inputs(x, t, y)
         y_emb = self.y_embedder(y)  # [B,D]
@@ -162,4 +146,6 @@ class JiT(nn.Module):
                 h = block(h, c, cos, sin)
         if self.in_context_len > 0 and self.in_context_start < len(self.blocks):
             h = h[:, self.in_context_len :]  # drop the prefix: [B,N,D]
-        return self.unpatchify(self.final_layer(h, c))
+        return unpatchify(
+            self.final_layer(h, c), self.cfg.grid_size, self.cfg.patch_size, self.cfg.in_channels
+        )

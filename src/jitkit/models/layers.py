@@ -8,7 +8,7 @@ L in-context (prefix) tokens, F timestep frequencies.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -222,21 +222,17 @@ def attention_math_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop:
 
 def init_adaln_zero(
     model: nn.Module,
-    *,
-    pos_embed: torch.Tensor,
-    grid: int,
     patch_convs: Sequence[nn.Conv2d],
     class_table: torch.Tensor,
-    class_std: float,
     timestep_mlp: nn.Sequential,
-    blocks: Iterable[nn.Module],
-    final_layer: nn.Module,
+    class_std: float = 0.02,
 ) -> None:
-    """DiT's initialisation, shared by JiT and the toy DiT. In this order (the order of the random draws, so
-    a seed gives the same weights):
+    """DiT's initialisation, shared by JiT and the toy DiT, whose modules carry DiT's names: ``model.pos_embed``,
+    ``model.blocks`` (each with ``adaLN_modulation``), ``model.final_layer`` (``adaLN_modulation``, ``linear``)
+    and ``model.cfg.grid_size``. In this order (the order of the random draws, so a seed gives the same weights):
 
     1. every ``nn.Linear`` of ``model``: xavier-uniform weight, zero bias;
-    2. ``pos_embed`` [1, G·G, D] ← the 2-D sin-cos table (left alone on the meta device);
+    2. ``model.pos_embed`` [1, G·G, D] ← the 2-D sin-cos table (left alone on the meta device);
     3. each patch conv: xavier-uniform of its weight seen as [out, in·k·k], zero bias (if it has one);
     4. ``class_table`` ~ N(0, class_std²);
     5. the two Linears of ``timestep_mlp`` (indices 0 and 2) ~ N(0, 0.02²);
@@ -253,8 +249,9 @@ def init_adaln_zero(
                 nn.init.zeros_(m.bias)
 
     model.apply(_linear)
+    pos_embed = model.pos_embed
     if pos_embed.device.type != "meta":
-        pos_embed.data.copy_(sincos_2d(pos_embed.shape[-1], grid).unsqueeze(0))
+        pos_embed.data.copy_(sincos_2d(pos_embed.shape[-1], model.cfg.grid_size).unsqueeze(0))
     for conv in patch_convs:
         nn.init.xavier_uniform_(conv.weight.data.view(conv.weight.shape[0], -1))  # [out, in·k·k]
         if conv.bias is not None:
@@ -262,8 +259,17 @@ def init_adaln_zero(
     nn.init.normal_(class_table, std=class_std)
     nn.init.normal_(timestep_mlp[0].weight, std=0.02)
     nn.init.normal_(timestep_mlp[2].weight, std=0.02)
-    zero = [block.adaLN_modulation[-1] for block in blocks]
-    zero += [final_layer.adaLN_modulation[-1], final_layer.linear]
+    zero = [block.adaLN_modulation[-1] for block in model.blocks]
+    zero += [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
     for lin in zero:
         nn.init.zeros_(lin.weight)
         nn.init.zeros_(lin.bias)
+
+
+def unpatchify(x: torch.Tensor, grid: int, patch: int, channels: int) -> torch.Tensor:
+    """Tokens back to images: [B, G·G, p·p·C] → [B, C, G·p, G·p]; each token's vector is ordered (pixel row,
+    pixel column, channel), the reference's layout."""
+    B = x.shape[0]
+    x = x.reshape(B, grid, grid, patch, patch, channels)
+    x = torch.einsum("bijpqc->bcipjq", x)  # [B,C,G,p,G,p]
+    return x.reshape(B, channels, grid * patch, grid * patch)

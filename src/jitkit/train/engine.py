@@ -25,7 +25,6 @@ device.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import math
 import time
@@ -60,9 +59,9 @@ from jitkit.train.run_folder import (
     run_dir_of,
     truncate_log,
 )
-from jitkit.train.schedule import lr_at, scaled_lr, set_lr
+from jitkit.train.schedule import lr_schedule, scaled_lr, set_lr
 from jitkit.train.signals import SignalFlag
-from jitkit.train.state import gather_weights, restore, resumed_step, run_position, write_checkpoint
+from jitkit.train.state import TrainState, resumed_step, run_position, write_checkpoint
 
 __all__ = ["NonFiniteLossError", "StepResult", "StopTraining", "Trainer", "accumulate_gradients", "train"]
 
@@ -167,14 +166,7 @@ class Trainer:
         self.total_steps = tc.max_steps if tc.max_steps > 0 else tc.epochs * self.steps_per_epoch
         self.total_epochs = self.total_steps / self.steps_per_epoch
         self.lr = tc.lr if tc.lr > 0 else scaled_lr(tc.blr, G)
-        self.lr_schedule = functools.partial(
-            lr_at,
-            lr=self.lr,
-            warmup_epochs=tc.warmup_epochs,
-            epochs=self.total_epochs,
-            schedule=tc.schedule,
-            min_lr=tc.min_lr,
-        )  # fractional epoch → learning rate
+        self.lr_schedule = lr_schedule(tc, self.lr, self.total_epochs)  # fractional epoch → learning rate
         self.hflip = bool(self.cfg.data.hflip)
         self.batches = Batches(
             ds,
@@ -226,6 +218,7 @@ class Trainer:
             impl="fused-ema" if fuse_ema else "fused",
             ema=self.ema if fuse_ema else None,
         )
+        self.state = TrainState(self.raw, self.fwd, self.opt, self.ema, self.scaler, self.sharded)
 
     def _setup_run_folder(self) -> None:
         """A fresh run folder, or the resumed run's with its state loaded; config.json and classes.json."""
@@ -251,16 +244,7 @@ class Trainer:
     # checkpoints and previews ------------------------------------------------------------------------------
     def load_state(self, ck: Checkpoint) -> None:
         """Continue from ``ck``: weights, EMAs, optimiser and scaler state, and the step."""
-        st = restore(
-            ck,
-            model=self.raw,
-            wrapped=self.fwd,
-            optimizer=self.opt,
-            ema=self.ema,
-            scaler=self.scaler,
-            model_cfg=self.cfg.model,
-            sharded=self.sharded,
-        )
+        st = self.state.restore(ck, self.cfg.model)
         G, old_G = self.plan.effective_batch, int(st.get("effective_batch", self.plan.effective_batch))
         self.step = resumed_step(int(st.get("step", ck.meta.get("step", 0))), old_G, G, self.n_data)
         self.ema.num_updates = self.step
@@ -275,8 +259,7 @@ class Trainer:
 
     def save(self, reason: str) -> Path | None:
         """A checkpoint (and loss.png) of the current step; every rank calls it, rank 0 writes."""
-        weights = gather_weights(self.raw, self.ema)  # collectives under FSDP2
-        optimizer = dist.full_optimizer_state(self.fwd, self.opt, self.sharded)
+        weights, optimizer = self.state.gather()  # collectives under FSDP2
         path = None
         if self.main:
             path = write_checkpoint(

@@ -11,9 +11,12 @@ At fractional epoch e = step / steps_per_epoch (the reference updates the LR eve
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["scaled_lr", "lr_at", "set_lr"]
+__all__ = ["lr_at", "lr_schedule", "scaled_lr", "set_lr"]
 
 
 def scaled_lr(blr: float, effective_batch: int) -> float:
@@ -46,3 +49,12 @@ def set_lr(optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group (scaled by a group's ``lr_scale`` if present)."""
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+def lr_schedule(train_cfg: Any, lr: float, epochs: float) -> Callable[[float], float]:
+    """fractional epoch → learning rate: :func:`lr_at` with a TrainConfig's warm-up, schedule and min_lr, for a
+    run of ``epochs`` epochs at peak ``lr``."""
+    tc = train_cfg
+    return functools.partial(
+        lr_at, lr=lr, epochs=epochs, warmup_epochs=tc.warmup_epochs, schedule=tc.schedule, min_lr=tc.min_lr
+    )

@@ -9,6 +9,7 @@ optimiser state are gathered on every rank (collectives under FSDP2); only rank 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from jitkit.runtime import dist
 from jitkit.train.ema import EMA
 from jitkit.train.optim import load_optimizer_state
 
-__all__ = ["gather_weights", "restore", "resumed_step", "rng_state", "run_position", "write_checkpoint"]
+__all__ = ["TrainState", "gather_weights", "resumed_step", "rng_state", "run_position", "write_checkpoint"]
 
 
 def gather_weights(model: nn.Module, ema: EMA) -> dict[str, dict[str, torch.Tensor]]:
@@ -102,26 +103,33 @@ def resumed_step(step: int, old_batch: int, new_batch: int, n_data: int) -> int:
     return epoch * (n_data // new_batch) + math.ceil(in_epoch * old_batch / new_batch)
 
 
-def restore(
-    ck: Checkpoint,
-    *,
-    model: nn.Module,
-    wrapped: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ema: EMA,
-    scaler: torch.amp.GradScaler | None,
-    model_cfg: ModelConfig,
-    sharded: bool,
-) -> dict[str, Any]:
-    """Load ``ck``'s weights into ``model`` (checked against ``model_cfg``), its EMAs (the weights where it
-    has none), optimiser state (through ``wrapped``, the DDP/FSDP module) and scaler; return its state.pt."""
-    check_state_dict(model, ck.model, ck.config.model, model_cfg)
-    dist.load_model_state(model, ck.model)
-    for which, sd in (("1", ck.ema1), ("2", ck.ema2)):
-        ema.load_averaged(which, sd if sd is not None else ck.model)
-    st = ck.state or {}
-    if "optimizer" in st:
-        load_optimizer_state(wrapped, optimizer, st["optimizer"], sharded=sharded)
-    if scaler is not None and st.get("scaler"):
-        scaler.load_state_dict(st["scaler"])
-    return st
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the config and the run's position: the model (plain, and as trained:
+    DDP/FSDP-wrapped), the optimiser, the two EMAs and the fp16 scaler. ``sharded``: FSDP2 across ranks."""
+
+    model: nn.Module
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    scaler: torch.amp.GradScaler | None
+    sharded: bool
+
+    def gather(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """(weights of :func:`gather_weights`, the whole optimizer state dict); collectives under FSDP2."""
+        weights = gather_weights(self.model, self.ema)
+        return weights, dist.full_optimizer_state(self.wrapped, self.optimizer, self.sharded)
+
+    def restore(self, ck: Checkpoint, model_cfg: ModelConfig) -> dict[str, Any]:
+        """Load ``ck``'s weights (checked against ``model_cfg``), EMAs (the weights where it has none),
+        optimiser state (through the wrapped module) and scaler; return its state.pt."""
+        check_state_dict(self.model, ck.model, ck.config.model, model_cfg)
+        dist.load_model_state(self.model, ck.model)
+        for which, sd in (("1", ck.ema1), ("2", ck.ema2)):
+            self.ema.load_averaged(which, sd if sd is not None else ck.model)
+        st = ck.state or {}
+        if "optimizer" in st:
+            load_optimizer_state(self.wrapped, self.optimizer, st["optimizer"], sharded=self.sharded)
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        return st
