@@ -105,7 +105,7 @@ def test_bad_files_skipped_and_strict(src, tmp_path, capsys):
     assert torch.equal(ds.images, torch.stack([folder[i][0] for i in range(21)]))
     assert torch.equal(ds.labels, torch.as_tensor(folder.targets))
     assert sorted(p for p, _ in ds.manifest["skipped"]) == ["apple/0zero.jpg", "cow/fake.png"]
-    with pytest.raises(UnreadableImage, match="found 1 unreadable.*--strict"):
+    with pytest.raises(UnreadableImage, match="found 1 unreadable.*strict=False"):
         prepare_cache(src, 16, tmp_path / "strict", workers=1, chunk=4, progress=False, strict=True)
 
 
@@ -136,7 +136,7 @@ def test_out_folder_rules(src, tmp_path, capsys):
     out = prepare_cache(src, 16, tmp_path / "cache", workers=1, progress=False)
     prepare_cache(src, 16, out, workers=1, progress=False)
     assert "nothing to do" in capsys.readouterr().err
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         prepare_cache(src, 24, out, workers=1, progress=False)
     prepare_cache(src, 24, out, workers=1, progress=False, overwrite=True)
     assert open_cache(out).img_size == 24

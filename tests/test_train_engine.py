@@ -224,7 +224,7 @@ def test_compile_without_a_compiler_trains_eagerly(tmp_path, monkeypatch, capsys
     """--compile where inductor has no compiler: a message, then the eager run (same losses as compile off)."""
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     run_c = train(tiny.run_config(tmp_path / "c", compile=True, epochs=1, eval_at_end=False), progress=False)
-    assert "--compile ignored: no C++ compiler" in capsys.readouterr().out
+    assert "compile=True ignored: no C++ compiler" in capsys.readouterr().out
     run_e = train(tiny.run_config(tmp_path / "e", epochs=1, eval_at_end=False), progress=False)
     assert losses(run_c) == losses(run_e) and len(losses(run_c)) > 0
     blocks = load_checkpoint(run_c).model

@@ -110,7 +110,7 @@ def save_checkpoint(
                 errno.ENOSPC,
                 f"out of disk space while saving checkpoint {ckpt_dir} (free space on "
                 f"{_free_space(parent)}); the previous checkpoint was kept. Free some space or point "
-                f"--out somewhere larger, then resume with --resume auto",
+                f"the run somewhere larger, then resume it (resume='auto')",
             ) from e
         raise
     if backup is not None:

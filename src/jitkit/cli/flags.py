@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,16 +28,33 @@ def given_flags(
     }
 
 
-def flag_error(e: Exception, fields_to_flags: dict[str, str]) -> ValueError:
-    """``e`` (an error naming a field first, e.g. "samples must be >= 1") with the field replaced by its flag."""
+def flag_error(e: Exception, params_to_flags: dict[str, str]) -> Exception:
+    """``e`` with the parameters it names written as the flags that set them.
+
+    Library errors name a parameter at the start of the message (``"size must be …"``) or as Python
+    (``overwrite=True``, ``with strict=False``, ``ref_stats=X``); ``params_to_flags`` maps parameter → flag
+    dest. Returns an exception of the same type (a ValueError for other types) with the rewritten message.
+    """
     msg = str(e)
-    for field, flag in fields_to_flags.items():
-        if msg.startswith((f"{field} ", f"{field}:")):
-            return ValueError("--" + flag.replace("_", "-") + msg[len(field) :])
-    return ValueError(msg)
+    for param, flag in params_to_flags.items():
+        opt = "--" + flag.replace("_", "-")
+        if msg.startswith((f"{param} ", f"{param}:")):
+            msg = opt + msg[len(param) :]
+        msg = re.sub(rf"\bwith {param}=False\b", f"without {opt}", msg)
+        msg = re.sub(rf"\b{param}=True\b", opt, msg)
+        msg = re.sub(rf"\b{param}=(?=\S)", f"{opt} ", msg)
+    try:
+        return type(e)(msg)
+    except TypeError:  # an exception type that wants other arguments
+        return ValueError(msg)
 
 
 def call_with_flags(fn: Callable[..., Any], args: argparse.Namespace, **more: Any) -> Any:
-    """``fn(**flags)``: every flag named after a parameter of ``fn`` is passed to it (``more`` on top)."""
+    """``fn(**flags)``: every flag named after a parameter of ``fn`` is passed to it (``more`` on top); an
+    error that names one of those parameters names its flag instead (:func:`flag_error`)."""
     params = inspect.signature(fn).parameters
-    return fn(**{**{k: v for k, v in vars(args).items() if k in params}, **more})
+    given = {k: v for k, v in vars(args).items() if k in params}
+    try:
+        return fn(**{**given, **more})
+    except (ValueError, OSError) as e:
+        raise flag_error(e, {k: k for k in given}) from e

@@ -246,9 +246,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     callbacks = []
     if not args.no_eval:
+        from jitkit.cli.flags import flag_error
         from jitkit.eval.hooks import make_eval_callbacks
 
-        callbacks = make_eval_callbacks(cfg, ref_stats=args.eval_ref)
+        try:
+            callbacks = make_eval_callbacks(cfg, ref_stats=args.eval_ref)
+        except ValueError as e:
+            raise flag_error(e, {"ref_stats": "eval_ref"}) from e
         for cb in callbacks:
             if hasattr(cb, "progress"):
                 cb.progress = not args.no_progress
@@ -262,7 +266,11 @@ def run_train(args: argparse.Namespace) -> int:
         )
         return 3
     except DiskFullError as e:
-        print(f"jitkit train: error: {e.strerror or e}", file=sys.stderr)
+        print(
+            f"jitkit train: error: {e.strerror or e}\n  (on the command line: --out elsewhere, or free space "
+            "and --resume auto)",
+            file=sys.stderr,
+        )
         return 4
     finally:
         from jitkit.runtime import dist

@@ -69,7 +69,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
     if not path.exists():
         if name.lower() in ("imagenet", "imagenette"):
             raise FileNotFoundError(
-                f"data {name!r} names no folder (jitkit downloads nothing): pass --data PATH to your {name} "
+                f"data {name!r} names no folder (jitkit downloads nothing): point data at your {name} "
                 f"images (PATH/train/<class>/*, PATH/<class>/*) or to a cache made by `jitkit prepare`"
             )
         hint = " (did you mean 'shapes'?)" if difflib.get_close_matches(name.lower(), ["shapes"], n=1) else ""

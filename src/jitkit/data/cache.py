@@ -144,11 +144,11 @@ def prepare_cache(
     from tqdm import tqdm
 
     if size < 1:
-        raise ValueError(f"--size must be a positive number of pixels, found {size}")
+        raise ValueError(f"size must be a positive number of pixels, found {size}")
     data = Path(data).expanduser()
     out = Path(out).expanduser()
     if is_cache(data):
-        raise ValueError(f"--data {data} is already a prepared cache; pass the source image folder instead")
+        raise ValueError(f"data {data} is already a prepared cache; give the source image folder instead")
     scan = scan_folder(data, split)
     info(scan.describe(data))
     source = str(data.resolve())
@@ -161,7 +161,7 @@ def prepare_cache(
     state = None
     if out.exists():
         if not out.is_dir():
-            raise NotADirectoryError(f"--out {out} exists and is not a folder")
+            raise NotADirectoryError(f"out {out} exists and is not a folder")
         man_p, state_p = out / MANIFEST, out / STATE
         if man_p.exists():
             man = json.loads(man_p.read_text())
@@ -171,7 +171,7 @@ def prepare_cache(
             if not overwrite:
                 raise FileExistsError(
                     f"{out} already holds a cache of {man.get('source')} at {man.get('size')}px; "
-                    f"choose another --out or pass --overwrite"
+                    f"choose another out folder or set overwrite=True"
                 )
             _remove_cache_files(out)
         elif state_p.exists():
@@ -181,13 +181,13 @@ def prepare_cache(
             elif not overwrite:
                 raise FileExistsError(
                     f"{out} holds an unfinished prepare of {st.get('source')} at {st.get('size')}px (or of a "
-                    f"folder whose files changed since); pass --overwrite to start again"
+                    f"folder whose files changed since); set overwrite=True to start again"
                 )
             else:
                 _remove_cache_files(out)
         elif any(out.iterdir()):
             raise FileExistsError(
-                f"--out {out} is a non-empty folder that is not a jitkit cache; choose another"
+                f"out {out} is a non-empty folder that is not a jitkit cache; choose another"
             )
     out.mkdir(parents=True, exist_ok=True)
 
@@ -227,7 +227,7 @@ def prepare_cache(
                 summarize_bad([(p, why) for _, p, why in bad], count, root).replace(
                     "warning: skipped", "found", 1
                 )
-                + "; fix or remove them and re-run with --overwrite, or run without --strict to skip them"
+                + "; fix or remove them and re-run with overwrite=True, or with strict=False to skip them"
             )
 
     def args_of(c: int):

@@ -123,7 +123,7 @@ def scan_folder(path: str | Path, split: str = "train") -> FolderScan:
         raise FileNotFoundError(f"data folder {path} does not exist")
     if not path.is_dir():
         raise NotADirectoryError(
-            f"--data {path}: expected a folder of images (or 'shapes', 'swissroll-D', a prepared cache), "
+            f"data {path}: expected a folder of images (or 'shapes', 'swissroll-D', a prepared cache), "
             f"found a file"
         )
     split_dir = path / split
@@ -142,7 +142,7 @@ def _scan_dir(path: Path, class_layout: str) -> FolderScan:
             f"mixed layout in {path}: {len(loose):,} images lie directly in it (e.g. {Path(loose[0]).name}) "
             f"and {len(scan.classes):,} folders hold images (e.g. {scan.classes[0]}/). Expected either class "
             f"folders only (PATH/<class>/*) or images only (one class); move the loose images into a class "
-            f"folder or point --data at one of the two"
+            f"folder or point data at one of the two"
         )
     if scan is not None:
         return scan

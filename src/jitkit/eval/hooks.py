@@ -222,7 +222,7 @@ def make_eval_callbacks(
         )
     elif every and every > 0:
         raise ValueError(
-            f"FID every {every} epochs needs reference statistics: pass --eval-ref STATS.npz "
+            f"FID every {every} epochs needs reference statistics: give ref_stats=STATS.npz "
             "(make them with jitkit ref-stats DATA --out STATS.npz)"
         )
     return cbs

@@ -145,39 +145,3 @@ def blur(images: Any, k: int = 3, passes: int = 1) -> np.ndarray:
     for _ in range(passes):
         x = F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
     return x.round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def _demo(argv: list[str] | None = None) -> None:
-    """``python -m jitkit.eval.shapes_metric [--size 16] [--png OUT]``: the metric on the data set's own images
-    and on blurred copies (a sanity table), optionally with a picture of the three versions."""
-    import argparse
-
-    from jitkit.data.shapes import class_names, render_shapes
-
-    p = argparse.ArgumentParser(prog="python -m jitkit.eval.shapes_metric")
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--per-class", type=int, default=16)
-    p.add_argument("--png", default=None)
-    a = p.parse_args(argv)
-    images, labels = render_shapes(per_class=a.per_class, size=a.size, seed=1)
-    versions = [("sharp", images), ("box 3x3", blur(images, 3)), ("box 3x3 twice", blur(images, 3, 2))]
-    versions.append(("box 5x5", blur(images, 5)))
-    print("| images | accuracy | colour | shape | mean IoU |\n|---|---|---|---|---|")
-    for name, im in versions:
-        m = shapes_metrics(im, labels)
-        print(
-            f"| {name} | {m['accuracy']:.3f} | {m['color_accuracy']:.3f} | {m['shape_accuracy']:.3f} "
-            f"| {m['mean_iou']:.3f} |"
-        )
-    if a.png:
-        from jitkit.images import save_grid
-
-        pick = np.concatenate([np.nonzero(labels == c)[0][:1] for c in range(0, 16, 2)])  # 8 classes
-        rows = np.concatenate([im[pick] for _, im in versions])
-        rlab = np.repeat(np.arange(len(versions)), len(pick))
-        save_grid(rows, rlab, a.png, [n for n, _ in versions])
-        print(f"wrote {a.png} ({', '.join(class_names()[c] for c in range(0, 16, 2))})")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _demo()

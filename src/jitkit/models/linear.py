@@ -1,9 +1,9 @@
 """Linear layers on the fastest fp32 matrix product of the CPU.
 
 torch runs a CPU ``F.linear`` in float32 through MKL's sgemm. MKL picks its kernels by CPU vendor: on AMD
-processors it runs its AVX2 code even where the core has AVX-512 (measured on a 2-core AMD EPYC, Zen 5:
-~200 GFLOP/s), while oneDNN, which torch also carries, picks by instruction set and runs the AVX-512 kernels
-on the same core (~440 GFLOP/s). Both compute in IEEE float32; they differ only in the order of the sums.
+processors it runs its AVX2 code even where the core has AVX-512, while oneDNN, which torch also carries, picks
+by instruction set and runs the AVX-512 kernels on the same core (the two measured side by side:
+benchmarks/README.md). Both compute in IEEE float32; they differ only in the order of the sums.
 
 :class:`Linear` is an ``nn.Linear`` (same parameters, same state-dict keys) whose forward routes float32 CPU
 inputs through oneDNN (``torch.ops.mkldnn._linear_pointwise``, forward and both backward products) when that

@@ -144,7 +144,9 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Mo
         try:
             from torch.distributed.fsdp import fully_shard
         except ImportError as e:  # torch < 2.6
-            raise RuntimeError("--fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)") from e
+            raise RuntimeError(
+                "FSDP (fsdp=True) needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)"
+            ) from e
         net = getattr(model, "net", model)
         for block in getattr(net, "blocks", []):
             fully_shard(block)

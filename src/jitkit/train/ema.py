@@ -79,8 +79,8 @@ class EMA:
         for d, shadow in zip(self.current_decays(), self.shadows):
             train_s = [s for s, t in zip(shadow, self.trainable) if t]
             if train_s:
-                # ema + (1 − d)·(p − ema): one pass over both lists (mul_ then add_ was two; 1.4× faster
-                # for JiT-B/16 on CPU, benchmarks/README.md), equal up to float rounding
+                # ema + (1 − d)·(p − ema): one pass over both lists where mul_ then add_ were two (measured:
+                # benchmarks/README.md), equal up to float rounding
                 torch._foreach_lerp_(train_s, train_p, 1.0 - d)
             for s, p, t in zip(shadow, params, self.trainable):
                 if not t:

@@ -203,7 +203,7 @@ class Trainer:
         if ok:
             self.raw.net.compile_blocks()  # in place: the state dict keeps its keys
         elif self.main:
-            print(f"[jitkit] --compile ignored: {why}; training eagerly", flush=True)
+            print(f"[jitkit] compile=True ignored: {why}; training eagerly", flush=True)
         return ok
 
     def _setup_optimizer(self, fuse_ema: bool) -> None:
@@ -438,7 +438,9 @@ class Trainer:
             self.save("end" if stop is None else "interrupted")
         if stop is not None:
             if self.main:
-                print(f"[jitkit] {stop} at step {self.step}; checkpoint saved. Continue with --resume auto")
+                print(
+                    f"[jitkit] {stop} at step {self.step}; checkpoint saved. Continue with resume='auto' (jitkit train --resume auto)"
+                )
             dist.barrier()
             return self.run_dir
         grid = self.write_samples()

@@ -369,7 +369,7 @@ def make_plan(
         precision = "bf16" if device_kind == "cuda" else "fp32"
     budget_mem = device_mem if device_kind != "cpu" else host_mem // devices
     if budget_mem is None:
-        raise ValueError(f"give the memory of one {device_kind} device (--gpu-mem)")
+        raise ValueError(f"give the memory of one {device_kind} device (device_mem)")
     budget = DEVICE_FRACTION * budget_mem - (HOST_PROC_CPU if device_kind == "cpu" else 0)
     cands = [d for d in _divisors(per_dev) if max_micro is None or d <= max_micro]
     shard = devices if fsdp else 1
@@ -417,7 +417,11 @@ def make_plan(
         warnings.append(
             f"does not fit: even micro-batch 1 needs ~{fmt_bytes(est.total)} per process but the {where} "
             f"allows ~{fmt_bytes(budget)}"
-            + ("" if fsdp or devices == 1 else "; try --fsdp to shard the weights and optimizer state")
+            + (
+                ""
+                if fsdp or devices == 1
+                else "; try FSDP (train.fsdp) to shard the weights and optimizer state"
+            )
         )
     accum = per_dev // mb
     eff = mb * accum * devices
@@ -448,7 +452,9 @@ def make_plan(
     if device_kind == "cuda" and precision == "fp32":
         warnings.append("fp32 on CUDA is slow; bf16 autocast (the default) is recommended")
     if accum > 1 and mb < 8:
-        warnings.append(f"micro-batch {mb} is small; steps will be slow. More devices or --fsdp may help")
+        warnings.append(
+            f"micro-batch {mb} is small; steps will be slow. More devices or FSDP (train.fsdp) may help"
+        )
     steps = dataset_size // eff if dataset_size else None
     if dataset_size is not None and dataset_size < eff:
         warnings.append(f"the data set ({dataset_size} images) is smaller than one effective batch ({eff})")
