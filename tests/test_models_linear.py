@@ -151,6 +151,7 @@ def test_jit_on_onednn_matches_aten_and_keeps_its_state_dict():
 
 
 @needs_onednn
+@pytest.mark.env_sensitive  # needs a C++ compiler for inductor
 def test_onednn_linear_under_torch_compile_matches_eager():
     from jitkit.models.registry import compiler_available
 
@@ -172,6 +173,7 @@ def test_onednn_linear_under_torch_compile_matches_eager():
 
 
 @needs_onednn
+@pytest.mark.env_sensitive  # needs a C++ compiler for inductor
 def test_a_jit_block_compiles_to_one_graph_with_the_process_backend():
     # the process setting is read outside the trace (compile_blocks resolves it): a block stays one graph
     L.set_cpu_linear_backend("onednn")

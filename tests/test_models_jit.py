@@ -216,6 +216,7 @@ def test_compiler_available_reports_a_missing_compiler(monkeypatch: pytest.Monke
 
 
 @pytest.mark.slow  # inductor builds C++ kernels for two graphs: ~30-70 s on 2 cores
+@pytest.mark.env_sensitive  # needs a C++ compiler for inductor
 def test_compiled_blocks_match_eager_forward_and_backward() -> None:
     """compile_blocks() keeps the state-dict keys and gives the eager outputs and gradients (in-context
     tokens included, so the blocks see two token counts)."""
