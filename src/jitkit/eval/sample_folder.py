@@ -204,7 +204,9 @@ def check_replaceable(dest: str | Path, overwrite: bool = False) -> None:
         raise NotADirectoryError(f"{dest} exists and is not a folder; expected a folder for the samples")
     if any(dest.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{dest} is not empty; choose another folder or allow replacing it with overwrite=True")
+            raise FileExistsError(
+                f"{dest} is not empty; choose another folder or allow replacing it with overwrite=True"
+            )
         if not (dest / LABELS_CSV).is_file():
             raise FileExistsError(
                 f"{dest} is not empty and is not a sample folder (no {LABELS_CSV}); refusing to replace it"
