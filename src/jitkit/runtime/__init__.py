@@ -5,9 +5,20 @@ from jitkit.runtime.device import (
     PRECISIONS,
     amp_dtype,
     autocast,
+    needs_grad_scaler,
     resolve_device,
     resolve_precision,
+    set_tf32,
     synchronize,
 )
 
-__all__ = ["PRECISIONS", "amp_dtype", "autocast", "resolve_device", "resolve_precision", "synchronize"]
+__all__ = [
+    "PRECISIONS",
+    "amp_dtype",
+    "autocast",
+    "needs_grad_scaler",
+    "resolve_device",
+    "resolve_precision",
+    "set_tf32",
+    "synchronize",
+]

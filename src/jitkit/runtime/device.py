@@ -6,7 +6,12 @@ Precision (everywhere: train, sample, bench, demo) is one of ``auto | fp32 | bf1
 * ``fp32``: no autocast; every op in float32 (exact).
 * ``bf16`` / ``fp16``: ``torch.autocast`` on the device with that dtype. Optimiser state, EMAs, the loss,
   the x̂ → v conversion and the sampler state stay float32 (the callers cast the network output up).
-* ``auto``: bf16 on CUDA (fp16 on GPUs without bf16), fp32 elsewhere.
+* ``auto``: bf16 on GPUs with native bf16 units (CUDA compute capability ≥ 8.0: Ampere and newer), fp16
+  on older CUDA GPUs (T4, V100: their bf16 is emulated and slow; training adds a GradScaler), fp32 on MPS
+  and CPUs.
+
+Explicit ``bf16`` is refused where the device cannot run it (MPS before macOS 14), explicit ``fp16`` on CPUs.
+TF32 (float32 storage, 10-bit-mantissa products on Ampere+ tensor cores) is switched by :func:`set_tf32`.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ __all__ = [
     "DEVICE_KINDS",
     "PRECISIONS",
     "amp_dtype",
+    "auto_precision",
     "autocast",
     "mps_available",
+    "native_bf16",
+    "needs_grad_scaler",
     "resolve_device",
     "resolve_precision",
+    "set_tf32",
     "synchronize",
 ]
 
@@ -59,21 +68,59 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` → bf16 on CUDA (fp16 on GPUs without bf16), fp32 elsewhere; explicit values are checked.
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` has bf16 matrix units: CUDA compute capability ≥ 8.0 (``torch.cuda.is_bf16_supported``
+    also says yes where bf16 is only emulated, e.g. T4 and V100)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_capability(dev) >= (8, 0)
+    if dev.type == "mps":
+        return _mps_bf16()
+    return False
 
-    Returns one of ``fp32 | bf16 | fp16``.
-    """
-    kind = torch.device(device).type
+
+def _mps_bf16() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    check = getattr(mps, "is_macos_or_newer", None)
+    return bool(check(14, 0)) if callable(check) else False
+
+
+def auto_precision(kind: str, bf16_native: bool) -> str:
+    """What ``auto`` means on a device of ``kind`` (cpu | cuda | mps): see the module docstring."""
+    if kind == "cuda":
+        return "bf16" if bf16_native else "fp16"
+    return "fp32"
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` → the device's fast and safe choice (module docstring); explicit values are checked against
+    the device. Returns one of ``fp32 | bf16 | fp16``."""
+    dev = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {precision!r}")
     if precision == "auto":
-        if kind == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if precision == "fp16" and kind == "cpu":
+        return auto_precision(dev.type, dev.type == "cuda" and native_bf16(dev))
+    if precision == "fp16" and dev.type == "cpu":
         raise ValueError("precision fp16 is not supported on CPU; use fp32 or bf16")
+    if precision == "bf16" and dev.type == "mps" and not _mps_bf16():
+        raise ValueError("precision bf16 on MPS needs macOS 14 or newer; use fp32 or fp16 on this Mac")
     return precision
+
+
+def needs_grad_scaler(precision: str, device: torch.device | str) -> bool:
+    """Training in fp16 on a GPU (CUDA or MPS) scales the loss (``torch.amp.GradScaler``) against underflow."""
+    return precision == "fp16" and torch.device(device).type in ("cuda", "mps")
+
+
+def set_tf32(device: torch.device | str, enabled: bool) -> bool:
+    """TF32 for float32 matmuls and convolutions on CUDA GPUs that have it (compute capability ≥ 8.0), on or
+    off; returns whether it is on afterwards (always False off CUDA)."""
+    dev = torch.device(device)
+    on = bool(enabled) and dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 0)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+    return on
 
 
 def amp_dtype(precision: str) -> torch.dtype:

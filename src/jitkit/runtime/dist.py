@@ -1,5 +1,11 @@
 """The only module that imports torch.distributed: process groups, DDP/FSDP wrapping, collectives, ranks.
 
+The rule every caller follows: a collective is only called from code that every rank runs, and every
+decision that leads into one (save now, stop now, evaluate now) is taken once and shared — folded into a
+collective all ranks already make, or reduced with :func:`any_rank` — never read from one rank's clock or
+one rank's callback. The process group has an explicit timeout (``init(timeout_s=...)``), so a rank that
+stops answering fails the job with an error instead of hanging it.
+
 One process needs no environment variables: ``init()`` returns a world of size 1 and every helper
 degenerates to a no-op. Under ``torchrun`` (WORLD_SIZE > 1) it joins the process group with NCCL on CUDA
 and gloo on CPU, pins each rank to its local GPU, and the trainer wraps the model in DDP, or shards it
@@ -8,15 +14,24 @@ with FSDP2 (``torch.distributed.fsdp.fully_shard``) when asked.
 
 from __future__ import annotations
 
+import datetime
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+DEFAULT_TIMEOUT_S = 1800.0  # a rank waiting this long in a collective fails the job (torch's default too)
+
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "DistInfo",
+    "any_rank",
+    "gather_to_main",
+    "local_world_size",
+    "state_dict_to_main",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
@@ -52,6 +67,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def local_world_size() -> int:
+    """Processes on this host: torchrun's LOCAL_WORLD_SIZE (on several nodes smaller than WORLD_SIZE)."""
+    ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", str(ws)) or ws))
+
+
 def env_world() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the torchrun environment (0, 1, 0 without it)."""
     ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -64,12 +85,15 @@ def is_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def init(device: torch.device) -> DistInfo:
+def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
     """Join the process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA); return this rank's info.
 
-    On CUDA each rank uses GPU LOCAL_RANK. Works also when the group was initialised by the caller
-    (tests spawn processes and call ``init_process_group`` themselves).
+    On CUDA each rank uses GPU LOCAL_RANK. A collective that waits longer than ``timeout_s`` seconds raises
+    on the waiting ranks. Works also when the group was initialised by the caller (tests spawn processes and
+    call ``init_process_group`` themselves).
     """
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, found {timeout_s}")
     rank, ws, local = env_world()
     if is_initialized():
         rank, ws = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -88,7 +112,9 @@ def init(device: torch.device) -> DistInfo:
                     f"WORLD_SIZE={ws} but {var} is not set; start multi-process runs with "
                     f"torchrun --nproc_per_node={ws} -m jitkit train ..."
                 )
-        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=ws)
+        torch.distributed.init_process_group(
+            backend=backend, rank=rank, world_size=ws, timeout=datetime.timedelta(seconds=timeout_s)
+        )
     else:
         backend = torch.distributed.get_backend()
     return DistInfo(rank, ws, local, device, backend)
@@ -113,11 +139,38 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / torch.distributed.get_world_size()
 
 
+def _comm_device() -> torch.device:
+    """Where the backend's tensors live: the rank's GPU for NCCL, the CPU for gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum of ``x`` over ranks, in place (``x`` itself in one process)."""
-    if is_initialized():
-        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
-    return x
+    """Sum of ``x`` over ranks (``x`` itself in one process); ``x`` may live on any device."""
+    if not is_initialized():
+        return x
+    y = x.detach().to(_comm_device(), copy=True)
+    torch.distributed.all_reduce(y, op=torch.distributed.ReduceOp.SUM)
+    return y.to(x.device)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (a collective: every rank must call it)."""
+    if not is_initialized():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the others (a collective)."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
 
 
 def rank() -> int:
@@ -185,6 +238,27 @@ def full_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         full = getattr(v, "full_tensor", None)
         out[k] = full() if callable(full) else v
+    return out
+
+
+def state_dict_to_main(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole CPU tensors of ``sd`` on rank 0 (an empty dict on the others).
+
+    FSDP2 shards are gathered one tensor at a time, each dropped on the other ranks at once, so no rank
+    holds more than one whole tensor on its device beside its shards (a collective under FSDP2: call on
+    every rank). Plain tensors are copied by rank 0 only.
+    """
+    main = not is_initialized() or torch.distributed.get_rank() == 0
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        full = getattr(v, "full_tensor", None)
+        if callable(full):
+            t = full()
+            if main:
+                out[k] = t.detach().to("cpu", copy=True)
+            del t
+        elif main:
+            out[k] = v.detach().to("cpu", copy=True)
     return out
 
 
