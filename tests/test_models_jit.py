@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -241,3 +246,64 @@ def test_compiled_blocks_match_eager_forward_and_backward() -> None:
     for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters()):
         if p_e.grad is not None:
             torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# -- in-context tokens that would enter no block ----------------------------------------------------------
+
+_DDP_WORKER = textwrap.dedent(
+    """
+    import sys, torch
+    torch.set_num_threads(1)
+    from jitkit.config import DiffusionConfig, ModelConfig
+    from jitkit.diffusion.flow import Denoiser
+    from jitkit.models.jit import JiT
+    from jitkit.runtime.dist import cleanup, init, wrap_model
+    info = init(torch.device("cpu"), timeout_s=60)
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="tiny", img_size=8, patch_size=4, hidden_size=32, depth=2, num_heads=2,
+                      bottleneck_dim=8, in_context_len=2, in_context_start=int(sys.argv[1]), num_classes=3)
+    den = wrap_model(Denoiser(JiT(cfg), DiffusionConfig(), 3), info)
+    opt = torch.optim.SGD(den.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(info.rank)
+    for step in range(3):
+        x, y = torch.randn(2, 3, 8, 8, generator=g), torch.randint(0, 3, (2,), generator=g)
+        opt.zero_grad()
+        den(x, y).backward()
+        opt.step()
+        print("step", step + 1, flush=True)
+    cleanup(info)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("start", [1, 2])  # depth 2: start 2 = after the last block
+def test_ddp_trains_three_steps_whatever_the_in_context_start(start):
+    """Two gloo processes (as under torchrun) train a tiny JiT in DDP for 3 steps. With in_context_start ==
+    depth the tokens would enter no block, so their parameter would never get a gradient and DDP would fail
+    at step 2 ("Expected to have finished reduction in the prior iteration"): the model must not create it."""
+    env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DDP_WORKER, str(start)],
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert out.split("\n")[-2] == "step 3", out

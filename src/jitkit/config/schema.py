@@ -186,6 +186,7 @@ class TrainConfig(ConfigBase):
     eval_at_end: bool = True
     eval_every_epochs: int = 0
     threads: int = 0  # CPU threads for torch ops (0: torch's default, one per core)
+    dist_timeout: float = 1800.0  # seconds a rank may wait in a collective before the job fails (torchrun)
 
     def validate(self) -> None:
         if self.schedule not in ("constant", "cosine"):
@@ -200,6 +201,8 @@ class TrainConfig(ConfigBase):
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
                 raise ConfigError(f"{name} must lie in [0, 1), found {v}")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"dist_timeout must be a positive number of seconds, found {self.dist_timeout}")
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,20 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
 
 
+def adaln_chunks(mod: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """The n adaLN vectors (shift, scale, gate, …) of ``mod`` [B, n·D] as n *contiguous* [B, D] tensors.
+
+    ``mod.chunk(n, dim=-1)`` would give views with row stride n·D; with such views as the broadcast operands
+    of ``addcmul``/``modulate`` a toy DiT study saw silently wrong adaLN gradients on MPS. One copy into
+    [n, B, D] (n·B·D values, small beside the activations) gives each vector its own dense storage; the
+    values, hence the outputs, are the same as the chunks'.
+    """
+    B, nD = mod.shape
+    if nD % n:
+        raise ValueError(f"adaLN output width must be divisible by {n}, found {nD}")
+    return mod.view(B, n, nD // n).transpose(0, 1).contiguous().unbind(0)  # n × [B,D], each contiguous
+
+
 class TimestepEmbedder(nn.Module):
     """Sinusoidal embedding of t ∈ [0, 1] (used as is, F = 256 frequencies) → MLP(SiLU) → [B, D]."""
 

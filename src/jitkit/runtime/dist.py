@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,47 +189,44 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
-    """DDP (or FSDP2 ``fully_shard`` per block, then the root) when running on several processes."""
+def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False, precision: str = "fp32") -> nn.Module:
+    """DDP (or FSDP2 ``fully_shard`` per block, then the root) when running on several processes.
+
+    Under FSDP2 with ``precision`` bf16/fp16 the gathered parameters are cast to that dtype for the forward
+    and backward (``MixedPrecisionPolicy``; gradients are reduced in float32, the sharded master weights and
+    optimizer state stay float32), which halves the gathers.
+    """
     if not info.enabled:
         return model
     if fsdp:
         try:
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         except ImportError as e:  # torch < 2.6
             raise RuntimeError(
                 "FSDP (fsdp=True) needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)"
             ) from e
+        kw: dict[str, Any] = {}
+        if precision in ("bf16", "fp16"):
+            half = torch.bfloat16 if precision == "bf16" else torch.float16
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
         net = getattr(model, "net", model)
         for block in getattr(net, "blocks", []):
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
         return model
     ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def no_sync(model: nn.Module, skip_sync: bool):
-    """Context in which gradients are not all-reduced (accumulation micro-steps before the last one).
+    """Context in which DDP does not all-reduce gradients (accumulation micro-steps before the last one).
 
-    DDP: ``model.no_sync()``; FSDP2: ``set_requires_gradient_sync(False)`` for the duration.
+    FSDP2 reduce-scatters after every micro-step instead: skipping it would keep whole (unsharded) gradients
+    on every rank until the last micro-step, the memory FSDP is used to save; the sum is the same.
     """
-    if not skip_sync:
-        return nullcontext()
-    if isinstance(model, nn.parallel.DistributedDataParallel):
+    if skip_sync and isinstance(model, nn.parallel.DistributedDataParallel):
         return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):
-        return _fsdp_no_sync(model)
     return nullcontext()
-
-
-@contextmanager
-def _fsdp_no_sync(model):
-    model.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        model.set_requires_gradient_sync(True)
 
 
 def full_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,15 +1,22 @@
 """The callback contract of :func:`jitkit.train.train` (evaluation hooks, experiments and the demo use it).
 
-A callback is ``cb(event, info)``, called on rank 0 only:
+A callback is ``cb(event, info)``, called on **every rank** of a torchrun job (so pass the same callbacks to
+``train`` on every rank; in one process there is one rank):
 
 * ``"step"`` after every optimiser step; ``info`` also has ``loss`` (the step's mean loss over all ranks) and
   ``lr``;
 * ``"epoch_end"`` after the last step of an epoch (``info["epoch"]`` is the epoch that ended);
 * ``"end"`` once, after the final checkpoint and sample grid of a run that was not stopped.
 
-``info`` always has ``step``, ``epoch``, ``run_dir``, ``config``, ``classes`` and ``device``, and a
-``denoiser`` (the EMA1 weights in a Denoiser, eval mode) that is built only when a callback reads it.
-A callback may raise :class:`StopTraining` to end the run after a checkpoint.
+``info`` always has ``step``, ``epoch``, ``run_dir``, ``config``, ``classes``, ``device``, ``precision``
+(the resolved training precision), ``rank``, ``world_size`` and ``is_main`` (rank 0: the one that writes
+files), and a ``denoiser`` (the EMA1 weights in a Denoiser, eval mode). It is built when a callback reads it;
+under FSDP it is gathered on every rank for "epoch_end" and "end" and is not available for "step".
+Work that several ranks can share (sampling for an evaluation) should be split by ``rank`` and gathered
+(``jitkit.runtime.dist``); only ``is_main`` writes.
+
+A callback may raise :class:`StopTraining` to end the run after a checkpoint; raised on any rank, it stops
+every rank at the same step (the engine reduces the request over the ranks after each event).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from torch import nn
 
 from jitkit.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, step_dir_name
 from jitkit.config import RunConfig
-from jitkit.runtime import autocast, dist, resolve_device, resolve_precision
+from jitkit.runtime import autocast, dist, needs_grad_scaler, resolve_device, resolve_precision
 from jitkit.train.batching import (
     Batches,
     MicroBatch,
@@ -72,10 +72,13 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class StepResult:
+    """One optimiser step as every rank sees it (the flags come from one all-reduce, so ranks agree)."""
+
     loss: float  # the step's mean loss over all ranks
     lr: float
     grad_norm: float | None  # before clipping; None without clipping
     stop: bool  # some rank received SIGINT/SIGTERM during the step
+    save_due: bool  # the step ends an epoch and rank 0's clock says an epoch checkpoint is due
 
 
 def accumulate_gradients(
@@ -153,7 +156,7 @@ class Trainer:
         tc = self.cfg.train
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
-        self.info = dist.init(resolve_device(tc.device))
+        self.info = dist.init(resolve_device(tc.device), timeout_s=tc.dist_timeout)
         self.device, self.main = self.info.device, self.info.is_main
         self.precision = resolve_precision(tc.precision, self.device)
         self.plan = batch_plan(tc, self.info.world_size)
@@ -188,10 +191,10 @@ class Trainer:
         self.raw.to(self.device).train()
         compiled = bool(tc.compile) and self._compile_blocks()
         self.sharded = bool(tc.fsdp) and self.info.enabled
-        self.fwd = dist.wrap_model(self.raw, self.info, fsdp=tc.fsdp)
+        self.fwd = dist.wrap_model(self.raw, self.info, fsdp=tc.fsdp, precision=self.precision)
         self.ema = EMA(self.raw, (tc.ema_decay1, tc.ema_decay2), warmup=tc.ema_warmup)
-        fp16_cuda = self.precision == "fp16" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type) if fp16_cuda else None
+        scale = needs_grad_scaler(self.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if scale else None
         return compiled
 
     def _compile_blocks(self) -> bool:
@@ -287,7 +290,11 @@ class Trainer:
         return path
 
     def eval_denoiser(self) -> nn.Module:
-        """A Denoiser on this device with the current EMA1 weights, eval mode (a collective under FSDP2)."""
+        """A Denoiser on this device with the current EMA1 weights, eval mode.
+
+        A collective under FSDP2 (the EMA shards are gathered): every rank must call it. There the replica
+        exists only for the event that asked for it (:meth:`_release_eval_denoiser`).
+        """
         from jitkit.diffusion.flow import Denoiser
         from jitkit.models.registry import build_model
 
@@ -299,39 +306,75 @@ class Trainer:
         self.eval_den.load_state_dict(dist.full_tensors(self.ema.averaged_state_dict(self.raw, 1)))
         return self.eval_den.eval()
 
+    def _release_eval_denoiser(self) -> None:
+        """Under FSDP2 the full replica of the evaluation goes as soon as its event is over."""
+        if self.sharded:
+            self.eval_den = None
+
     @torch.no_grad()
     def write_samples(self) -> Path | None:
-        """samples/step-NNNNNN.png from the EMA1 weights (see :func:`jitkit.train.report.write_preview`)."""
+        """samples/step-NNNNNN.png from the EMA1 weights (see :func:`jitkit.train.report.write_preview`); every
+        rank calls it, rank 0 draws and writes."""
         den = self.eval_denoiser()
-        if not self.main:
-            return None
-        path = self.run_dir / "samples" / f"{step_dir_name(self.step)}.png"
-        return write_preview(den, self.cfg, self.classes, path, self.precision)
+        path = None
+        if self.main:
+            path = self.run_dir / "samples" / f"{step_dir_name(self.step)}.png"
+            write_preview(den, self.cfg, self.classes, path, self.precision)
+        self._release_eval_denoiser()
+        dist.barrier()
+        return path
 
-    def emit(self, event: str, epoch: int, **extra: Any) -> None:
-        """Call every callback with ``(event, info)`` on rank 0 (see :mod:`jitkit.train.callbacks`)."""
-        if not self.callbacks or not self.main:
-            return
+    def _denoiser_factory(self, event: str) -> Any:
+        """How a callback's ``info["denoiser"]`` is made. Lazily where building it involves no collective; under
+        FSDP2 eagerly on every rank for "epoch_end" and "end" (a lazy gather asked for on some ranks only
+        would hang the others), and not at all for "step" (a gather every step would cost too much)."""
+        if not self.sharded:
+            return self.eval_denoiser
+        if event == "step":
+
+            def refuse() -> nn.Module:
+                raise RuntimeError(
+                    'info["denoiser"] is not available at "step" events under FSDP (it is a gather of the '
+                    'sharded EMA on every rank); use it at "epoch_end" or "end"'
+                )
+
+            return refuse
+        den = self.eval_denoiser()
+        return lambda: den
+
+    def emit(self, event: str, epoch: int, **extra: Any) -> str | None:
+        """Call every callback with ``(event, info)`` on every rank (see :mod:`jitkit.train.callbacks`).
+
+        Returns why the run stops when a callback raised StopTraining on any rank (shared by all ranks through
+        one all-reduce), else None.
+        """
+        if not self.callbacks:
+            return None
         info = CallbackInfo(
-            self.eval_denoiser,
+            self._denoiser_factory(event),
             step=self.step,
             epoch=epoch,
             run_dir=self.run_dir,
             config=self.cfg,
             classes=self.classes,
             device=self.device,
+            precision=self.precision,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            is_main=self.main,
             **extra,
         )
-        for cb in self.callbacks:
-            cb(event, info)
-
-    def _emit_may_stop(self, event: str, epoch: int, **extra: Any) -> str | None:
-        """:meth:`emit`; the reason to stop when a callback raised StopTraining, else None."""
+        stop = None
         try:
-            self.emit(event, epoch, **extra)
+            for cb in self.callbacks:
+                cb(event, info)
         except StopTraining as e:
-            return f"stopped by a callback: {e}" if str(e) else "stopped by a callback"
-        return None
+            stop = f"stopped by a callback: {e}" if str(e) else "stopped by a callback"
+        finally:
+            self._release_eval_denoiser()
+        if dist.any_rank(stop is not None) and stop is None:
+            stop = "stopped by a callback on another rank"
+        return stop
 
     # the run -----------------------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -373,10 +416,11 @@ class Trainer:
         loss = accumulate_gradients(
             self.fwd, micro, device=self.device, precision=self.precision, scaler=self.scaler
         )
-        # one collective per step: [loss, stop request] summed over ranks → [mean loss, ranks stopping]
-        packed = torch.stack([loss, torch.tensor(float(self.sig.requested), device=self.device)])  # [2]
-        packed = dist.all_reduce_sum(packed) / torch.tensor([W, 1.0], device=self.device)
-        step_loss = float(packed[0].item())
+        # one collective per step, every decision that leads into another collective folded in: [loss, stop
+        # request, epoch checkpoint due by rank 0's clock] summed over ranks → [mean loss, ranks stopping, due]
+        flags = torch.tensor([float(self.sig.requested), float(self._epoch_save_due())], device=loss.device)
+        packed = dist.all_reduce_sum(torch.cat([loss.reshape(1), flags]))  # [3]
+        step_loss = float((packed[0] / W).item())
         if not math.isfinite(step_loss):
             raise NonFiniteLossError(
                 f"the loss became {step_loss} at step {self.step + 1} (epoch {int(epoch_f)}, lr {lr:.3g}); "
@@ -397,7 +441,17 @@ class Trainer:
         if not getattr(self.opt, "updates_ema", False):  # AdamWEMA updates the EMAs in its step
             self.ema.update(self.raw)
         self.step += 1
-        return StepResult(step_loss, lr, grad_norm, bool(packed[1].item() > 0))
+        return StepResult(step_loss, lr, grad_norm, bool(packed[1] > 0), bool(packed[2] > 0))
+
+    def _epoch_save_due(self) -> bool:
+        """Rank 0's view: the step under way ends an epoch, checkpoints go per epoch (``ckpt_every`` 0) and
+        ``ckpt_min_seconds`` have passed since the last save. Shared through the step's all-reduce, so every
+        rank saves, or none (a rank's own clock never decides a collective)."""
+        tc = self.cfg.train
+        ends_epoch = (self.step + 1) % self.steps_per_epoch == 0 and self.step + 1 < self.total_steps
+        if not (self.main and ends_epoch and tc.ckpt_every <= 0):
+            return False
+        return time.perf_counter() - self._last_save >= tc.ckpt_min_seconds
 
     def _loop(self) -> str | None:
         """Epochs → steps → train_step → log, preview, checkpoint, callbacks. Returns why the run stopped
@@ -415,21 +469,15 @@ class Trainer:
                     self.write_samples()
                 if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and before_end:
                     self.save("periodic")
-                stop = self._emit_may_stop("step", epoch, loss=r.loss, lr=r.lr)
+                stop = self.emit("step", epoch, loss=r.loss, lr=r.lr)
                 if r.stop:
                     stop = f"interrupted by {self.sig.name}"
                 if stop is not None:
                     break
             else:  # the epoch's steps are done: a checkpoint per epoch when not every N steps
-                due = time.perf_counter() - self._last_save >= tc.ckpt_min_seconds
-                if (
-                    tc.ckpt_every <= 0
-                    and self.step < self.total_steps
-                    and self.step != self._last_saved
-                    and due
-                ):
+                if r.save_due and self.step != self._last_saved:
                     self.save("epoch")
-                stop = self._emit_may_stop("epoch_end", self.step // spe - 1)
+                stop = self.emit("epoch_end", self.step // spe - 1)
         return stop
 
     def _finish(self, stop: str | None) -> Path:
@@ -449,7 +497,7 @@ class Trainer:
                 f"[jitkit] finished {self.step} steps in {self.report.elapsed():.1f} s; samples: {grid}; "
                 f"run: {self.run_dir}"
             )
-        self.emit("end", self.step // self.steps_per_epoch)
+        self.emit("end", self.step // self.steps_per_epoch)  # a StopTraining now has nothing left to stop
         dist.barrier()
         return self.run_dir
 

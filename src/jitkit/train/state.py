@@ -33,11 +33,15 @@ __all__ = ["TrainState", "gather_weights", "resumed_step", "rng_state", "run_pos
 
 
 def gather_weights(model: nn.Module, ema: EMA) -> dict[str, dict[str, torch.Tensor]]:
-    """``model``, ``ema1`` and ``ema2`` state dicts of whole tensors (a collective under FSDP2)."""
+    """``model``, ``ema1`` and ``ema2`` state dicts of whole CPU tensors on rank 0 (empty dicts elsewhere).
+
+    Under FSDP2 a collective: the shards are gathered one tensor at a time to rank 0's host
+    (:func:`jitkit.runtime.dist.state_dict_to_main`), so no GPU holds a whole model beside its shards.
+    """
     return {
-        "model": dist.full_tensors(model.state_dict()),
-        "ema1": dist.full_tensors(ema.averaged_state_dict(model, 1)),
-        "ema2": dist.full_tensors(ema.averaged_state_dict(model, 2)),
+        "model": dist.state_dict_to_main(model.state_dict()),
+        "ema1": dist.state_dict_to_main(ema.averaged_state_dict(model, 1)),
+        "ema2": dist.state_dict_to_main(ema.averaged_state_dict(model, 2)),
     }
 
 
