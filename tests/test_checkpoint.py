@@ -234,3 +234,47 @@ def test_numbered_copies_and_pruning(tmp_path, run_cfg, make_den):
     assert [p.name for p in removed] == ["step-000001"]
     assert sorted(p.name for p in root.iterdir()) == ["last", "step-000002", "step-000003"]
     assert prune_checkpoints(root, keep=0) == [] and len(find_checkpoints(root)) == 3
+
+
+def test_lazy_checkpoint_reads_a_tensor_only_when_indexed(tmp_path, tiny, monkeypatch):
+    """Resuming reads weights lazily (LazyWeights, a mmapped state.pt): the same tensors as an eager load,
+    none read before it is asked for, shapes from the header only."""
+    from safetensors import safe_open
+
+    from jitkit.checkpoint.load import LazyWeights, shape_of
+
+    cfg = RunConfig(model=tiny.model_config())
+    den = tiny.denoiser(cfg.model)
+    path = save_checkpoint(
+        tmp_path / "ck", config=cfg, classes=["a", "b", "c"], model=den.state_dict(), state={"step": 3}
+    )
+    eager, lazy = load_checkpoint(path), load_checkpoint(path, lazy=True)
+    assert isinstance(lazy.model, LazyWeights) and lazy.ema1 is None and lazy.state["step"] == 3
+    reads: list[str] = []
+    real = safe_open
+
+    class Counting:
+        def __init__(self, *a, **kw):
+            self.f = real(*a, **kw)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def get_tensor(self, key):
+            reads.append(key)
+            return self.inner.get_tensor(key)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr("safetensors.safe_open", Counting)
+    key = next(iter(eager.model))
+    assert shape_of(lazy.model, key) == tuple(eager.model[key].shape) and reads == []
+    check_state_dict(den, lazy.model)  # keys and shapes only
+    assert reads == []
+    assert torch.equal(lazy.model[key], eager.model[key]) and reads == [key]
+    assert sorted(lazy.model) == sorted(eager.model) and len(lazy.model) == len(eager.model)

@@ -153,3 +153,37 @@ def test_cache_pickles_by_path(src, tmp_path):
     assert len(blob) < 2000  # not the pixels
     back = pickle.loads(blob)
     assert torch.equal(back.images, ds.images) and back.classes == ds.classes
+
+
+class _Rows(torch.utils.data.Dataset):
+    """One whole batch per key, read by ``CacheDataset.read_rows``."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, rows):
+        return self.ds.read_rows(rows)
+
+
+def test_read_rows_in_any_order_in_workers(src, tmp_path):
+    ds = open_cache(prepare_cache(src, 16, tmp_path / "cache", workers=1, progress=False), verify="none")
+    ds.hflip = True  # read_rows never flips
+    rows = [5, 3, 4, 20, 4, 0, 1, 2]  # two runs of consecutive rows once sorted, a repeated row, the last row
+    x, y = ds.read_rows(rows)
+    assert x.dtype == torch.uint8 and x.shape == (8, 3, 16, 16)
+    assert torch.equal(x, ds.images[rows]) and torch.equal(y, ds.labels[rows])
+    assert ds.read_rows([])[0].shape == (0, 3, 16, 16)
+    with pytest.raises(IndexError, match=r"rows must lie in \[0, 20\].*found rows 0 … 21"):
+        ds.read_rows([0, 21])
+    # forked DataLoader workers open the file themselves (this process already has it open)
+    keys = [list(range(k, 21, 3)) for k in range(3)] * 4
+    loader = torch.utils.data.DataLoader(_Rows(ds), batch_size=None, sampler=keys, num_workers=2)
+    for key, (xb, yb) in zip(keys, loader):
+        assert torch.equal(xb, ds.images[key]) and torch.equal(yb, ds.labels[key])
+    # a file cut short after opening is reported, not returned as garbage
+    (tmp_path / "cache" / "images.u8").write_bytes(b"")
+    with pytest.raises(CacheMismatch, match="ended inside row 3.*re-run"):
+        ds.read_rows([3])

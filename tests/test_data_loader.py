@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from jitkit.config import DataConfig
 from jitkit.data import build_dataset, make_loader, random_hflip, to_model_range
-from jitkit.data.loader import MAX_WORKERS, GiB, plan_workers
+import jitkit.data.loader as loader_mod
+from jitkit.data.loader import ALWAYS_IN_MEMORY_BYTES, MAX_WORKERS, GiB, keeps_in_memory, plan_workers
 
 
 def test_to_model_range():
@@ -39,12 +41,15 @@ def test_plan_workers_from_cpu_and_memory():
     assert plan_workers(cpus=128, mem_available=1024 * GiB, batch_bytes=mb).workers == MAX_WORKERS
     # the documented failure: 24 GB host, 2 GPUs, 12 requested-by-default -> far fewer, limited by memory
     batch = 128 * 3 * 256 * 256  # 25 MB of uint8 per batch
-    p = plan_workers(cpus=32, mem_available=20 * GiB, batch_bytes=batch, world_size=2)
+    p = plan_workers(cpus=32, mem_available=20 * GiB, batch_bytes=batch, processes_per_host=2)
     per_worker = 512 * mb + 2 * batch * 2
     assert p.workers * per_worker * 2 <= 0.5 * 20 * GiB
     assert p.workers < 12
-    # CPU split across ranks
+    # CPU split across the processes on this host; world_size is the former name of the same parameter
+    assert plan_workers(cpus=16, mem_available=512 * GiB, batch_bytes=mb, processes_per_host=4).workers == 3
     assert plan_workers(cpus=16, mem_available=512 * GiB, batch_bytes=mb, world_size=4).workers == 3
+    with pytest.raises(ValueError, match="former name of processes_per_host.*found both"):
+        plan_workers(cpus=16, mem_available=GiB, batch_bytes=mb, world_size=4, processes_per_host=4)
     # very little memory: no workers, no crash
     p0 = plan_workers(cpus=8, mem_available=256 * mb, batch_bytes=batch)
     assert p0.workers == 0 and p0.prefetch_factor is None
@@ -80,3 +85,51 @@ def test_make_loader_distributed_split():
     assert len(seen[0]) == len(seen[1]) == 32
     assert set(seen[0]).isdisjoint(seen[1])
     assert set(seen[0]) | set(seen[1]) == set(range(64))
+
+
+def test_keeps_in_memory_against_free_memory():
+    big = 40 * GiB
+    assert keeps_in_memory(big, 100 * GiB) and keeps_in_memory(big, 80 * GiB)
+    assert not keeps_in_memory(big, 80 * GiB - 1)  # more than half of the free memory: streamed
+    assert not keeps_in_memory(big, None)  # unknown free memory: only small data sits in memory
+    assert keeps_in_memory(ALWAYS_IN_MEMORY_BYTES, None) and keeps_in_memory(1000, 0)
+    with pytest.raises(ValueError, match="nbytes must be >= 0, found -1"):
+        keeps_in_memory(-1, GiB)
+
+
+class _Folder(torch.utils.data.Dataset):
+    """Items read one by one (no ``.images``): the loader sizes workers for it."""
+
+    img_size = 4
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int):
+        return torch.full((3, 4, 4), i, dtype=torch.uint8), i
+
+
+def test_make_loader_sizes_workers_per_host_and_reads_batch_keys(monkeypatch):
+    monkeypatch.setattr(loader_mod, "cpu_count", lambda: 64)
+    monkeypatch.setattr(loader_mod, "available_memory", lambda: 512 * GiB)
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert make_loader(_Folder(), 4, rank=3, world_size=16).num_workers == 7  # 64 CPUs / 8 local ranks − 1
+    assert make_loader(_Folder(), 4, world_size=16, processes_per_host=16).num_workers == 3
+    # batch_size=None: every sampler key is one batch, read whole by the data set
+    ds = _Folder()
+    ds.__getitem__ = None  # noqa: B010 - the class's item access stays; keys go to the batch reader below
+
+    class Batched(_Folder):
+        def __getitem__(self, rows):
+            return torch.tensor(rows) * 10
+
+    keys = [[2, 0], [5, 5, 1]]
+    got = [b.tolist() for b in make_loader(Batched(), None, sampler=keys, workers=0)]
+    assert got == [[20, 0], [50, 50, 10]]
+    with pytest.raises(ValueError, match="batch_size=None.*needs a sampler"):
+        make_loader(Batched(), None)
+    with pytest.raises(ValueError, match="cannot size workers for batch_size=None"):
+        make_loader(Batched(), None, sampler=keys)
+    with pytest.raises(ValueError, match="batch_size must be >= 1.*found 0"):
+        make_loader(Batched(), 0)

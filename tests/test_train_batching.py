@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from jitkit.config import TrainConfig
+import jitkit.data.loader as loader_mod
+import jitkit.train.batching as batching_mod
+from jitkit.config import DataConfig, TrainConfig
+from jitkit.data import build_dataset
+from jitkit.data.cache import CacheDataset, open_cache, prepare_cache
+from jitkit.data.folder import ImageFolderDataset
+from jitkit.data.loader import GiB
 from jitkit.train.batching import (
     Batches,
     batch_plan,
@@ -103,3 +111,120 @@ def test_micro_batch_is_a_function_of_its_seed():
     assert plain.min() >= -1 and plain.max() <= 1
     flipped = [i for i in range(6) if not torch.equal(x1[i], plain[i])]
     assert flipped and all(torch.equal(x1[i], plain[i].flip(-1)) for i in flipped)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    """A prepared cache of 30 generated PNGs (3 classes × 10) at 8 px, and its source folder."""
+    rng = np.random.default_rng(1)
+    src = tmp_path / "src"
+    for c in ("a", "b", "c"):
+        (src / c).mkdir(parents=True)
+        for k in range(10):
+            h, w = rng.integers(9, 20, size=2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / c / f"{k}.png")
+    return prepare_cache(src, 8, tmp_path / "cache", workers=1, progress=False), src
+
+
+def _epochs(
+    batches: Batches, spans: list[tuple[int, int, int]]
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    return [item for e, lo, hi in spans for item in batches.epoch(e, lo, hi)]
+
+
+def test_cache_in_memory_and_streamed_give_the_same_chunks(cache):
+    path, src = cache
+    plan = batch_plan(TrainConfig(batch_size=3, accum_steps=2), world_size=2)  # G = 12: 2 steps per epoch
+    cpu = torch.device("cpu")
+    spans = [(0, 0, 2), (1, 1, 2), (2, 0, 2)]  # whole epochs and a resumed one, through one loader
+    for rank in (0, 1):
+        kw = dict(rank=rank, seed=5, device=cpu)
+        ds = CacheDataset(path, hflip=True)
+        mem = Batches(ds, plan, data_workers=0, stream=False, **kw)
+        assert mem.in_memory and not ds.hflip  # flips belong to the device, from the chunk's generator
+        ref = _epochs(mem, spans)
+        assert [c for c, _, _ in ref] == [rank, 2 + rank] * 5
+        # the expected rows, straight from the permutation
+        want = [
+            idx
+            for e, lo, hi in spans
+            for _, _, idx in rank_chunk_indices(epoch_permutation(30, 5, e), plan, rank, lo, hi)
+        ]
+        for (_, x, y), idx in zip(ref, want):
+            assert x.dtype == torch.uint8 and x.shape == (3, 3, 8, 8) and y.dtype == torch.int64
+            assert torch.equal(x, ds.images[idx]) and torch.equal(y, ds.labels[idx])
+        others = {
+            "streamed in the training process": Batches(
+                CacheDataset(path, hflip=True), plan, data_workers=0, stream=True, **kw
+            ),
+            "streamed by 2 workers": Batches(
+                CacheDataset(path, hflip=True), plan, data_workers=2, stream=True, **kw
+            ),
+            "image folder, flipping on": Batches(
+                ImageFolderDataset(src, 8, hflip=True, verbose=False), plan, data_workers=0, **kw
+            ),
+        }
+        for name, b in others.items():
+            assert not b.in_memory, name
+            got = _epochs(b, spans)
+            assert len(got) == len(ref), name
+            for (ca, xa, ya), (cb, xb, yb) in zip(ref, got):
+                assert ca == cb and torch.equal(xa, xb) and torch.equal(ya, yb), name
+        assert others["streamed by 2 workers"].loader().num_workers == 2
+
+
+def test_host_memory_decides_between_in_memory_and_streaming(cache, monkeypatch):
+    path, _ = cache
+    plan = batch_plan(TrainConfig(batch_size=3), world_size=1)
+    kw = dict(rank=0, seed=0, device=torch.device("cpu"), data_workers=0)
+    nbytes = 30 * 3 * 8 * 8
+    free = [None]
+    monkeypatch.setattr(batching_mod, "available_memory", lambda: free[0])
+    # a small cache always sits in memory, even when the free memory is unknown
+    assert Batches(open_cache(path), plan, **kw).in_memory
+    monkeypatch.setattr(loader_mod, "ALWAYS_IN_MEMORY_BYTES", 0)  # pretend this cache is big
+    assert not Batches(open_cache(path), plan, **kw).in_memory
+    free[0] = 2 * nbytes  # fits within half of the free memory
+    b = Batches(open_cache(path), plan, **kw)
+    assert b.in_memory and "in memory" in b.reason
+    free[0] = 2 * nbytes - 1
+    b = Batches(open_cache(path), plan, **kw)
+    assert not b.in_memory and b.reason.startswith("streamed")
+    # the streamed path reads one micro-batch of rows at a time from the file, never the whole memory map
+    reads: list[int] = []
+    real = CacheDataset.read_rows
+
+    def spy(self, indices):
+        reads.append(len(indices))
+        return real(self, indices)
+
+    monkeypatch.setattr(CacheDataset, "read_rows", spy)
+    assert len(list(b.epoch(0, 0, 10))) == 10 and reads == [3] * 10
+    # data that is already in memory (not memory-mapped) is never streamed
+    free[0] = 0
+    shapes = build_dataset(DataConfig(data="shapes", img_size=16, per_class=2, hflip=True))
+    assert Batches(shapes, plan, **kw).in_memory and not shapes.hflip
+    with pytest.raises(ValueError, match="stream=False needs a data set with .images"):
+        Batches(_Items(_InMemory()), plan, stream=False, **kw)
+
+
+def test_workers_are_sized_by_the_processes_on_this_host(monkeypatch):
+    monkeypatch.setattr(batching_mod, "cpu_count", lambda: 64)
+    monkeypatch.setattr(batching_mod, "available_memory", lambda: 512 * GiB)
+    plan = batch_plan(TrainConfig(batch_size=4), world_size=16)
+    ds = _Items(_InMemory())
+
+    def workers(world: str, local: str | None, requested: int | None = -1) -> int:
+        monkeypatch.setenv("WORLD_SIZE", world)
+        if local is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        b = Batches(ds, plan, rank=9, seed=0, device=torch.device("cpu"), data_workers=requested)
+        return b.worker_plan().workers
+
+    assert workers("16", "8") == 64 // 8 - 1  # 2 nodes × 8 GPUs: 7 per rank, not 64 // 16 - 1 = 3
+    assert workers("16", "16") == 64 // 16 - 1  # 16 processes on one host
+    assert workers("16", None) == 3  # without LOCAL_WORLD_SIZE: all ranks count as local
+    assert workers("16", "2") == loader_mod.MAX_WORKERS  # 64 // 2 − 1 = 31, capped
+    assert workers("16", "8", requested=5) == 5 and workers("16", "8", requested=None) == 7

@@ -164,3 +164,36 @@ def test_adamw_ema_rejects_a_foreign_ema_or_parameter() -> None:
         AdamWEMA(a.parameters(), ema=EMA(nn.Linear(2, 2)), model=a)
     with pytest.raises(ValueError, match="not one of the model's"):
         AdamWEMA(list(a.parameters()) + [nn.Parameter(torch.zeros(2))], ema=EMA(a), model=a)
+
+
+def _stepped(opt_factory, model):
+    opt = opt_factory(model)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("saved_fused,now_fused", [(True, False), (False, True)])
+def test_resumed_step_counters_sit_where_this_optimizer_keeps_them(saved_fused, now_fused):
+    """A state saved by a fused optimiser (step on the parameter's device) loads into a foreach one with the
+    step on the CPU, and the other way round — whatever the saving run's implementation was. The parameters
+    live on the meta device here, so that "the parameter's device" differs from the CPU on a CPU-only
+    machine."""
+    from jitkit.train.optim import load_optimizer_state
+
+    torch.manual_seed(0)
+    src = torch.nn.Linear(4, 3)
+    saved = _stepped(lambda m: make_optimizer(m, lr=1e-3, impl="foreach"), src).state_dict()
+    for g in saved["param_groups"]:
+        g["fused"], g["foreach"] = saved_fused, not saved_fused
+    dst = torch.nn.Linear(4, 3, device="meta")
+    opt = make_optimizer(dst, lr=1e-3, impl="foreach")
+    for g in opt.param_groups:  # this run's implementation (set by hand: no fused kernels on meta)
+        g["fused"], g["foreach"] = now_fused, not now_fused
+    load_optimizer_state(dst, opt, saved, sharded=False)
+    want = torch.device("meta") if now_fused else torch.device("cpu")
+    for p in dst.parameters():
+        step = opt.state[p]["step"]
+        assert step.device == want and step.dtype == torch.float32 and step.numel() == 1
+        assert opt.state[p]["exp_avg"].device == torch.device("meta")  # moments follow the parameters
+    assert all(g["fused"] is now_fused for g in opt.param_groups)  # this run keeps its own implementation

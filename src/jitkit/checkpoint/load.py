@@ -7,6 +7,7 @@ torch data.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from jitkit.config import ModelConfig, RunConfig, diff_table
 
 __all__ = [
     "Checkpoint",
+    "LazyWeights",
     "check_state_dict",
     "find_checkpoints",
     "latest_checkpoint",
@@ -162,10 +164,60 @@ def _load_weights(path: Path, map_location: str | torch.device) -> dict[str, tor
     return sd
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+class LazyWeights(Mapping):
+    """A safetensors file as a read-only mapping that reads a tensor only when it is indexed (and keeps none).
+
+    ``shape(key)`` reads the header only. Resuming a large model on many ranks reads each tensor when it is
+    copied into the model or its shard, instead of every rank holding three whole state dicts in host RAM.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                self._shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(
+                f"cannot read weights {path}: {e} (the file is damaged or not safetensors)"
+            ) from e
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if key not in self._shapes:
+            raise KeyError(key)
+        with safe_open(str(self.path), framework="pt", device="cpu") as f:
+            return f.get_tensor(key)
+
+    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
+        return key in self._shapes
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+
+def shape_of(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    """The shape of ``sd[key]`` without reading the tensor where ``sd`` is lazy."""
+    return sd.shape(key) if isinstance(sd, LazyWeights) else tuple(sd[key].shape)
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, lazy: bool = False
+) -> Checkpoint:
     """Load a checkpoint. ``path``: a run folder (→ its latest checkpoint), a checkpoint folder or a file in one.
 
-    Never unpickles arbitrary objects (safetensors for weights; ``torch.load(weights_only=True)`` for state).
+    ``lazy``: the weights are :class:`LazyWeights` (a tensor is read when indexed) and state.pt is memory-mapped,
+    so that many ranks of one host resuming a large model share the page cache instead of each holding the
+    whole checkpoint (``map_location`` is then the CPU). Never unpickles arbitrary objects (safetensors for
+    weights; ``torch.load(weights_only=True)`` for state).
     """
     ckpt = resolve_checkpoint_path(path)
     meta = _read_meta(ckpt)
@@ -180,11 +232,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     weights: dict[str, dict[str, torch.Tensor] | None] = {}
     for key, fname in WEIGHT_FILES.items():
         f = ckpt / fname
-        weights[key] = _load_weights(f, map_location) if f.is_file() else None
+        if f.is_file():
+            weights[key] = LazyWeights(f) if lazy else _load_weights(f, map_location)
+        else:
+            weights[key] = None
     state = None
     if (ckpt / STATE_FILE).is_file():
         try:
-            state = torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
+            where = "cpu" if lazy else map_location
+            state = torch.load(ckpt / STATE_FILE, map_location=where, weights_only=True, mmap=lazy)
         except Exception as e:
             raise CheckpointError(
                 f"cannot read {ckpt / STATE_FILE}: {e} (only plain tensors/numbers are accepted)"
@@ -222,13 +278,13 @@ def check_state_dict(
         if k not in sd:
             problem = f"tensor {k!r} {list(v.shape)} of the model is missing from the checkpoint"
             break
-        if tuple(sd[k].shape) != tuple(v.shape):
-            problem = f"tensor {k!r}: checkpoint {list(sd[k].shape)} vs model {list(v.shape)}"
+        if shape_of(sd, k) != tuple(v.shape):
+            problem = f"tensor {k!r}: checkpoint {list(shape_of(sd, k))} vs model {list(v.shape)}"
             break
     if problem is None:
         extra = [k for k in sd if k not in own]
         if extra:
-            problem = f"the checkpoint has tensor {extra[0]!r} {list(sd[extra[0]].shape)} the model lacks"
+            problem = f"the checkpoint has tensor {extra[0]!r} {list(shape_of(sd, extra[0]))} the model lacks"
     if problem is None:
         return
     msg = f"checkpoint weights do not fit the requested model: first mismatch is {problem}"

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from jitkit.checkpoint import load_denoiser
     from jitkit.demo.model import ensure_shapes_model
     from jitkit.demo.server import PortUnavailable, create_app, serve
-    from jitkit.runtime import resolve_device, resolve_precision
+    from jitkit.runtime import resolve_device, resolve_precision, set_tf32
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must lie in [0, 65535], found {args.port}")
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-steps must be >= 1, found {args.max_steps}")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)  # before any training or loading
+    set_tf32(device, True)  # float32 sampling on Ampere+ GPUs: TF32 products (a no-op elsewhere)
     if args.run is None:
         overrides = {"train.epochs": args.epochs} if args.epochs else None
         path = ensure_shapes_model(args.cache_dir, retrain=args.retrain, overrides=overrides)

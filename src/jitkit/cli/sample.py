@@ -94,9 +94,10 @@ def parse_classes(spec: str | None, classes: list[str]) -> list[int] | None:
 def _init_distributed(device_arg: str):
     """(rank, world_size, device): under torchrun joins the process group (gloo on CPU, NCCL on CUDA, each rank
     on its local GPU) through jitkit.runtime.dist; otherwise (0, 1, device)."""
-    from jitkit.runtime import dist, resolve_device
+    from jitkit.runtime import dist, resolve_device, set_tf32
 
     info = dist.init(resolve_device(device_arg))
+    set_tf32(info.device, True)  # float32 sampling on Ampere+ GPUs: TF32 products (a no-op elsewhere)
     return info.rank, info.world_size, info.device
 
 

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -376,7 +377,8 @@ def _rerun(man: dict, path: Path) -> str:
 
 class CacheDataset(InMemoryDataset):
     """A prepared cache, memory-mapped: ``.images`` uint8 [N, 3, S, S] (pages load on access), ``.labels``,
-    ``.classes``, ``.manifest``. Pickles (for spawned DataLoader workers) by path, not by content."""
+    ``.classes``, ``.manifest``. ``read_rows`` reads a batch with plain file reads (what streaming DataLoader
+    workers use). Pickles (for spawned DataLoader workers) by path, not by content."""
 
     memory_mapped = True
 
@@ -385,12 +387,60 @@ class CacheDataset(InMemoryDataset):
         man, images, labels, classes = _open_checked(self.path, verify)
         super().__init__(images, labels, classes, hflip=hflip, source=man["source"])
         self.manifest = man
+        self._reader: tuple[int, BinaryIO] | None = None  # (pid, images.u8 opened by that process)
 
     def __getstate__(self):
         return {"path": str(self.path), "hflip": self.hflip}
 
     def __setstate__(self, st):
         self.__init__(st["path"], verify="none", hflip=st["hflip"])
+
+    def _file(self) -> BinaryIO:
+        """images.u8 opened by this process (a forked worker opens its own: no file position shared)."""
+        pid = os.getpid()
+        if self._reader is None or self._reader[0] != pid:
+            self._reader = (pid, open(self.path / IMAGES, "rb", buffering=0))
+        return self._reader[1]
+
+    def read_rows(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images uint8 [B, 3, S, S] and labels int64 [B] of rows ``indices``, in that order (never flipped).
+
+        The rows are read from images.u8 with plain reads in ascending row order (consecutive rows are one
+        sequential read, a repeated row is read once), not through the memory map: the file's pages stay in
+        the page cache and never count in this process's memory, which holds only the batch.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        n, S = len(self), self.img_size
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise IndexError(
+                f"rows must lie in [0, {n - 1}] for cache {self.path} of {n:,} images, found rows "
+                f"{int(idx.min())} … {int(idx.max())}"
+            )
+        rowb = _row_bytes(S)
+        rows = idx.numpy()
+        out = np.empty((rows.size, rowb), dtype=np.uint8)  # [B, 3·S·S]
+        f = self._file()
+        prev_row, prev_pos = -2, -1
+        for pos in np.argsort(rows, kind="stable"):
+            row = int(rows[pos])
+            if row == prev_row:
+                out[pos] = out[prev_pos]
+                continue
+            if row != prev_row + 1:
+                f.seek(row * rowb)
+            view, done = memoryview(out[pos]), 0
+            while done < rowb:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise CacheMismatch(
+                        f"cache {self.path}: {IMAGES} ended inside row {row} (expected {n:,} rows of "
+                        f"{rowb:,} bytes); the file changed after it was opened; "
+                        + _rerun(self.manifest, self.path)
+                    )
+                done += got
+            prev_row, prev_pos = row, pos
+        images = torch.from_numpy(out).view(rows.size, 3, S, S)
+        return images, self.labels.index_select(0, idx)
 
 
 def _open_checked(path: Path, verify: str):

@@ -71,3 +71,9 @@ class InMemoryDataset(ImageDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self._maybe_flip(self.images[i]), int(self.labels[i])
+
+    def read_rows(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images uint8 [B, 3, S, S] and labels int64 [B] of the items at ``indices``, in that order, as one
+        batch (never flipped: ``hflip`` applies to ``__getitem__`` only)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)

@@ -3,7 +3,9 @@
 torch-fidelity (optional extra ``pip install 'jitkit[eval]'``) provides the TF-compatible InceptionV3
 (``inception-v3-compat``, the network behind the JiT paper's numbers): images uint8 [B, 3, H, W] of any size
 are resized to 299 inside it; features '2048' (pool) feed FID and precision/recall, 'logits_unbiased' feed IS.
-The statistics and distances are jitkit's own (``jitkit.eval.fid``).
+The statistics and distances are jitkit's own (``jitkit.eval.fid``). What takes an extractor
+(``extract_features``, ``jitkit.eval.hooks.FIDEval``) accepts any callable with the same contract
+(``FeatureExtractor``).
 
 Nothing is downloaded: the weights file (``weights-inception-2015-12-05-6726825d.pth``) is taken from
 the ``weights`` path given, else ``$JITKIT_INCEPTION_WEIGHTS``, else torch's hub cache where torch-fidelity
@@ -17,7 +19,7 @@ Shape key: N images, B batch, F features (2048), K logits (1008).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,13 @@ import torch
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 WEIGHTS_ENV = "JITKIT_INCEPTION_WEIGHTS"
+
+# what FID and IS read from a feature extractor: pool features [B, F] and classifier logits [B, K]
+FEATURE_KEYS = ("2048", "logits_unbiased")
+
+# uint8 images [B, 3, H, W] → {"2048": [B, F], "logits_unbiased": [B, K]} (numpy arrays or tensors); the
+# Inception network below, or any stand-in with that contract (tests use a small random conv net)
+FeatureExtractor = Callable[[torch.Tensor], Mapping[str, Any]]
 
 
 class InceptionWeightsMissing(FileNotFoundError):
@@ -86,7 +95,7 @@ class InceptionFeatures:
     """torch-fidelity's InceptionV3 on a device: ``__call__(uint8 [B,3,H,W]) → {'2048': [B,2048], 'logits_unbiased':
     [B,1008]}`` as float32 numpy arrays (statistics are computed in float64)."""
 
-    FEATURES = ("2048", "logits_unbiased")
+    FEATURES = FEATURE_KEYS
 
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu") -> None:
         cls = import_torch_fidelity()
@@ -112,19 +121,41 @@ class InceptionFeatures:
         return {k: v.detach().float().cpu().numpy() for k, v in zip(self.FEATURES, out)}
 
 
+def feature_arrays(extractor: FeatureExtractor, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The extractor's features of one batch of uint8 images as float32 numpy arrays, one row per image."""
+    out = extractor(images)
+    missing = [k for k in FEATURE_KEYS if k not in out]
+    if missing:
+        raise ValueError(
+            f"a feature extractor must return {list(FEATURE_KEYS)} (pool features for FID, logits for IS), "
+            f"found keys {sorted(out)}"
+        )
+    arrays = {}
+    for k in FEATURE_KEYS:
+        v = out[k]
+        v = v.detach().float().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float32)
+        if v.ndim != 2 or v.shape[0] != len(images):
+            raise ValueError(
+                f"feature {k!r} must be [B={len(images)}, F] for a batch of {len(images)} images, "
+                f"found {list(v.shape)}"
+            )
+        arrays[k] = v
+    return arrays
+
+
 def extract_features(
     batches: Iterable[torch.Tensor],
-    extractor: InceptionFeatures,
+    extractor: FeatureExtractor,
     total: int | None = None,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run the extractor over uint8 batches → {'2048': [N,2048], 'logits_unbiased': [N,1008]}."""
     from tqdm.auto import tqdm
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in extractor.FEATURES}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in FEATURE_KEYS}
     with tqdm(total=total, disable=not progress, desc="inception", unit="img", dynamic_ncols=True) as bar:
         for b in batches:
-            feats = extractor(b)
+            feats = feature_arrays(extractor, b)
             for k in parts:
                 parts[k].append(feats[k])
             bar.update(len(b))

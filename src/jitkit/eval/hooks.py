@@ -1,18 +1,24 @@
 """Evaluation during training, as callbacks for ``jitkit.train.train(cfg, callbacks=[...])``.
 
-A callback is ``cb(event, info)`` with events "step", "epoch_end", "end"; ``info`` holds "step", "epoch",
-"run_dir", "config", "classes", "device" and a lazily built "denoiser" (EMA1 weights, eval mode). Training
-never imports this module: the train CLI builds the callbacks with ``make_eval_callbacks(cfg, ...)`` and
-passes them in.
+A callback is ``cb(event, info)`` with events "step", "epoch_end", "end", called on every rank; ``info`` is
+described in :mod:`jitkit.train.callbacks` ("step", "epoch", "run_dir", "config", "precision", "rank",
+"world_size", "is_main" and a lazily built "denoiser": EMA1 weights, eval mode). Training never imports this
+module: the train CLI builds the callbacks with ``make_eval_callbacks(cfg, ...)`` and passes them in.
 
 - ``ShapesEval``: at the end of a run on ``shapes``, sample ``per_class`` images per class with the run's
   sampler and report the shapes metric (accuracy, colour/shape accuracy, mean IoU).
 - ``FIDEval``: every N epochs (and at the end) sample ``num`` images and report FID (and IS) against
-  reference statistics, through torch-fidelity's Inception with local weights.
+  reference statistics, through torch-fidelity's Inception with local weights (or an injected extractor).
 
-Both sample through ``jitkit.diffusion.generate.generate_images`` in the run's precision, so their images
-are the ones ``jitkit sample`` makes for the same seed. Results are printed, appended to ``RUN/eval.jsonl``
-and returned (the callback's return value is a dict). Only rank 0 evaluates under torchrun.
+Both sample through ``jitkit.diffusion.generate.generate_images`` in the training precision
+(``info["precision"]``), so their images are the ones ``jitkit sample`` makes for the same seed.
+
+Under torchrun every rank evaluates its share of the plan (image i on rank i mod world_size, drawn from the
+noise of (seed, i), so the images do not depend on the number of ranks). ShapesEval gathers the images to
+rank 0; FIDEval extracts the features of its own images on each rank and gathers the features. Rank 0 puts
+them in plan order, computes the metric, prints it, appends it to ``RUN/eval.jsonl`` and returns the record
+(also kept as ``.last``); the other ranks return None. Every rank makes the same collective calls (one
+gather per evaluation), a rank without images too.
 """
 
 from __future__ import annotations
@@ -21,14 +27,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from jitkit.config import RunConfig, SamplerConfig
 from jitkit.runtime import dist
+
+if TYPE_CHECKING:
+    from jitkit.eval.fidelity import FeatureExtractor
 
 __all__ = ["FIDEval", "ShapesEval", "append_eval_log", "fid_due", "make_eval_callbacks"]
 
@@ -45,8 +56,49 @@ def append_eval_log(run_dir: str | Path | None, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+@dataclass(frozen=True)
+class _Share:
+    """Which rank of how many evaluates, and whether it is the one that writes."""
+
+    rank: int
+    world_size: int
+    is_main: bool
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> _Share:
+        """From the callback's info (the engine's), else from the process group / torchrun environment."""
+        rank = int(info.get("rank", dist.rank()))
+        world = int(info.get("world_size", dist.env_world()[1]))
+        if not 0 <= rank < world:
+            raise ValueError(f"info must have 0 <= rank < world_size, found rank={rank}, world_size={world}")
+        if world > 1 and not dist.is_initialized():
+            raise RuntimeError(
+                f"info has world_size={world} but no process group is initialised: an evaluation split over "
+                "ranks gathers its results (jitkit.train.train joins the group; a caller of the callback "
+                "directly calls torch.distributed.init_process_group first)"
+            )
+        return cls(rank, world, bool(info.get("is_main", rank == 0)))
+
+
+def _in_plan_order(parts: list[tuple[list[int], dict[str, np.ndarray]]], n: int) -> dict[str, np.ndarray]:
+    """The gathered ``(plan indices, {name: rows})`` of every rank as {name: [n, ...]} in plan order."""
+    idx = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in parts]) if parts else np.zeros(0)
+    if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
+        raise RuntimeError(
+            f"the ranks' shares of an evaluation must cover plan indices 0..{n - 1} once each, found "
+            f"{len(idx)} indices over {len(parts)} ranks (do all ranks pass the same plan and world_size?)"
+        )
+    full = [arrays for i, arrays in parts if len(i)]
+    out = {k: np.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in full[0].items()}
+    for i, arrays in parts:
+        if len(i):
+            for k, v in arrays.items():
+                out[k][np.asarray(i, dtype=np.int64)] = v
+    return out
+
+
 class _SamplingEval:
-    """What the evaluations share: sampling from the run's EMA1 Denoiser and the record of the result.
+    """What the evaluations share: sampling a share of the plan from the run's EMA1 Denoiser, the record.
 
     Subclasses set ``seed``, ``batch_size``, ``sampler`` (None: the run config's) and ``progress``.
     """
@@ -57,13 +109,23 @@ class _SamplingEval:
     progress: bool
     last: dict[str, Any] | None = None
 
-    def _sample(self, info: dict[str, Any], labels: np.ndarray, desc: str) -> torch.Tensor:
-        """uint8 images [N, C, S, S] of ``labels``, in the run's precision (``train.precision``)."""
+    def _sample(
+        self,
+        info: dict[str, Any],
+        labels: np.ndarray,
+        indices: list[int],
+        *,
+        progress: bool,
+        desc: str,
+        on_batch: Callable[[list[int], torch.Tensor, np.ndarray], None] | None = None,
+    ) -> torch.Tensor:
+        """uint8 images [n, C, S, S] of ``labels`` (plan indices ``indices``) in the training precision
+        (``info["precision"]``, else the config's ``train.precision``, else fp32)."""
         from jitkit.diffusion.generate import generate_images
 
         cfg: RunConfig | None = info.get("config")
         scfg = self.sampler or (cfg.sampler if cfg is not None else SamplerConfig())
-        precision = cfg.train.precision if cfg is not None else "fp32"
+        precision = info.get("precision") or (cfg.train.precision if cfg is not None else "fp32")
         return generate_images(
             info["denoiser"],
             labels,
@@ -71,7 +133,9 @@ class _SamplingEval:
             seed=self.seed,
             batch_size=self.batch_size,
             precision=precision,
-            progress=self.progress,
+            indices=indices,
+            on_batch=on_batch,
+            progress=progress,
             desc=desc,
         )
 
@@ -91,7 +155,11 @@ class _SamplingEval:
 
 
 class ShapesEval(_SamplingEval):
-    """The shapes metric on ``per_class`` samples per class at the end of training (event "end")."""
+    """The shapes metric on ``per_class`` samples per class at the end of training (event "end").
+
+    Called on every rank: each samples its share, rank 0 gathers the images, computes the metric, writes
+    ``eval.jsonl`` and the grid, and returns the record; the other ranks return None.
+    """
 
     def __init__(
         self,
@@ -107,17 +175,25 @@ class ShapesEval(_SamplingEval):
         self.sampler, self.events, self.save_grid, self.progress = sampler, events, save_grid, progress
 
     def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
-        if event not in self.events or dist.rank() != 0:
+        if event not in self.events:
             return None
         from jitkit.data.shapes import class_names
-        from jitkit.diffusion.generate import balanced_labels
+        from jitkit.diffusion.generate import balanced_labels, rank_indices
         from jitkit.eval.shapes_metric import format_shapes_metrics, shapes_metrics
         from jitkit.images import save_grid
 
+        share = _Share.of(info)
         names = class_names()
         labels = balanced_labels(len(names), per_class=self.per_class)
         t0 = time.time()
-        images = self._sample(info, labels, "eval shapes")
+        idx = rank_indices(len(labels), share.rank, share.world_size)
+        mine = self._sample(
+            info, labels[idx], idx, progress=self.progress and share.is_main, desc="eval shapes"
+        )
+        parts = dist.gather_to_main((idx, {"images": mine.numpy()}))  # every rank, even one without images
+        if parts is None or not share.is_main:
+            return None
+        images = torch.from_numpy(_in_plan_order(parts, len(labels))["images"])
         m = shapes_metrics(images, labels)
         m["seconds"] = round(time.time() - t0, 2)
         record = self._record(event, info, "shapes", m)
@@ -139,7 +215,17 @@ def fid_due(event: str, epoch: int, every: int, at_end: bool = True) -> bool:
 
 
 class FIDEval(_SamplingEval):
-    """FID/IS against reference statistics every ``every_epochs`` epochs (0: only at the end)."""
+    """FID/IS against reference statistics every ``every_epochs`` epochs (0: only at the end).
+
+    Called on every rank: each samples its share of the ``num`` images and extracts their features (batch by
+    batch, as they are made); rank 0 gathers the features in plan order, computes FID and IS, writes
+    ``eval.jsonl`` and returns the record; the other ranks return None.
+
+    ``extractor``: the feature extractor (see ``jitkit.eval.fidelity.FeatureExtractor``: uint8 images →
+    {"2048": pool features, "logits_unbiased": logits}); default torch-fidelity's Inception from
+    ``inception_weights``, built on each rank's device at the first evaluation. With an extractor given,
+    torch-fidelity and the Inception weights are not needed, and ``ref_stats`` must come from it.
+    """
 
     def __init__(
         self,
@@ -152,37 +238,56 @@ class FIDEval(_SamplingEval):
         inception_weights: str | Path | None = None,
         at_end: bool = True,
         progress: bool = True,
+        extractor: FeatureExtractor | None = None,
     ) -> None:
         from jitkit.eval.fid import load_stats
         from jitkit.eval.fidelity import find_inception_weights, import_torch_fidelity
 
+        if num < 10:
+            raise ValueError(f"num must be >= 10 (the Inception Score's 10 splits), found {num}")
+        if extractor is not None and inception_weights is not None:
+            raise ValueError("give either inception_weights or extractor, not both")
         # fail at start-up, not after hours of training
         self.ref = load_stats(ref_stats)
-        import_torch_fidelity()
-        self.weights = find_inception_weights(inception_weights)
+        self.weights = None
+        if extractor is None:
+            import_torch_fidelity()
+            self.weights = find_inception_weights(inception_weights)
         self.ref_path = str(ref_stats)
         self.num, self.every, self.seed, self.batch_size = num, every_epochs, seed, batch_size
         self.sampler, self.at_end, self.progress = sampler, at_end, progress
-        self._extractor = None
+        self._extractor = extractor
 
     def due(self, event: str, info: dict[str, Any]) -> bool:
         return fid_due(event, int(info.get("epoch") or 0), self.every, self.at_end)
 
     def __call__(self, event: str, info: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.due(event, info) or dist.rank() != 0:
+        if not self.due(event, info):
             return None
-        from jitkit.diffusion.generate import balanced_labels
-        from jitkit.eval.fidelity import InceptionFeatures, extract_features, image_metrics
+        from jitkit.diffusion.generate import balanced_labels, rank_indices
+        from jitkit.eval.fidelity import InceptionFeatures, feature_arrays, image_metrics
 
+        share = _Share.of(info)
         den = info["denoiser"]
         if self._extractor is None:
-            device = next(den.parameters()).device
-            self._extractor = InceptionFeatures(self.weights, device)
+            self._extractor = InceptionFeatures(self.weights, next(den.parameters()).device)
+        extractor = self._extractor
         t0 = time.time()
         labels = balanced_labels(den.num_classes, num=self.num)
-        images = self._sample(info, labels, "eval FID")
-        feats = extract_features(images.split(self.batch_size), self._extractor, len(images), progress=False)
-        m = image_metrics(feats, self.ref, prc=False)
+        idx = rank_indices(len(labels), share.rank, share.world_size)
+        chunks: dict[str, list[np.ndarray]] = {}
+
+        def features(_bidx: list[int], images: torch.Tensor, _labels: np.ndarray) -> None:
+            for k, v in feature_arrays(extractor, images).items():
+                chunks.setdefault(k, []).append(v)
+
+        progress = self.progress and share.is_main
+        self._sample(info, labels[idx], idx, progress=progress, desc="eval FID", on_batch=features)
+        mine = {k: np.concatenate(v) for k, v in chunks.items()}
+        parts = dist.gather_to_main((idx, mine))  # every rank, even one without images
+        if parts is None or not share.is_main:
+            return None
+        m = image_metrics(_in_plan_order(parts, len(labels)), self.ref, prc=False)
         m["seconds"] = round(time.time() - t0, 2)
         record = self._record(event, info, "fid", m, ref=self.ref_path)
         append_eval_log(info.get("run_dir"), record)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jitkit.config import ConfigBase, ConfigError
-from jitkit.models.layers import init_adaln_zero, modulate, unpatchify
+from jitkit.models.layers import adaln_chunks, init_adaln_zero, modulate, unpatchify
 from jitkit.models.linear import Linear
 
 
@@ -132,7 +132,7 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # each [B,D]
+        sh1, sc1, g1, sh2, sc2, g2 = adaln_chunks(self.adaLN_modulation(c), 6)  # each [B,D], contiguous
         x = x + g1.unsqueeze(1) * self.attn(modulate(self.norm1(x), sh1, sc1))
         x = x + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sh2, sc2))
         return x
@@ -146,7 +146,7 @@ class DiTFinalLayer(nn.Module):
         self.linear = Linear(dim, patch * patch * out_ch)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        shift, scale = adaln_chunks(self.adaLN_modulation(c), 2)  # each [B,D], contiguous
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 

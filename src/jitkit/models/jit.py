@@ -3,6 +3,12 @@
 It knows nothing of noise schedules or losses: (z_t [B,C,S,S], t [B] in [0,1], y [B] int) → x̂ [B,C,S,S].
 Parameter names equal the reference release's so official weights load unchanged.
 
+In-context tokens: L = ``in_context_len`` class tokens are prepended before block ``in_context_start``.
+``in_context_start == depth`` (allowed by the config) would put them after the last block, where nothing
+reads them: such a model has no in-context tokens at all (no ``in_context_posemb`` parameter, T = N in
+every block), as ``in_context_len = 0``. A parameter without a gradient would otherwise stop DDP at its
+second step ("Expected to have finished reduction in the prior iteration").
+
 Shape key: B batch, C channels, S image side, p patch, G = S/p grid side, N = G² image tokens,
 L in-context tokens, T = L + N tokens, D width.
 """
@@ -21,6 +27,7 @@ from jitkit.models.layers import (
     RMSNorm,
     SwiGLU,
     TimestepEmbedder,
+    adaln_chunks,
     init_adaln_zero,
     modulate,
     rope_tables,
@@ -44,7 +51,7 @@ class JiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(D, 6 * D))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # each [B,D]
+        sh1, sc1, g1, sh2, sc2, g2 = adaln_chunks(self.adaLN_modulation(c), 6)  # each [B,D], contiguous
         x = torch.addcmul(x, g1.unsqueeze(1), self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin))
         return torch.addcmul(x, g2.unsqueeze(1), self.mlp(modulate(self.norm2(x), sh2, sc2)))
 
@@ -59,7 +66,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        shift, scale = adaln_chunks(self.adaLN_modulation(c), 2)  # each [B,D], contiguous
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -77,9 +84,10 @@ class JiT(nn.Module):
         self.y_embedder = LabelEmbedder(cfg.num_classes, D)
         # fixed 2-D sin-cos absolute position (a parameter that is not trained, as in the reference)
         self.pos_embed = nn.Parameter(torch.zeros(1, G * G, D), requires_grad=False)
-        self.in_context_len = cfg.in_context_len
+        # tokens inserted after the last block would enter none: then there are none (module docstring)
+        self.in_context_len = cfg.in_context_len if cfg.in_context_start < cfg.depth else 0
         self.in_context_start = cfg.in_context_start
-        if cfg.in_context_len > 0:
+        if self.in_context_len > 0:
             self.in_context_posemb = nn.Parameter(torch.zeros(1, cfg.in_context_len, D))
         q = cfg.depth // 4
         self.blocks = nn.ModuleList([JiTBlock(cfg, dropout=q <= i < 3 * q) for i in range(cfg.depth)])
@@ -87,11 +95,18 @@ class JiT(nn.Module):
         cos, sin = rope_tables(G, cfg.head_dim, 0)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        cos_p, sin_p = rope_tables(G, cfg.head_dim, cfg.in_context_len)
+        cos_p, sin_p = rope_tables(G, cfg.head_dim, self.in_context_len)
         self.register_buffer("rope_cos_prefix", cos_p, persistent=False)
         self.register_buffer("rope_sin_prefix", sin_p, persistent=False)
         self.grad_checkpoint = cfg.grad_checkpoint
         self.initialize_weights()
+        self._register_load_state_dict_pre_hook(self._drop_unused_in_context)
+
+    def _drop_unused_in_context(self, state_dict: dict, prefix: str, *args) -> None:
+        """Checkpoints written before in-context tokens after the last block were dropped (module docstring)
+        carry their never-used ``in_context_posemb``: ignore it when loading such a config."""
+        if self.in_context_len == 0:
+            state_dict.pop(prefix + "in_context_posemb", None)
 
     # -- initialisation (all of it here, as the reference) ------------------------------------------------
     def initialize_weights(self) -> None:
@@ -144,7 +159,7 @@ class JiT(nn.Module):
                 h = checkpoint(block, h, c, cos, sin, use_reentrant=False)
             else:
                 h = block(h, c, cos, sin)
-        if self.in_context_len > 0 and self.in_context_start < len(self.blocks):
+        if self.in_context_len > 0:
             h = h[:, self.in_context_len :]  # drop the prefix: [B,N,D]
         return unpatchify(
             self.final_layer(h, c), self.cfg.grid_size, self.cfg.patch_size, self.cfg.in_channels

@@ -121,7 +121,7 @@ def adaln_chunks(mod: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
     B, nD = mod.shape
     if nD % n:
         raise ValueError(f"adaLN output width must be divisible by {n}, found {nD}")
-    return mod.view(B, n, nD // n).transpose(0, 1).contiguous().unbind(0)  # n × [B,D], each contiguous
+    return mod.reshape(B, n, nD // n).transpose(0, 1).contiguous().unbind(0)  # n × [B,D], each contiguous
 
 
 class TimestepEmbedder(nn.Module):

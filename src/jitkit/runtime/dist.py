@@ -270,14 +270,12 @@ def copy_full_into(dst: torch.Tensor, full: torch.Tensor) -> None:
         dst.copy_(full.to(device=dst.device, dtype=dst.dtype))
 
 
-def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """``model.load_state_dict(sd)`` that also works when the parameters are FSDP2 DTensors."""
-    own = model.state_dict()
-    if not any(hasattr(v, "device_mesh") for v in own.values()):
-        model.load_state_dict(sd)
-        return
+def load_model_state(model: nn.Module, sd: Any) -> None:
+    """Copy ``sd`` (a mapping of whole tensors, possibly read lazily one at a time) into ``model``'s state,
+    tensor by tensor; FSDP2 DTensor parameters receive only their shard. The caller checks keys and shapes
+    first (``jitkit.checkpoint.check_state_dict``)."""
     with torch.no_grad():
-        for k, v in own.items():
+        for k, v in model.state_dict().items():
             copy_full_into(v, sd[k])
 
 

@@ -17,7 +17,17 @@ from typing import Any
 import torch
 
 from jitkit.config import RunConfig, TrainConfig
-from jitkit.data import random_hflip, to_model_range
+from jitkit.data import make_loader, random_hflip, to_model_range
+from jitkit.data.loader import (
+    IN_MEMORY_FRACTION,
+    GiB,
+    LoaderPlan,
+    available_memory,
+    cpu_count,
+    keeps_in_memory,
+    plan_workers,
+)
+from jitkit.runtime.dist import local_world_size
 
 __all__ = [
     "BatchPlan",
@@ -149,22 +159,52 @@ def training_data(cfg: RunConfig, plan: BatchPlan) -> tuple[Any, list[str]]:
 
 
 class IndexView(torch.utils.data.Dataset):
-    """The items of ``base`` at ``indices``, in that order (the rank's share of an epoch, from a position)."""
+    """``base`` read one micro-batch per key: ``view[indices]`` → (images [B, C, S, S] uint8, labels [B]) of
+    the items at ``indices``, in that order. A data set with ``read_rows`` (a prepared cache: sorted file
+    reads) reads the batch at once; others are read item by item (decoded in the DataLoader worker)."""
 
-    def __init__(self, base: Any, indices: torch.Tensor) -> None:
-        self.base, self.indices = base, indices.tolist()
+    def __init__(self, base: Any) -> None:
+        self.base = base
         self.img_size = getattr(base, "img_size", 0)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.base)
 
-    def __getitem__(self, i: int) -> Any:
-        return self.base[self.indices[i]]
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        read_rows = getattr(self.base, "read_rows", None)
+        if read_rows is not None:
+            return read_rows(indices)
+        items = [self.base[i] for i in indices]
+        x = torch.stack([torch.as_tensor(img) for img, _ in items])  # [B, C, S, S]
+        return x, torch.as_tensor([int(label) for _, label in items], dtype=torch.int64)
+
+
+class _ChunkKeys(torch.utils.data.Sampler):
+    """The index lists of the current pass's chunks, set before each pass: one DataLoader (and its persistent
+    workers) serves every epoch."""
+
+    def __init__(self) -> None:
+        self.keys: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class Batches:
-    """This rank's chunks of an epoch as (chunk, images [B, C, S, S] uint8, labels [B]) on ``device``: indexed
-    from in-memory tensors when the data set has them, else read through a DataLoader."""
+    """This rank's chunks of an epoch as (chunk, images [B, C, S, S] uint8, labels [B]) on ``device``.
+
+    Two sources give the same sequence. Data that sits in memory is indexed in the training process: an
+    in-memory set (``shapes``) always, a memory-mapped cache when its bytes fit comfortably in the host's
+    free memory (``data.loader.keeps_in_memory``; its pages then stay in the page cache). Anything else, a
+    cache larger than that or an image folder, is read by DataLoader workers, one micro-batch per key (a
+    cache's rows by sorted file reads), prefetched, pinned on CUDA, the workers kept across epochs and sized
+    per host (``worker_plan``). ``stream`` forces the choice (None: decided as above; the decision and why
+    are in ``.reason``). A data set's own ``hflip`` is turned off: flips happen on the device, from each
+    chunk's generator.
+    """
 
     def __init__(
         self,
@@ -175,58 +215,83 @@ class Batches:
         seed: int,
         device: torch.device,
         data_workers: int | None,
+        stream: bool | None = None,
     ) -> None:
         self.ds, self.plan, self.rank, self.seed = dataset, plan, rank, seed
-        self.device = device
+        self.device = torch.device(device)
         self.workers = data_workers
-        self.in_memory = hasattr(dataset, "images") and hasattr(dataset, "labels")
+        self._keys = _ChunkKeys()
+        self._loader: torch.utils.data.DataLoader | None = None
+        if hasattr(dataset, "hflip"):
+            dataset.hflip = False
+        indexable = hasattr(dataset, "images") and hasattr(dataset, "labels")
+        if stream is False and not indexable:
+            raise ValueError(
+                f"stream=False needs a data set with .images and .labels tensors; found "
+                f"{type(dataset).__name__}, which is read item by item (use stream=None)"
+            )
+        self.in_memory, self.reason = indexable and not stream, "read by DataLoader workers"
+        if indexable:
+            images = dataset.images
+            nbytes = images.numel() * images.element_size()
+            mmap = bool(getattr(dataset, "memory_mapped", False))
+            free = available_memory()
+            if stream is not None:
+                self.reason = f"{'streamed' if stream else 'in memory'} as requested (stream={stream})"
+            elif not mmap:
+                self.reason = f"in memory ({nbytes / GiB:.2f} GiB held by the data set)"
+            else:
+                self.in_memory = keeps_in_memory(nbytes, free)
+                free_s = "unknown" if free is None else f"{free / GiB:.1f} GiB"
+                self.reason = (
+                    f"{'in memory' if self.in_memory else 'streamed'}: memory-mapped {nbytes / GiB:.2f} GiB "
+                    f"against {free_s} free (in memory up to {IN_MEMORY_FRACTION:g} of it)"
+                )
         if self.in_memory:
             images, labels = dataset.images, dataset.labels
             small = images.numel() * images.element_size() < (1 << 30)
             mmap = bool(getattr(dataset, "memory_mapped", False))
-            self.images = images.to(device) if small and not mmap else images
+            self.images = images.to(self.device) if small and not mmap else images
             self.labels = torch.as_tensor(labels).to(self.images.device)
-        elif hasattr(dataset, "hflip"):
-            dataset.hflip = False  # flips happen on the device, from the chunk's generator
 
     def epoch(
         self, epoch: int, start_step: int, end_step: int
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """The chunks of steps ``start_step`` … ``end_step − 1`` of ``epoch``, in the order they are used."""
         perm = epoch_permutation(len(self.ds), self.seed, epoch)
-        chunks = list(rank_chunk_indices(perm, self.plan, self.rank, start_step, end_step))
+        chunks = [
+            (c, idx) for _, c, idx in rank_chunk_indices(perm, self.plan, self.rank, start_step, end_step)
+        ]
         if not chunks:
             return
         if self.in_memory:
-            for _, c, idx in chunks:
+            for c, idx in chunks:
                 idx = idx.to(self.images.device)
                 x = self.images.index_select(0, idx).to(self.device, non_blocking=True)
                 yield c, x, self.labels.index_select(0, idx).to(self.device, non_blocking=True)
             return
-        loader = self._loader(torch.cat([idx for _, _, idx in chunks]))
-        for (_, c, _), (x, y) in zip(chunks, loader):
-            yield (
-                c,
-                x.to(self.device, non_blocking=True),
-                torch.as_tensor(y).to(self.device, non_blocking=True),
+        self._keys.keys = [idx.tolist() for _, idx in chunks]
+        for (c, _), (x, y) in zip(chunks, self.loader()):
+            yield c, x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def loader(self) -> torch.utils.data.DataLoader:
+        """The DataLoader of the streaming path (made on first use): ``IndexView`` keyed by this pass's chunks."""
+        if self._loader is None:
+            self._loader = make_loader(
+                IndexView(self.ds), None, sampler=self._keys, workers=self.worker_plan(), device=self.device
             )
+        return self._loader
 
-    def _loader(self, flat: torch.Tensor) -> Any:
-        """A DataLoader over the items at ``flat`` in that order, in batches of m (workers sized from the host
-        when ``data_workers`` is None or negative)."""
-        from jitkit.data import make_loader
-        from jitkit.data.loader import available_memory, cpu_count, plan_workers
-
-        m = self.plan.micro_batch
-        workers = self.workers
-        if workers is None or workers < 0:
-            s = int(getattr(self.ds, "img_size", 256) or 256)
-            workers = plan_workers(
-                cpus=cpu_count(),
-                mem_available=available_memory(),
-                batch_bytes=m * 3 * s * s,
-                world_size=self.plan.world_size,
-            ).workers
-        return make_loader(
-            IndexView(self.ds, flat), m, shuffle=False, workers=workers, device=self.device, drop_last=False
+    def worker_plan(self) -> LoaderPlan:
+        """This rank's DataLoader workers: ``data_workers`` when ≥ 0, else ``plan_workers`` over this host's
+        CPUs and free memory shared by the job's processes on this host (``runtime.dist.local_world_size()``,
+        torchrun's LOCAL_WORLD_SIZE: 8 on each of 2 nodes × 8 GPUs, not WORLD_SIZE = 16)."""
+        if self.workers is not None and self.workers >= 0:
+            return plan_workers(cpus=0, mem_available=0, batch_bytes=0, requested=self.workers)
+        s = int(getattr(self.ds, "img_size", 256) or 256)
+        return plan_workers(
+            cpus=cpu_count(),
+            mem_available=available_memory(),
+            batch_bytes=self.plan.micro_batch * 3 * s * s,
+            processes_per_host=min(self.plan.world_size, local_world_size()),
         )

@@ -231,7 +231,7 @@ class Trainer:
         if note and self.main:
             print(f"[jitkit] resume='auto': {note}")
         if ckpt is not None:
-            self.load_state(load_checkpoint(ckpt))
+            self.load_state(load_checkpoint(ckpt, lazy=True))  # each tensor read when it is copied in
             self.run_dir = Path(self.run_dir_arg) if self.run_dir_arg else run_dir_of(ckpt)
         else:
             out = Path(self.run_dir_arg) if self.run_dir_arg else fresh_run_dir(self.cfg.train.out)

@@ -42,6 +42,7 @@ __all__ = [
     "load_optimizer_state",
     "make_optimizer",
     "param_groups",
+    "place_step_counters",
 ]
 
 OPTIMIZER_IMPLS = ("fused", "foreach", "loop", "fused-ema")
@@ -91,13 +92,39 @@ def load_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, sd: dict, *, sharded: bool
 ) -> None:
     """Load a saved optimiser state into ``optimizer`` (of ``model``, the DDP/FSDP-wrapped module when
-    ``sharded``), keeping this optimiser's implementation flags: the saved param groups carry the saving run's
-    ``fused``/``foreach``, and a checkpoint of a CUDA fused run resumes on a CPU without a compiler (and the
-    other way round)."""
-    impl = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    ``sharded``), for this optimiser's implementation whatever the saving run's was.
+
+    The saved param groups carry the saving run's ``fused``/``foreach`` flags, and torch places each ``step``
+    counter by those: on the parameter's device for a fused (or capturable) optimiser, on the CPU otherwise. A
+    compiled run (``AdamWEMA``, step on the CPU) resumed eagerly with torch's fused AdamW on a GPU would then
+    fail at its first step ("Expected all tensors to be on the same device"), and the other way round every
+    step would sync the host once per parameter. This keeps this optimiser's flags and puts every ``step``
+    where this optimiser keeps it (:func:`place_step_counters`).
+    """
+    impl = [{k: g.get(k) for k in ("fused", "foreach", "capturable")} for g in optimizer.param_groups]
+    # torch places each step by the saved groups' flags: hand it this optimiser's
+    sd = {**sd, "param_groups": [{**sg, **flags} for sg, flags in zip(sd["param_groups"], impl)]}
     dist.load_optimizer_state(model, optimizer, sd, sharded)
     for g, flags in zip(optimizer.param_groups, impl):
         g.update(flags)
+    place_step_counters(optimizer)
+
+
+def place_step_counters(optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's ``state["step"]`` as float32 on the parameter's device when its group is fused or
+    capturable (torch's kernels read it there), else on the CPU (a host number: no device sync per step)."""
+    for group in optimizer.param_groups:
+        on_device = bool(group.get("fused")) or bool(group.get("capturable"))
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if not st or "step" not in st:
+                continue
+            step = st["step"]
+            if not isinstance(step, torch.Tensor):
+                step = torch.tensor(float(step))
+            where = p.device if on_device else torch.device("cpu")
+            if step.device != where or step.dtype != torch.float32:
+                st["step"] = step.detach().to(device=where, dtype=torch.float32)
 
 
 def adamw_ema_kernel(
