@@ -130,3 +130,64 @@ def tiny() -> SimpleNamespace:
         run_dict=tiny_run_dict,
         run_config=tiny_run_config,
     )
+
+
+# -- several processes, as torchrun starts them ------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(
+    argv_of_rank,
+    world: int,
+    workdir: Path,
+    *,
+    timeout: float,
+    env: dict | None = None,
+    port: int | None = None,
+    local_world: int | None = None,
+) -> list[tuple[int, str, str]]:
+    """Start one process per rank with torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK,
+    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and return (returncode, stdout, stderr) of each.
+
+    ``argv_of_rank(rank)`` gives a process's command line. Output goes to files (a full pipe cannot block a
+    rank that another waits for). A hang fails fast: after ``timeout`` seconds every process still running is
+    killed and the test fails naming those ranks, with the end of their output.
+    """
+    import subprocess
+    import time
+
+    port = port or free_port()
+    local_world = local_world or world
+    base = dict(os.environ, WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    base.update(env or {})
+    procs, files = [], []
+    for r in range(world):
+        out, err = workdir / f"rank{r}.out", workdir / f"rank{r}.err"
+        fo, fe = open(out, "w"), open(err, "w")  # noqa: SIM115 - closed below
+        files.append((fo, fe, out, err))
+        rank_env = dict(base, RANK=str(r), LOCAL_RANK=str(r % local_world), LOCAL_WORLD_SIZE=str(local_world))
+        procs.append(subprocess.Popen(argv_of_rank(r), env=rank_env, stdout=fo, stderr=fe, text=True))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    hung = [r for r, p in enumerate(procs) if p.poll() is None]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    results = []
+    for p, (fo, fe, out, err) in zip(procs, files):
+        fo.close()
+        fe.close()
+        results.append((p.returncode, out.read_text(), err.read_text()))
+    if hung:
+        tails = "\n".join(f"--- rank {r} stderr:\n{results[r][2][-1500:]}" for r in hung)
+        pytest.fail(f"ranks {hung} still running after {timeout:.0f} s (a hang); killed them\n{tails}")
+    return results

@@ -235,24 +235,22 @@ class Batches:
             images = dataset.images
             nbytes = images.numel() * images.element_size()
             mmap = bool(getattr(dataset, "memory_mapped", False))
-            free = available_memory()
+            size = f"{nbytes / GiB:.2f} GiB" if nbytes >= GiB else f"{nbytes / (1 << 20):.1f} MiB"
             if stream is not None:
                 self.reason = f"{'streamed' if stream else 'in memory'} as requested (stream={stream})"
             elif not mmap:
-                self.reason = f"in memory ({nbytes / GiB:.2f} GiB held by the data set)"
+                self.reason = f"in memory ({size} held by the data set)"
             else:
+                free = available_memory()
                 self.in_memory = keeps_in_memory(nbytes, free)
                 free_s = "unknown" if free is None else f"{free / GiB:.1f} GiB"
                 self.reason = (
-                    f"{'in memory' if self.in_memory else 'streamed'}: memory-mapped {nbytes / GiB:.2f} GiB "
-                    f"against {free_s} free (in memory up to {IN_MEMORY_FRACTION:g} of it)"
+                    f"{'in memory' if self.in_memory else 'streamed'}: memory-mapped {size} against {free_s} "
+                    f"free (in memory up to {IN_MEMORY_FRACTION:g} of it, or when small)"
                 )
-        if self.in_memory:
-            images, labels = dataset.images, dataset.labels
-            small = images.numel() * images.element_size() < (1 << 30)
-            mmap = bool(getattr(dataset, "memory_mapped", False))
-            self.images = images.to(self.device) if small and not mmap else images
-            self.labels = torch.as_tensor(labels).to(self.images.device)
+        if self.in_memory:  # up to 1 GiB of data that is not memory-mapped moves to the device
+            self.images = dataset.images.to(self.device) if nbytes < GiB and not mmap else dataset.images
+            self.labels = torch.as_tensor(dataset.labels).to(self.images.device)
 
     def epoch(
         self, epoch: int, start_step: int, end_step: int
