@@ -514,7 +514,8 @@ class Trainer:
             f"world size {p.world_size}\n"
             f"[jitkit] data: {self.n_data:,} images, {len(self.classes)} classes; effective batch "
             f"{p.effective_batch} = micro {p.micro_batch} × accum {p.accum_steps} × world {p.world_size}; "
-            f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps ({self.total_epochs:g} epochs)\n"
+            f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps ({self.total_epochs:g} epochs); "
+            f"images {self.batches.reason}\n"
             f"[jitkit] lr {self.lr:.3g}{lr_rule}, {tc.schedule} after {tc.warmup_epochs:g} warm-up epochs; "
             f"EMA {tc.ema_decay1} / {tc.ema_decay2}\n"
             f"[jitkit] run folder: {self.run_dir}",
