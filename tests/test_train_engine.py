@@ -269,3 +269,26 @@ def test_compiled_training_updates_adamw_and_emas_in_one_pass(tmp_path, monkeypa
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{which} {k}")
+
+
+@pytest.mark.slow  # two compiled runs: ~60 s on 2 cores
+@pytest.mark.env_sensitive
+def test_resume_across_optimizer_implementations(tmp_path, tiny):
+    """A compiled run (AdamWEMA) resumes eagerly (torch's fused AdamW) and an eager run resumes compiled: both
+    continue the uninterrupted eager losses, with the optimiser's step counters where the resumed optimiser
+    keeps them (on a GPU a misplaced counter fails the fused kernel's first step)."""
+    from jitkit.models.registry import compiler_available
+
+    ok, why = compiler_available("cpu")
+    if not ok:
+        pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
+    ref = train(tiny.run_config(tmp_path / "ref", epochs=2, eval_at_end=False), progress=False)
+    for first, then in ((True, False), (False, True)):
+        out = tmp_path / f"c{int(first)}{int(then)}"
+        train(tiny.run_config(out, compile=first, epochs=1, eval_at_end=False), progress=False)
+        run = train(
+            tiny.run_config(out, compile=then, epochs=2, eval_at_end=False), resume="auto", progress=False
+        )
+        torch.testing.assert_close(torch.tensor(losses(run)), torch.tensor(losses(ref)), rtol=1e-4, atol=1e-6)
+        st = load_checkpoint(run).state["optimizer"]["state"]
+        assert all(s["step"].device.type == "cpu" and s["step"].dtype == torch.float32 for s in st.values())
