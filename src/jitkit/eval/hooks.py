@@ -67,15 +67,15 @@ class _Share:
     @classmethod
     def of(cls, info: dict[str, Any]) -> _Share:
         """From the callback's info (the engine's), else from the process group / torchrun environment."""
-        rank = int(info.get("rank", dist.rank()))
-        world = int(info.get("world_size", dist.env_world()[1]))
+        rank = int(info["rank"]) if "rank" in info else dist.rank()
+        world = int(info["world_size"]) if "world_size" in info else dist.env_world()[1]
         if not 0 <= rank < world:
             raise ValueError(f"info must have 0 <= rank < world_size, found rank={rank}, world_size={world}")
         if world > 1 and not dist.is_initialized():
             raise RuntimeError(
                 f"info has world_size={world} but no process group is initialised: an evaluation split over "
-                "ranks gathers its results (jitkit.train.train joins the group; a caller of the callback "
-                "directly calls torch.distributed.init_process_group first)"
+                "ranks gathers its results. jitkit.train.train joins the group; code that calls the callback "
+                "itself must call torch.distributed.init_process_group first"
             )
         return cls(rank, world, bool(info.get("is_main", rank == 0)))
 
