@@ -164,3 +164,43 @@ def test_sample_unit_runs_either_cfg_mode():
         run()
         # Heun with 2 steps: 2 evaluations, then the last step's one (Euler)
         assert info == {"batch_size": 2, "network_evaluations": 3, "cfg_mode": mode}
+
+
+def test_compared_tf32_variants_are_timed_with_tf32_on_and_off(monkeypatch):
+    """--compare tf32=1,0 on an Ampere GPU: every timed repeat of the tf32=0 variant runs with TF32 off
+    (it was left on by the other variant before), each variant with its own GEMM probe. No GPU here: the
+    compute capability is monkeypatched and the flags are read instead of timing a kernel."""
+    from jitkit.bench import runner
+
+    seen: list[tuple[bool, bool]] = []
+    probes: list[bool] = []  # the TF32 state each GEMM probe was built under
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+
+    def probe(device, dtype, n=None):
+        probes.append(torch.backends.cuda.matmul.allow_tf32)
+        return lambda: 1.0
+
+    monkeypatch.setattr(runner, "gemm_probe", probe)
+
+    def timed(fn, device, clock="wall"):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return 0.5
+
+    monkeypatch.setattr(runner, "_timed", timed)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        cases = [(SMALL.replace(tf32=True), "fp32", None), (SMALL.replace(tf32=False), "fp32", None)]
+        times, peaks = runner._interleaved(cases, 2, torch.device("cuda"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert seen == [(True, True), (False, False), (True, True), (False, False)]
+    assert probes == [True, False]
+    assert times == [[0.5, 0.5], [0.5, 0.5]] and peaks == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_tf32_is_recorded_as_asked_and_as_run(capsys):
+    args = ["bench", "--quick", "--json", "--mode", "forward", "--device", "cpu", "--compare", "tf32=1,0"]
+    assert main([*args, "--repeats", "1", "--warmup", "0"]) == 0
+    res = _last_json(capsys)
+    assert [v["settings"]["tf32"] for v in res["variants"]] == [True, False]
+    assert [v["settings"]["tf32_resolved"] for v in res["variants"]] == [False, False]  # no TF32 on CPUs

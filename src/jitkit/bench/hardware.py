@@ -44,13 +44,6 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
-def configure_backends(device: torch.device, tf32: bool = True) -> None:
-    """TF32 matmuls/convolutions on Ampere+ GPUs (fp32 storage, 10-bit mantissa products)."""
-    if device.type == "cuda" and tf32 and torch.cuda.get_device_capability(device)[0] >= 8:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 
 

@@ -38,7 +38,6 @@ import torch
 from jitkit.bench.flops import flops_per_image
 from jitkit.bench.hardware import (
     PeakMemory,
-    configure_backends,
     cpu_name,
     device_name,
     gemm_peak,
@@ -49,7 +48,15 @@ from jitkit.bench.variants import LerpEMA, LoopEMA, sample_separate_cfg
 from jitkit.config import ConfigBase, ConfigError, DiffusionConfig, ModelConfig, SamplerConfig, model_config
 from jitkit.diffusion.generate import sample_denoiser
 from jitkit.models.linear import BACKENDS, cpu_linear_backend, use_cpu_linear
-from jitkit.runtime import PRECISIONS, amp_dtype, autocast, resolve_device, resolve_precision, synchronize
+from jitkit.runtime import (
+    PRECISIONS,
+    amp_dtype,
+    autocast,
+    resolve_device,
+    resolve_precision,
+    set_tf32,
+    synchronize,
+)
 from jitkit.train.ema import EMA
 from jitkit.train.optim import OPTIMIZER_IMPLS, make_optimizer
 
@@ -338,9 +345,10 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
 # --- configurations ------------------------------------------------------------------------------------------
 
 
-def settings_record(s: BenchSettings, device: torch.device, precision: str) -> dict[str, Any]:
-    """Every setting of ``s`` with the defaults resolved (``precision`` as asked for and, in
-    ``precision_resolved``, as run), and the machine: torch, Python, CPU and device names."""
+def settings_record(s: BenchSettings, device: torch.device, precision: str, tf32: bool) -> dict[str, Any]:
+    """Every setting of ``s`` with the defaults resolved (``precision`` and ``tf32`` as asked for and, in
+    ``precision_resolved`` and ``tf32_resolved``, as run), and the machine: torch, Python, CPU and device
+    names."""
     mc = s.model_config()
     rec = s.to_dict()
     rec.update(
@@ -349,6 +357,7 @@ def settings_record(s: BenchSettings, device: torch.device, precision: str) -> d
             "num_classes": mc.num_classes,
             "device": str(device),
             "precision_resolved": precision,
+            "tf32_resolved": tf32,  # TF32 was on for float32 matmuls (CUDA with compute capability >= 8.0)
             "threads": s.threads if s.threads is not None else torch.get_num_threads(),
             "torch": torch.__version__,
             # the float32 CPU linear backend the layers ran on (auto resolved); "-" off the CPU
@@ -379,18 +388,18 @@ def _interleaved(
     cases: list[tuple[BenchSettings, str, Callable[[], None]]], repeats: int, device: torch.device
 ) -> tuple[list[list[float]], list[list[float]]]:
     """Time every case (settings, resolved precision, unit) ``repeats`` times, round-robin, so that load
-    drift hits all variants alike.
+    drift hits all variants alike; each case runs with its own threads and TF32 switch.
 
-    Before each timed call the case's GEMM probe (:func:`jitkit.bench.hardware.gemm_probe`, same precision
-    and threads) measures the matmul throughput of that moment; returns (seconds, probe FLOP/s) per case.
+    Before each timed call the case's GEMM probe (:func:`jitkit.bench.hardware.gemm_probe`, same precision,
+    threads and TF32) measures the matmul throughput of that moment; returns (seconds, probe FLOP/s) per case.
     """
     times: list[list[float]] = [[] for _ in cases]
     peaks: list[list[float]] = [[] for _ in cases]
-    probes: dict[tuple[str, int | None], Callable[[], float]] = {}
+    probes: dict[tuple[str, int | None, bool], Callable[[], float]] = {}
     for _ in range(repeats):
         for i, (v, precision, fn) in enumerate(cases):
             _set_threads(v)
-            key = (precision, v.threads)
+            key = (precision, v.threads, set_tf32(device, v.tf32))
             if key not in probes:
                 probes[key] = gemm_probe(device, amp_dtype(precision), n=v.gemm_n)
             peaks[i].append(probes[key]())
@@ -437,9 +446,10 @@ def run_bench(
     """Measure ``s`` and return one flat result, or with ``compare=(key, values)`` measure each variant in
     this process — timed repeats interleaved round-robin across the variants — and return
     ``{"compare": key, "values": [...], "variants": [results], "ratios": {value: {metric: ratio}}}``, the
-    ratios being over the first variant. The GEMM peak is measured once per precision. Peak memory is
-    measured per variant over its warm-up steps; on CPU the variants of a comparison are measured in fresh
-    processes (see :mod:`jitkit.bench.hardware`)."""
+    ratios being over the first variant. The GEMM peak is measured once per precision and TF32 state; each
+    variant is prepared and timed with its own TF32 switch (:func:`jitkit.runtime.set_tf32`, on and off).
+    Peak memory is measured per variant over its warm-up steps; on CPU the variants of a comparison are
+    measured in fresh processes (see :mod:`jitkit.bench.hardware`)."""
     s.validate()
     device = resolve_device(s.device)
     malloc = retain_freed_memory() if device.type == "cpu" else "default"
@@ -447,17 +457,19 @@ def run_bench(
     variants = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
     precisions = [resolve_precision(v.precision, device) for v in variants]
     say = log or (lambda msg: None)
-    peaks: dict[str, dict] = {}
+    peaks: dict[tuple[str, bool], dict] = {}
+    tf32s = []  # whether TF32 is on for each variant (it is switched per variant, both ways)
     for v, precision in zip(variants, precisions):
-        configure_backends(device, v.tf32)
-        if precision not in peaks:
+        tf32s.append(set_tf32(device, v.tf32))
+        if (precision, tf32s[-1]) not in peaks:
             _set_threads(v)
-            say(f"measuring the {precision} GEMM peak on {device}")
-            peaks[precision] = gemm_peak(
+            say(f"measuring the {precision} GEMM peak on {device}" + (" (TF32)" if tf32s[-1] else ""))
+            peaks[(precision, tf32s[-1])] = gemm_peak(
                 device, amp_dtype(precision), n=v.gemm_n, seconds=v.gemm_seconds, clock=v.clock
             )
     results = [
-        _empty_result(flops_per_image(v.model_config()), peaks[p]) for v, p in zip(variants, precisions)
+        _empty_result(flops_per_image(v.model_config()), peaks[(p, tf)])
+        for v, p, tf in zip(variants, precisions, tf32s)
     ]
     modes = s.modes()
     labels = ["" if compare is None else f"{compare[0]}={val}" for val in (compare[1] if compare else [""])]
@@ -471,6 +483,7 @@ def run_bench(
                 v.memory == "auto" and (device.type != "cpu" or len(variants) == 1)
             )
             say(f"train: preparing {labels[i]} (warm-up {v.warmup})".replace("  ", " "))
+            set_tf32(device, v.tf32)
             fn, info = prepare_train(v, device, PeakMemory(device) if in_proc else None)
             results[i]["peak_mem_mib"] = info.pop("peak_mem_mib", None)
             results[i]["peak_mem_kind"] = info.pop("peak_mem_kind", None)
@@ -490,6 +503,7 @@ def run_bench(
         cases = []
         for i, v in enumerate(variants):
             say(f"forward: preparing {labels[i]}".rstrip())
+            set_tf32(device, v.tf32)
             cases.append((v, precisions[i], prepare_forward(v, device)))
         say(f"forward: {s.repeats} timed passes per variant")
         _store_timings("forward", results, variants, *_interleaved(cases, s.repeats, device))
@@ -497,11 +511,12 @@ def run_bench(
     if "sample" in modes:
         for i, v in enumerate(variants):
             say(f"sample: {labels[i]} Heun {v.sample_steps} steps, cfg {v.cfg}".replace("  ", " "))
+            set_tf32(device, v.tf32)
             fn, info = prepare_sample(v, device)
             ts = [_timed(fn, device, v.clock) for _ in range(v.sample_repeats)]
             results[i]["details"]["sample"] = {**info, **_rates(info["batch_size"], ts)}
             results[i]["sample_img_per_s"] = results[i]["details"]["sample"]["img_per_s"]
-    for v, precision, r in zip(variants, precisions, results):
+    for v, precision, tf32, r in zip(variants, precisions, tf32s, results):
         # the paired MFU (above) is the headline; against the best GEMM call of the up-front peak measurement
         # (a lower bound when the machine was faster then than during the timed repeats) it is kept beside
         peak = r["gemm_peak_flops"]
@@ -510,7 +525,7 @@ def run_bench(
         if r["forward_img_per_s"] is not None:
             r["mfu_forward_vs_best_peak"] = r["forward_img_per_s"] * r["flops_per_img"] / peak
         r["mfu"] = r["mfu_train"] if r["mfu_train"] is not None else r["mfu_forward"]
-        r["settings"] = settings_record(v, device, precision)
+        r["settings"] = settings_record(v, device, precision, tf32)
         r["settings"]["malloc"] = malloc
         r["settings"]["loadavg_start"] = load_start
         r["settings"]["loadavg_end"] = _loadavg()
@@ -535,7 +550,7 @@ def _worker(argv: list[str]) -> int:
     if device.type == "cpu":
         retain_freed_memory()  # as in the parent's timed runs
     _set_threads(s)
-    configure_backends(device, s.tf32)
+    set_tf32(device, s.tf32)
     _, info = prepare_train(s, device, PeakMemory(device))
     print(json.dumps({"peak_mem_mib": info["peak_mem_mib"], "peak_mem_kind": info["peak_mem_kind"]}))
     return 0

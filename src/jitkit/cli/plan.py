@@ -22,10 +22,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="target effective batch (default: the preset's)")
-    p.add_argument("--gpus", type=int, default=None, help="number of GPUs (0: CPU training)")
+    p.add_argument("--gpus", type=int, default=None, help="number of GPUs in all hosts (0: CPU training)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=None,
+        help="training processes on each host (torchrun's --nproc_per_node; default: all on one host); "
+        "--host-mem and --cpus are per host",
+    )
+    p.add_argument(
+        "--compute-capability",
+        default=None,
+        help="of the planned GPUs, e.g. 7.5 (T4) or 8.0 (A100): precision auto is bf16 from 8.0 on, fp16 "
+        "below (default: the detected GPUs', else 8.0 assumed)",
+    )
     p.add_argument("--gpu-mem", default=None, help="memory per GPU, e.g. 12GiB")
-    p.add_argument("--host-mem", default=None, help="host memory, e.g. 24GiB")
-    p.add_argument("--cpus", type=int, default=None, help="host CPU cores")
+    p.add_argument("--host-mem", default=None, help="memory of one host, e.g. 24GiB")
+    p.add_argument("--cpus", type=int, default=None, help="CPU cores of one host")
     p.add_argument("--device-kind", choices=["cpu", "cuda", "mps"], default=None)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
     ck = p.add_mutually_exclusive_group()
@@ -40,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from jitkit.cli.flags import flag_error
     from jitkit.config import preset_dict, resolve_run_config
     from jitkit.train.planner import dataset_size_for, detect_hardware, make_plan, parse_bytes
 
@@ -66,23 +80,39 @@ def run_plan(args: argparse.Namespace) -> int:
             raise ValueError(f"--gpus {n}: give the memory of one GPU with --gpu-mem (e.g. --gpu-mem 12GiB)")
     else:
         kind, n, dev_mem = hw["device_kind"], hw["devices"], hw["device_mem"]
+    bf16_native = None if given else hw.get("bf16_native")
+    if args.compute_capability is not None:
+        bf16_native = _compute_capability(args.compute_capability) >= (8, 0)
     host = parse_bytes(args.host_mem) if args.host_mem else hw["host_mem"]
     cpus = args.cpus if args.cpus else hw["cpus"]
     tc = cfg.train
     target = args.batch or tc.global_batch or tc.batch_size * max(1, n if kind != "cpu" else 1)
-    plan = make_plan(
-        cfg.model,
-        target_batch=target,
-        device_kind=kind,
-        devices=n,
-        device_mem=dev_mem,
-        host_mem=host,
-        cpus=cpus,
-        blr=args.blr if args.blr is not None else tc.blr,
-        precision=args.precision or tc.precision,
-        grad_checkpoint=args.gc,
-        fsdp=args.fsdp,
-        dataset_size=args.dataset_size or dataset_size_for(cfg.data.data, cfg.data.per_class),
-    )
+    try:
+        plan = make_plan(
+            cfg.model,
+            target_batch=target,
+            device_kind=kind,
+            devices=n,
+            devices_per_host=args.gpus_per_node,
+            device_mem=dev_mem,
+            host_mem=host,
+            cpus=cpus,
+            blr=args.blr if args.blr is not None else tc.blr,
+            precision=args.precision or tc.precision,
+            bf16_native=bf16_native,
+            grad_checkpoint=args.gc,
+            fsdp=args.fsdp,
+            dataset_size=args.dataset_size or dataset_size_for(cfg.data.data, cfg.data.per_class),
+        )
+    except ValueError as e:
+        raise flag_error(e, {"devices_per_host": "gpus_per_node", "devices": "gpus"}) from e
     print(json.dumps(plan.to_dict(), indent=1, default=str) if args.json else plan.render())
     return 0 if plan.fits else 1
+
+
+def _compute_capability(text: str) -> tuple[int, int]:
+    """'8.0' or '7.5' → (8, 0) or (7, 5)."""
+    parts = str(text).strip().split(".")
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"--compute-capability: expected a version such as 8.0 or 7.5, found {text!r}")
+    return int(parts[0]), int(parts[1]) if len(parts) == 2 else 0

@@ -1,18 +1,334 @@
-"""The measured peak memory of CPU training steps, which checks the planner's estimate
-(:func:`jitkit.train.planner.estimate_memory`; the test runs it in fresh processes and requires the estimate
-within 25 %).
+"""Peak memory of one training process: the estimate the planner plans with (:func:`estimate_memory`) and the
+measured CPU peak that checks it (:func:`measure_peak_cpu`; the test runs it in fresh processes and requires
+the estimate within 25 %).
 
-The peak is the kernel's high-water mark of the process's memory (VmHWM), reset to the current RSS through
-/proc/self/clear_refs before the model is built; ``ru_maxrss`` is the fallback where /proc does not allow that.
+Device memory per process (bytes), with P parameters (P_t trainable), micro-batch m, world size W:
+
+    weights 4P + gradients 4P_t + AdamW moments 8P_t + two EMAs 8P          (fp32 master state)
+      (FSDP divides all four by W)
+    activations  m · a          a = bytes autograd saves for backward per image, measured by tracing one
+                                forward on the meta device (no memory used) with saved-tensor hooks;
+                                with activation checkpointing: block inputs + the largest block's a
+    workspace    the largest block's activations m · a_block (gradients in flight during backward)
+    bf16/fp16 autocast: activations × 0.6 (matmul inputs are saved in half precision, norms in fp32)
+    CUDA context ≈ 0.5 GiB on GPUs
+
+and what each way of running adds:
+
+    FSDP2 (W > 1)   what it does not shard: the root's parameters (embedders, final layer: FSDP2 keeps the
+                    root gathered from forward to backward) and two blocks' (the one computed and the next,
+                    prefetched), b·(P_root + 2·P_block) with b = 2 under bf16/fp16 (the MixedPrecisionPolicy
+                    of ``runtime.dist.wrap_model``) else 4, + one block's unsharded float32 gradient before its
+                    reduce-scatter, 4·P_block
+    DDP (W > 1)     its gradient buckets, 4P_t (a copy of the gradients: ``gradient_as_bucket_view`` is off)
+    bf16/fp16 autocast without FSDP: the half-precision copies of the Linear/Conv weights that autocast
+                    caches during the forward (kept for backward), 2·P_cast
+    evaluation      a float32 replica of the EMA weights for sampling during training, 4P; under FSDP it is
+                    built for the evaluation only (the EMA shards gathered whole first: + 4P), so the peak is
+                    the larger of the training step and (state + evaluation); otherwise it stays built and
+                    counts on top of the step
+
+The attention of ``attention="sdpa"`` is traced as the fused (flash) kernel that runs it on CPUs and GPUs: it
+saves q, k, v, the output and the log-sum-exp [B, H, T], not the [B, H, T, T] attention matrix that SDPA's
+math path (the one the meta device takes) would keep. ``math-fp32`` is traced as it runs.
+
+The peak measured by :func:`measure_peak_cpu` is the kernel's high-water mark of the process's memory
+(VmHWM), reset to the current RSS through /proc/self/clear_refs before the model is built; ``ru_maxrss`` is
+the fallback where /proc does not allow that.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from jitkit.config import ModelConfig
 
-__all__ = ["measure_peak_cpu"]
+__all__ = [
+    "ActivationProfile",
+    "MemoryEstimate",
+    "ParamCounts",
+    "activation_profile",
+    "estimate_memory",
+    "fmt_bytes",
+    "measure_peak_cpu",
+    "param_counts",
+]
+
+GiB = 1 << 30
+MiB = 1 << 20
+CUDA_CONTEXT = int(0.5 * GiB)
+HALF_ACT_FACTOR = 0.6
+HALF = ("bf16", "fp16")
+
+
+def fmt_bytes(n: float) -> str:
+    if n >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / MiB:.1f} MiB"
+
+
+def _cfg_key(cfg: ModelConfig) -> tuple:
+    return tuple(sorted(cfg.replace(grad_checkpoint=False).to_dict().items()))
+
+
+# -- parameters -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts of the network that the memory terms need."""
+
+    total: int  # P
+    trainable: int  # P_t
+    block: int  # P_block: the largest block's parameters
+    root: int  # P_root: all outside the blocks (embedders, tables, final layer)
+    cast: int  # P_cast: trainable Linear and Conv weights and biases (what autocast casts to half precision)
+
+
+_COUNT_CACHE: dict[tuple, ParamCounts] = {}
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    """The network's :class:`ParamCounts`, counted on the meta device."""
+    key = _cfg_key(cfg)
+    if key in _COUNT_CACHE:
+        return _COUNT_CACHE[key]
+    import torch
+    from torch import nn
+
+    from jitkit.models.jit import JiT
+
+    with torch.device("meta"):
+        net = JiT(cfg)
+    blocks = [sum(p.numel() for p in b.parameters()) for b in net.blocks]
+    cast = sum(
+        p.numel()
+        for m in net.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+        for p in m.parameters(recurse=False)
+        if p.requires_grad
+    )
+    total = sum(p.numel() for p in net.parameters())
+    counts = ParamCounts(
+        total=total,
+        trainable=sum(p.numel() for p in net.parameters() if p.requires_grad),
+        block=max(blocks, default=0),
+        root=total - sum(blocks),
+        cast=cast,
+    )
+    _COUNT_CACHE[key] = counts
+    return counts
+
+
+# -- activation trace -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Bytes saved for backward per image (fp32): total, per block, and outside blocks."""
+
+    total: float
+    per_block: list[float]
+    block_input: float  # one block's input tensors (what checkpointing keeps per block)
+
+    def checkpointed(self) -> float:
+        """Per image with activation checkpointing: outside blocks + every block's inputs + one block."""
+        outside = self.total - sum(self.per_block)
+        return outside + len(self.per_block) * self.block_input + max(self.per_block, default=0.0)
+
+
+def _fused_attention_mode():
+    """A torch-function mode under which ``F.scaled_dot_product_attention`` (without a mask) runs the CPU flash
+    kernel, which also has a meta implementation: autograd then saves what the fused kernels save."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    class FusedAttention(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.scaled_dot_product_attention and kwargs.get("attn_mask") is None and len(args) == 3:
+                q, k, v = args
+                out, _lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    q,
+                    k,
+                    v,
+                    kwargs.get("dropout_p", 0.0),
+                    kwargs.get("is_causal", False),
+                    scale=kwargs.get("scale"),
+                )
+                return out
+            return func(*args, **kwargs)
+
+    return FusedAttention()
+
+
+_PROFILE_CACHE: dict[tuple, ActivationProfile] = {}
+
+
+def activation_profile(cfg: ModelConfig, batch: int = 2) -> ActivationProfile:
+    """Trace one training forward (loss included) on the meta device and count saved-tensor bytes."""
+    key = _cfg_key(cfg)
+    if key in _PROFILE_CACHE:
+        return _PROFILE_CACHE[key]
+    import torch
+
+    from jitkit.config import DiffusionConfig
+    from jitkit.diffusion.flow import Denoiser
+    from jitkit.models.jit import JiT
+
+    cfg = cfg.replace(grad_checkpoint=False)
+    with torch.device("meta"):
+        net = JiT(cfg)
+        den = Denoiser(net, DiffusionConfig(), cfg.num_classes)
+    den.train()
+    params = {id(p) for p in den.parameters()}
+    seen: set[int] = set()
+    keep: list = []
+    region = ["outside"]
+    totals: dict[str, float] = {}
+    inputs: dict[str, float] = {}
+
+    def pack(t):
+        base = t._base if t._base is not None else t  # views share their base's memory
+        if id(base) in params or id(base) in seen:
+            return t
+        seen.add(id(base))
+        keep.append(base)
+        totals[region[0]] = totals.get(region[0], 0.0) + base.numel() * base.element_size()
+        return t
+
+    hooks = []
+    for i, block in enumerate(net.blocks):
+
+        def pre(mod, args, i=i):
+            region[0] = f"block{i}"
+            inputs[region[0]] = float(args[0].numel() * args[0].element_size())
+
+        def post(mod, args, out):
+            region[0] = "outside"
+
+        hooks.append(block.register_forward_pre_hook(pre))
+        hooks.append(block.register_forward_hook(post))
+    x = torch.zeros(batch, cfg.in_channels, cfg.img_size, cfg.img_size, device="meta")
+    y = torch.zeros(batch, dtype=torch.long, device="meta")
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _fused_attention_mode():
+            den.loss(x, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    per_block = [totals.get(f"block{i}", 0.0) / batch for i in range(cfg.depth)]
+    block_in = max(inputs.values(), default=0.0) / batch
+    prof = ActivationProfile(sum(totals.values()) / batch, per_block, block_in)
+    _PROFILE_CACHE[key] = prof
+    return prof
+
+
+# -- the estimate ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per process of each term of the module docstring (0 where a term does not apply)."""
+
+    weights: int
+    grads: int
+    optimizer: int
+    ema: int
+    activations: int
+    workspace: int
+    context: int
+    gathered: int = 0  # FSDP2: the root's and two blocks' whole parameters, one block's whole gradient
+    buckets: int = 0  # DDP's gradient buckets
+    autocast: int = 0  # autocast's half-precision weight copies
+    evaluation: int = 0  # the replica of the EMA weights for evaluation (and, under FSDP, its gathered state)
+    eval_kept: bool = True  # the replica stays built between evaluations (no FSDP)
+
+    @property
+    def state(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.ema
+
+    @property
+    def step(self) -> int:
+        """The training step's peak (with the evaluation replica when it stays built)."""
+        kept = self.evaluation if self.eval_kept else 0
+        work = self.activations + self.workspace + self.gathered + self.buckets + self.autocast
+        return self.state + work + self.context + kept
+
+    @property
+    def total(self) -> int:
+        """The peak: the training step's, or the evaluation's when that is larger."""
+        return max(self.step, self.state + self.context + self.evaluation)
+
+    def breakdown(self) -> str:
+        parts = [
+            ("weights", self.weights),
+            ("grads", self.grads),
+            ("AdamW", self.optimizer),
+            ("EMAs", self.ema),
+            ("activations", self.activations),
+            ("workspace", self.workspace),
+            ("FSDP gathered", self.gathered),
+            ("DDP buckets", self.buckets),
+            ("autocast weights", self.autocast),
+            ("eval replica" + ("" if self.eval_kept else " (during evaluation only)"), self.evaluation),
+            ("context", self.context),
+        ]
+        always = ("weights", "grads", "AdamW", "EMAs", "activations", "workspace")
+        return ", ".join(f"{k} {fmt_bytes(v)}" for k, v in parts if v or k in always)
+
+
+def estimate_memory(
+    cfg: ModelConfig,
+    micro_batch: int,
+    *,
+    precision: str = "fp32",
+    grad_checkpoint: bool | None = None,
+    world_size: int = 1,
+    fsdp: bool = False,
+    device_kind: str = "cpu",
+    evaluation: bool = False,
+) -> MemoryEstimate:
+    """Peak memory of one of ``world_size`` training processes (the terms are in the module docstring).
+
+    ``precision`` is a resolved one (fp32 | bf16 | fp16); ``fsdp`` shards only with ``world_size`` > 1 (as
+    ``runtime.dist.wrap_model``); ``evaluation`` counts the replica that sampling during training builds.
+    """
+    if precision not in ("fp32", *HALF):
+        raise ValueError(
+            f"precision must be fp32, bf16 or fp16 here (resolve 'auto' first), found {precision!r}"
+        )
+    if world_size < 1 or micro_batch < 1:
+        raise ValueError(f"world_size and micro_batch must be >= 1, found {world_size} and {micro_batch}")
+    gc = cfg.grad_checkpoint if grad_checkpoint is None else grad_checkpoint
+    n = param_counts(cfg)
+    P, Pt = n.total, n.trainable
+    sharded = fsdp and world_size > 1
+    shard = world_size if sharded else 1
+    prof = activation_profile(cfg)
+    per_img = prof.checkpointed() if gc else prof.total
+    half = precision in HALF
+    f = HALF_ACT_FACTOR if half else 1.0
+    gathered = (2 if half else 4) * (n.root + 2 * n.block) + 4 * n.block if sharded else 0
+    return MemoryEstimate(
+        weights=4 * P // shard,
+        grads=4 * Pt // shard,
+        optimizer=8 * Pt // shard,
+        ema=8 * P // shard,
+        activations=int(micro_batch * per_img * f),
+        workspace=int(micro_batch * max(prof.per_block, default=0.0) * f),
+        context=CUDA_CONTEXT if device_kind == "cuda" else 0,
+        gathered=gathered,
+        buckets=4 * Pt if world_size > 1 and not sharded else 0,
+        autocast=2 * n.cast if half and not sharded else 0,
+        evaluation=(4 * P + (4 * P if sharded else 0)) if evaluation else 0,
+        eval_kept=not sharded,
+    )
+
+
+# -- the measurement ------------------------------------------------------------------------------------------
 
 
 def measure_peak_cpu(cfg: ModelConfig, micro_batch: int, steps: int = 2) -> dict[str, int]:

@@ -1,22 +1,19 @@
 """The hardware planner behind ``jitkit plan`` and ``jitkit train --batch-size auto``.
 
-From a model config, the devices (kind, count, memory) and the host (CPUs, memory) and a target effective
-batch it chooses micro-batch, gradient accumulation, DataLoader workers and precision, and estimates the
-peak device memory per process and the host memory.
+From a model config, the devices (kind, count, memory, processes per host), the host (CPUs, memory) and a
+target effective batch it chooses micro-batch, gradient accumulation, DataLoader workers and precision, and
+estimates the peak device memory per process (:mod:`jitkit.train.peak_memory`, whose docstring lists the
+terms) and the memory of one host.
 
-Device memory per process (bytes), with P parameters (P_t trainable) and micro-batch m:
+Host memory and CPUs are per host: with several nodes the plan counts the processes on one host
+(``devices_per_host``; torchrun's LOCAL_WORLD_SIZE), not the world size. The busiest host is rank 0's: beside
+its processes and their loader workers it receives every checkpoint, the model and both EMAs in float32
+gathered one tensor at a time to its RAM (12P bytes), and under FSDP also the whole AdamW state (8P_t).
 
-    weights 4P + gradients 4P_t + AdamW moments 8P_t + two EMAs 8P          (fp32 master state)
-      (FSDP divides all four by the world size)
-    activations  m · a          a = bytes autograd saves for backward per image, measured by tracing one
-                                forward on the meta device (no memory used) with saved-tensor hooks;
-                                with activation checkpointing: block inputs + the largest block's a
-    workspace    the largest block's activations m · a_block (gradients in flight during backward)
-    bf16/fp16 autocast: activations × 0.6 (matmul inputs are saved in half precision, norms in fp32)
-    CUDA context ≈ 0.5 GiB on GPUs
-
-The activation trace counts every saved tensor once (by identity), so the estimate follows the model code
-rather than a hand-written formula. The tests check it against a measured CPU peak (``peak_memory``).
+``precision="auto"`` follows the runtime's rule (:func:`jitkit.runtime.device.auto_precision`): bf16 on CUDA
+GPUs with native bf16 (compute capability ≥ 8.0), fp16 on older ones, fp32 on MPS and CPUs. The planned GPU
+need not be present: ``bf16_native`` says what it has, and when it is not given the plan assumes an Ampere or
+newer GPU and says so.
 """
 
 from __future__ import annotations
@@ -27,11 +24,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jitkit.config import ModelConfig, RunConfig
+from jitkit.train.peak_memory import (
+    CUDA_CONTEXT,
+    HALF_ACT_FACTOR,
+    ActivationProfile,
+    MemoryEstimate,
+    ParamCounts,
+    activation_profile,
+    estimate_memory,
+    fmt_bytes,
+    param_counts,
+)
+
+__all__ = [
+    "CUDA_CONTEXT",
+    "GiB",
+    "HALF_ACT_FACTOR",
+    "MiB",
+    "ActivationProfile",
+    "MemoryEstimate",
+    "ParamCounts",
+    "Plan",
+    "activation_profile",
+    "auto_batch",
+    "checkpoint_host_bytes",
+    "dataset_size_for",
+    "detect_hardware",
+    "estimate_memory",
+    "fmt_bytes",
+    "make_plan",
+    "param_counts",
+    "parse_bytes",
+]
 
 GiB = 1 << 30
 MiB = 1 << 20
-CUDA_CONTEXT = int(0.5 * GiB)
-HALF_ACT_FACTOR = 0.6
 # host memory: one training process (interpreter + torch, + CUDA libraries on GPUs) and one loader worker
 HOST_PROC_CPU = int(0.6 * GiB)
 HOST_PROC_GPU = int(2.5 * GiB)
@@ -39,6 +66,10 @@ HOST_WORKER = 512 * MiB
 # usable fraction of device memory (fragmentation, allocator caching)
 DEVICE_FRACTION = 0.9
 KNOWN_DATASETS = {"imagenet": 1_281_167, "imagenette": 9_469, "shapes": 3_200}
+ASSUMED_BF16 = (
+    "precision auto: assumed a GPU with native bf16 (compute capability >= 8.0, Ampere or newer); "
+    "on older GPUs (T4, V100) auto means fp16 with a GradScaler"
+)
 
 
 def parse_bytes(s: str | int | float) -> int:
@@ -54,168 +85,11 @@ def parse_bytes(s: str | int | float) -> int:
     return int(float(m.group(1)) * mult)
 
 
-def fmt_bytes(n: float) -> str:
-    if n >= GiB:
-        return f"{n / GiB:.2f} GiB"
-    return f"{n / MiB:.1f} MiB"
-
-
-# -- activation trace ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActivationProfile:
-    """Bytes saved for backward per image (fp32): total, per block, and outside blocks."""
-
-    total: float
-    per_block: list[float]
-    block_input: float  # one block's input tensors (what checkpointing keeps per block)
-
-    def checkpointed(self) -> float:
-        """Per image with activation checkpointing: outside blocks + every block's inputs + one block."""
-        outside = self.total - sum(self.per_block)
-        return outside + len(self.per_block) * self.block_input + max(self.per_block, default=0.0)
-
-
-_PROFILE_CACHE: dict[tuple, ActivationProfile] = {}
-
-
-def activation_profile(cfg: ModelConfig, batch: int = 2) -> ActivationProfile:
-    """Trace one training forward (loss included) on the meta device and count saved-tensor bytes."""
-    key = tuple(sorted(cfg.replace(grad_checkpoint=False).to_dict().items()))
-    if key in _PROFILE_CACHE:
-        return _PROFILE_CACHE[key]
-    import torch
-
-    from jitkit.config import DiffusionConfig
-    from jitkit.diffusion.flow import Denoiser
-    from jitkit.models.jit import JiT
-
-    cfg = cfg.replace(grad_checkpoint=False)
-    with torch.device("meta"):
-        net = JiT(cfg)
-        den = Denoiser(net, DiffusionConfig(), cfg.num_classes)
-    den.train()
-    params = {id(p) for p in den.parameters()}
-    seen: set[int] = set()
-    keep: list = []
-    region = ["outside"]
-    totals: dict[str, float] = {}
-    inputs: dict[str, float] = {}
-
-    def pack(t):
-        base = t._base if t._base is not None else t  # views share their base's memory
-        if id(base) in params or id(base) in seen:
-            return t
-        seen.add(id(base))
-        keep.append(base)
-        totals[region[0]] = totals.get(region[0], 0.0) + base.numel() * base.element_size()
-        return t
-
-    hooks = []
-    for i, block in enumerate(net.blocks):
-
-        def pre(mod, args, i=i):
-            region[0] = f"block{i}"
-            inputs[region[0]] = float(args[0].numel() * args[0].element_size())
-
-        def post(mod, args, out):
-            region[0] = "outside"
-
-        hooks.append(block.register_forward_pre_hook(pre))
-        hooks.append(block.register_forward_hook(post))
-    x = torch.zeros(batch, cfg.in_channels, cfg.img_size, cfg.img_size, device="meta")
-    y = torch.zeros(batch, dtype=torch.long, device="meta")
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            den.loss(x, y)
-    finally:
-        for h in hooks:
-            h.remove()
-    per_block = [totals.get(f"block{i}", 0.0) / batch for i in range(cfg.depth)]
-    block_in = max(inputs.values(), default=0.0) / batch
-    prof = ActivationProfile(sum(totals.values()) / batch, per_block, block_in)
-    _PROFILE_CACHE[key] = prof
-    return prof
-
-
-_COUNT_CACHE: dict[tuple, tuple[int, int]] = {}
-
-
-def param_counts(cfg: ModelConfig) -> tuple[int, int]:
-    """(all parameters, trainable parameters) of the network, counted on the meta device."""
-    key = tuple(sorted(cfg.replace(grad_checkpoint=False).to_dict().items()))
-    if key in _COUNT_CACHE:
-        return _COUNT_CACHE[key]
-    import torch
-
-    from jitkit.models.jit import JiT
-
-    with torch.device("meta"):
-        net = JiT(cfg)
-    total = sum(p.numel() for p in net.parameters())
-    train = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    _COUNT_CACHE[key] = (total, train)
-    return total, train
-
-
-# -- memory estimate -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    weights: int
-    grads: int
-    optimizer: int
-    ema: int
-    activations: int
-    workspace: int
-    context: int
-
-    @property
-    def state(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.ema
-
-    @property
-    def total(self) -> int:
-        return self.state + self.activations + self.workspace + self.context
-
-    def breakdown(self) -> str:
-        return (
-            f"weights {fmt_bytes(self.weights)}, grads {fmt_bytes(self.grads)}, AdamW {fmt_bytes(self.optimizer)}, "
-            f"EMAs {fmt_bytes(self.ema)}, activations {fmt_bytes(self.activations)}, workspace "
-            f"{fmt_bytes(self.workspace)}" + (f", context {fmt_bytes(self.context)}" if self.context else "")
-        )
-
-
-def estimate_memory(
-    cfg: ModelConfig,
-    micro_batch: int,
-    *,
-    precision: str = "fp32",
-    grad_checkpoint: bool | None = None,
-    shard_world: int = 1,
-    device_kind: str = "cpu",
-) -> MemoryEstimate:
-    """Peak memory of one training process (see the module docstring for the terms)."""
-    gc = cfg.grad_checkpoint if grad_checkpoint is None else grad_checkpoint
-    P, Pt = param_counts(cfg)
-    shard = max(1, shard_world)
-    prof = activation_profile(cfg)
-    per_img = prof.checkpointed() if gc else prof.total
-    half = precision in ("bf16", "fp16")
-    f = HALF_ACT_FACTOR if half else 1.0
-    act = micro_batch * per_img * f
-    work = micro_batch * max(prof.per_block, default=0.0) * f
-    return MemoryEstimate(
-        weights=4 * P // shard,
-        grads=4 * Pt // shard,
-        optimizer=8 * Pt // shard,
-        ema=8 * P // shard,
-        activations=int(act),
-        workspace=int(work),
-        context=CUDA_CONTEXT if device_kind == "cuda" else 0,
-    )
+def checkpoint_host_bytes(cfg: ModelConfig, fsdp: bool = False) -> int:
+    """Host RAM that a checkpoint takes on rank 0: model and both EMAs in float32 (12P), and under FSDP the
+    whole AdamW state gathered to rank 0's host as well (8P_t)."""
+    n = param_counts(cfg)
+    return 12 * n.total + (8 * n.trainable if fsdp else 0)
 
 
 # -- the plan --------------------------------------------------------------------------------------------------
@@ -227,6 +101,7 @@ class Plan:
     img_size: int
     device_kind: str
     devices: int
+    devices_per_host: int
     device_mem: int | None
     host_mem: int
     cpus: int
@@ -240,12 +115,18 @@ class Plan:
     fsdp: bool
     memory: MemoryEstimate
     host_memory: int
+    checkpoint_host: int
     lr: float
     blr: float
     steps_per_epoch: int | None
     dataset_size: int | None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     alternatives: list[tuple[str, int, int, int]] = field(default_factory=list)  # (label, micro, accum, peak)
+
+    @property
+    def nodes(self) -> int:
+        return -(-self.devices // self.devices_per_host)
 
     @property
     def fits(self) -> bool:
@@ -253,18 +134,23 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("memory",)}
+        d["nodes"] = self.nodes
         d["peak_device_memory"] = self.memory.total
         d["memory_breakdown"] = self.memory.__dict__
         return d
 
     def render(self) -> str:
         kind = (
-            f"{self.devices} × {self.device_kind.upper()} with {fmt_bytes(self.device_mem)}"
+            f"{self.devices_per_host} × {self.device_kind.upper()} with {fmt_bytes(self.device_mem)}"
             if self.device_kind != "cpu" and self.device_mem
-            else f"{self.devices} × {self.device_kind}"
+            else f"{self.devices_per_host} × {self.device_kind}"
         )
+        if self.nodes > 1:
+            kind = f"{self.nodes} hosts × {kind} ({self.devices} processes)"
+        host = "host" if self.nodes == 1 else "each host"
         lines = [
-            f"plan for {self.model} at {self.img_size}px on {kind}; host {fmt_bytes(self.host_mem)}, {self.cpus} CPUs",
+            f"plan for {self.model} at {self.img_size}px on {kind}; {host} {fmt_bytes(self.host_mem)}, "
+            f"{self.cpus} CPUs",
             f"  effective batch   {self.effective_batch} = micro-batch {self.micro_batch} × accumulation "
             f"{self.accum_steps} × {self.devices} process(es)"
             + ("" if self.effective_batch == self.target_batch else f"  (target {self.target_batch})"),
@@ -272,7 +158,10 @@ class Plan:
             + ("  + activation checkpointing" if self.grad_checkpoint else "")
             + ("  + FSDP sharding" if self.fsdp else ""),
             f"  device memory     ~{fmt_bytes(self.memory.total)} peak per process ({self.memory.breakdown()})",
-            f"  host memory       ~{fmt_bytes(self.host_memory)} ({self.workers} loader worker(s) per process)",
+            f"  host memory       ~{fmt_bytes(self.host_memory)}"
+            + (" on rank 0's host" if self.nodes > 1 else "")
+            + f" ({self.devices_per_host} process(es), {self.workers} loader worker(s) each, checkpoints "
+            f"{fmt_bytes(self.checkpoint_host)})",
             f"  learning rate     {self.lr:.3g} = blr {self.blr:g} × {self.effective_batch} / 256",
         ]
         if self.steps_per_epoch:
@@ -285,33 +174,28 @@ class Plan:
         if self.fsdp:
             flags += " --fsdp"
         lines.append(f"  train with        jitkit train ... {flags}")
-        for w in self.warnings:
-            lines.append(f"  WARNING: {w}")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
 def detect_hardware() -> dict[str, Any]:
-    """Device kind, count and memory, host memory and CPUs of this machine."""
+    """Device kind, count and memory (and on CUDA whether every GPU has native bf16), host memory and CPUs."""
     import torch
 
     from jitkit.data.loader import cpu_count
+    from jitkit.runtime.device import mps_available, native_bf16
 
     host = _host_total_memory()
+    hw: dict[str, Any] = {"device_kind": "cpu", "devices": 1, "device_mem": None, "host_mem": host}
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
         mem = min(torch.cuda.get_device_properties(i).total_memory for i in range(n))
-        return {"device_kind": "cuda", "devices": n, "device_mem": mem, "host_mem": host, "cpus": cpu_count()}
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        # unified memory: the GPU may use about 2/3 of it
-        return {
-            "device_kind": "mps",
-            "devices": 1,
-            "device_mem": host * 2 // 3,
-            "host_mem": host,
-            "cpus": cpu_count(),
-        }
-    return {"device_kind": "cpu", "devices": 1, "device_mem": None, "host_mem": host, "cpus": cpu_count()}
+        bf16 = all(native_bf16(torch.device("cuda", i)) for i in range(n))
+        hw.update(device_kind="cuda", devices=n, device_mem=mem, bf16_native=bf16)
+    elif mps_available():
+        hw.update(device_kind="mps", device_mem=host * 2 // 3)  # unified memory: the GPU may use about 2/3
+    return hw | {"cpus": cpu_count()}
 
 
 def _host_total_memory() -> int:
@@ -332,31 +216,61 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _plan_precision(
+    precision: str, device_kind: str, bf16_native: bool | None
+) -> tuple[str, list[str], list[str]]:
+    """The precision the runtime would resolve on the planned device, with notes and warnings about it."""
+    from jitkit.runtime.device import PRECISIONS, auto_precision
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {precision!r}")
+    notes, warnings = [], []
+    if precision == "auto":
+        if device_kind == "cuda" and bf16_native is None:
+            notes.append(ASSUMED_BF16)
+        return auto_precision(device_kind, bf16_native is not False), notes, warnings
+    if precision == "bf16" and device_kind == "cuda" and bf16_native is False:
+        warnings.append(
+            "bf16 on a GPU without native bf16 (compute capability < 8.0) is emulated and slow; use fp16"
+        )
+    return precision, notes, warnings
+
+
 def make_plan(
     cfg: ModelConfig,
     *,
     target_batch: int,
     device_kind: str,
     devices: int = 1,
+    devices_per_host: int | None = None,
     device_mem: int | None = None,
     host_mem: int,
     cpus: int,
     blr: float = 5e-5,
     precision: str = "auto",
+    bf16_native: bool | None = None,
     grad_checkpoint: bool | None = None,
     fsdp: bool = False,
     dataset_size: int | None = None,
     max_micro: int | None = None,
+    evaluation: bool = True,
 ) -> Plan:
     """Choose micro-batch, accumulation, workers, precision (and checkpointing) for a target effective batch.
 
-    The micro-batch is the largest divisor of target/devices whose estimated peak fits in 90% of the device
-    memory (host memory for CPU training, shared by the processes); activation checkpointing is switched
-    on (when not decided by the caller) only if nothing fits without it.
+    ``devices`` processes in all, ``devices_per_host`` of them on each host (default: all on one), each host
+    with ``host_mem`` bytes and ``cpus`` CPUs. The micro-batch is the largest divisor of target/devices whose
+    estimated peak fits in 90% of the device memory (of the host memory shared by one host's processes for
+    CPU training); activation checkpointing is switched on (when not decided by the caller) only if nothing
+    fits without it. ``bf16_native`` (the planned GPUs have compute capability ≥ 8.0) decides what
+    ``precision="auto"`` means on CUDA; None assumes they do. ``evaluation`` counts the replica of the EMA
+    weights that sampling during training builds (every run writes samples at its end at least).
     """
     if device_kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device kind must be cpu, cuda or mps, found {device_kind!r}")
+        raise ValueError(f"device_kind must be cpu, cuda or mps, found {device_kind!r}")
     devices = max(1, int(devices))
+    per_host = devices if devices_per_host is None else int(devices_per_host)
+    if not 1 <= per_host <= devices:
+        raise ValueError(f"devices_per_host must lie in [1, devices={devices}], found {devices_per_host}")
     if target_batch < devices:
         raise ValueError(f"target batch {target_batch} is smaller than the number of devices {devices}")
     warnings: list[str] = []
@@ -365,36 +279,25 @@ def make_plan(
         warnings.append(
             f"target batch {target_batch} is not divisible by {devices} devices; using {per_dev * devices}"
         )
-    if precision == "auto":
-        precision = "bf16" if device_kind == "cuda" else "fp32"
-    budget_mem = device_mem if device_kind != "cpu" else host_mem // devices
+    if devices % per_host:
+        warnings.append(f"{devices} processes do not fill hosts of {per_host}; planned for full hosts")
+    precision, notes, said = _plan_precision(precision, device_kind, bf16_native)
+    warnings += said
+    budget_mem = device_mem if device_kind != "cpu" else host_mem // per_host
     if budget_mem is None:
         raise ValueError(f"give the memory of one {device_kind} device (device_mem)")
     budget = DEVICE_FRACTION * budget_mem - (HOST_PROC_CPU if device_kind == "cpu" else 0)
     cands = [d for d in _divisors(per_dev) if max_micro is None or d <= max_micro]
-    shard = devices if fsdp else 1
+    kw = dict(
+        precision=precision, world_size=devices, fsdp=fsdp, device_kind=device_kind, evaluation=evaluation
+    )
 
     def best(gc: bool) -> tuple[int, MemoryEstimate]:
-        chosen = None
+        chosen = (1, estimate_memory(cfg, 1, grad_checkpoint=gc, **kw))
         for mb in sorted(cands):
-            est = estimate_memory(
-                cfg, mb, precision=precision, grad_checkpoint=gc, shard_world=shard, device_kind=device_kind
-            )
+            est = estimate_memory(cfg, mb, grad_checkpoint=gc, **kw)
             if est.total <= budget:
                 chosen = (mb, est)
-        if chosen is None:
-            mb = 1
-            chosen = (
-                mb,
-                estimate_memory(
-                    cfg,
-                    1,
-                    precision=precision,
-                    grad_checkpoint=gc,
-                    shard_world=shard,
-                    device_kind=device_kind,
-                ),
-            )
         return chosen
 
     alternatives = []
@@ -426,31 +329,33 @@ def make_plan(
     accum = per_dev // mb
     eff = mb * accum * devices
 
-    # loader workers and host memory
+    # one host: its processes, their loader workers and (rank 0's host) the checkpoints
     from jitkit.data.loader import plan_workers
 
     proc_host = HOST_PROC_GPU if device_kind == "cuda" else HOST_PROC_CPU
     host_train = est.total if device_kind == "cpu" else 0
-    free_for_workers = max(0, host_mem - devices * (proc_host + host_train))
+    ckpt_host = checkpoint_host_bytes(cfg, fsdp=fsdp and devices > 1)
+    free_for_workers = max(0, host_mem - per_host * (proc_host + host_train) - ckpt_host)
     lp = plan_workers(
         cpus=cpus,
         mem_available=free_for_workers,
         batch_bytes=mb * 3 * cfg.img_size * cfg.img_size,
-        world_size=devices,
+        processes_per_host=per_host,
     )
     workers = lp.workers
-    host_total = devices * (
-        proc_host + host_train + workers * (HOST_WORKER + 2 * 2 * mb * 3 * cfg.img_size**2)
+    host_total = (
+        per_host * (proc_host + host_train + workers * (HOST_WORKER + 2 * 2 * mb * 3 * cfg.img_size**2))
+        + ckpt_host
     )
     if host_total > host_mem:
         warnings.append(
             f"does not fit: the host needs ~{fmt_bytes(host_total)} but has {fmt_bytes(host_mem)}; "
-            "lower the batch size or the number of processes"
+            "lower the batch size or the number of processes per host"
         )
     if device_kind == "cpu" and precision == "fp16":
         warnings.append("fp16 is not supported for CPU training; use fp32 or bf16")
     if device_kind == "cuda" and precision == "fp32":
-        warnings.append("fp32 on CUDA is slow; bf16 autocast (the default) is recommended")
+        warnings.append("fp32 on CUDA is slow; half-precision autocast (auto) is recommended")
     if accum > 1 and mb < 8:
         warnings.append(
             f"micro-batch {mb} is small; steps will be slow. More devices or FSDP (train.fsdp) may help"
@@ -463,6 +368,7 @@ def make_plan(
         img_size=cfg.img_size,
         device_kind=device_kind,
         devices=devices,
+        devices_per_host=per_host,
         device_mem=device_mem,
         host_mem=host_mem,
         cpus=cpus,
@@ -476,11 +382,13 @@ def make_plan(
         fsdp=fsdp,
         memory=est,
         host_memory=int(host_total),
+        checkpoint_host=ckpt_host,
         lr=blr * eff / 256,
         blr=blr,
         steps_per_epoch=steps,
         dataset_size=dataset_size,
         warnings=warnings,
+        notes=notes,
         alternatives=alternatives,
     )
 
@@ -496,27 +404,35 @@ def dataset_size_for(data: str, per_class: int = 200) -> int | None:
     return None
 
 
-def auto_batch(cfg: RunConfig, world_size: int) -> tuple[RunConfig, Plan]:
+def auto_batch(
+    cfg: RunConfig, world_size: int, local_world_size: int | None = None
+) -> tuple[RunConfig, Plan]:
     """``cfg`` with micro-batch, effective batch and activation checkpointing from :func:`make_plan` for this
-    machine (the detected host, ``cfg.train.device`` and ``world_size`` processes), and the plan.
+    machine (the detected host and GPUs, ``cfg.train.device``, ``world_size`` processes of which
+    ``local_world_size`` run on this host: by default torchrun's LOCAL_WORLD_SIZE), and the plan.
 
     The target effective batch is ``train.global_batch``, else batch_size × accum_steps × world_size; the
     accumulation follows from ``global_batch`` (``accum_steps`` is reset to 1).
     """
     from jitkit.runtime import resolve_device
+    from jitkit.runtime.dist import local_world_size as env_local_world_size
 
     tc, hw = cfg.train, detect_hardware()
     kind = resolve_device(tc.device).type
+    local = env_local_world_size() if local_world_size is None else local_world_size
+    here = kind == hw["device_kind"]
     plan = make_plan(
         cfg.model,
         target_batch=tc.global_batch or tc.batch_size * tc.accum_steps * world_size,
         device_kind=kind,
         devices=world_size,
-        device_mem=hw["device_mem"] if kind == hw["device_kind"] else None,
+        devices_per_host=max(1, min(local, world_size)),
+        device_mem=hw["device_mem"] if here else None,
         host_mem=hw["host_mem"],
         cpus=hw["cpus"],
         blr=tc.blr,
         precision=tc.precision,
+        bf16_native=hw.get("bf16_native") if here else None,
         fsdp=tc.fsdp,
         dataset_size=dataset_size_for(cfg.data.data, cfg.data.per_class),
     )
