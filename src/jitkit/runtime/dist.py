@@ -28,6 +28,7 @@ DEFAULT_TIMEOUT_S = 1800.0  # a rank waiting this long in a collective fails the
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DistInfo",
+    "FullTensors",
     "any_rank",
     "gather_to_main",
     "local_world_size",
@@ -236,6 +237,16 @@ def full_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         full = getattr(v, "full_tensor", None)
         out[k] = full() if callable(full) else v
     return out
+
+
+class FullTensors(dict):
+    """A state dict whose FSDP2 DTensor shards are gathered into whole tensors only when indexed (a collective
+    per item: every rank must index the same keys in the same order)."""
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        v = super().__getitem__(key)
+        full = getattr(v, "full_tensor", None)
+        return full() if callable(full) else v
 
 
 def state_dict_to_main(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -303,7 +303,8 @@ class Trainer:
                 build_model(self.cfg.model), self.cfg.diffusion, self.cfg.model.num_classes
             )
             self.eval_den.to(self.device)
-        self.eval_den.load_state_dict(dist.full_tensors(self.ema.averaged_state_dict(self.raw, 1)))
+        # one tensor at a time: under FSDP2 each EMA shard is gathered and copied before the next
+        dist.load_model_state(self.eval_den, dist.FullTensors(self.ema.averaged_state_dict(self.raw, 1)))
         return self.eval_den.eval()
 
     def _release_eval_denoiser(self) -> None:
