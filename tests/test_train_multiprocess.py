@@ -53,6 +53,12 @@ _WORKER = textwrap.dedent(
             if event == "step":
                 time.sleep(job["step_sleep_s"])
         callbacks.append(slow_step)
+    if job.get("die_at"):  # rank 1 dies without a word at this step (a crash, an OOM kill)
+        import os
+        def die(event, info):
+            if event == "step" and info["step"] == job["die_at"] and info["rank"] == 1:
+                os._exit(17)
+        callbacks.append(die)
     if job.get("stop_at"):  # a callback that stops the run on rank 0 only
         def stop_on_rank0(event, info):
             if event == "step" and info["step"] == job["stop_at"] and info["rank"] == 0:
@@ -111,6 +117,18 @@ def test_stop_training_on_rank_0_only_stops_every_rank(tmp_path, tiny):
     assert ranks[0]["saves"] == ranks[1]["saves"] == [[5, "interrupted"]]
     assert "stopped by a callback: rank 0 wants to stop at step 5" in ranks[0]["stdout"]
     assert load_checkpoint(tmp_path / "run").step == 5
+
+
+def test_a_rank_that_dies_fails_the_others_instead_of_hanging_them(tmp_path, tiny):
+    """Rank 1 exits abruptly at step 3: rank 0 must not wait forever in the next collective — it fails (the
+    peer's connection closes, or the process group's timeout, here 20 s, expires) and the job ends."""
+    d = tiny.run_dict(tmp_path / "run", accum_steps=1, epochs=3, dist_timeout=20)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    results = run_ranks(lambda r: _job(d, tmp_path / "run", die_at=3), 2, logs, timeout=90)
+    (rc0, _, err0), (rc1, _, _) = results
+    assert rc1 == 17 and rc0 != 0
+    assert "Error" in err0  # an error that says what happened, not a hang
 
 
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
