@@ -53,3 +53,38 @@ def test_balanced_labels():
     assert [G.rank_indices(7, r, 3) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
     with pytest.raises(ValueError, match="rank must lie in"):
         G.rank_indices(7, 3, 3)
+
+
+def test_half_precision_weights_sample_the_same_numbers(denoiser):
+    """cast_for_inference keeps the matmul weights in bf16: under bf16 autocast the products see the same
+    bf16 weights autocast would have cast from float32 — identical samples, without the casts."""
+    import copy
+
+    y = torch.tensor([0, 1, 2, 2])
+    z0 = G.indexed_noise(range(4), (3, 16, 16), 1.0, seed=3)
+    cast = G.cast_for_inference(copy.deepcopy(denoiser), "bf16")
+    halves = [n for n, p in cast.named_parameters() if p.dtype == torch.bfloat16]
+    assert halves and all(p.dtype == torch.float32 for n, p in cast.named_parameters() if "norm" in n)
+    a = G.sample_denoiser(denoiser, z0, y, SCFG, precision="bf16")
+    b = G.sample_denoiser(cast, z0, y, SCFG, precision="bf16")
+    assert torch.equal(a, b)
+    assert G.cast_for_inference(denoiser, "fp32") is denoiser  # float32 sampling: untouched
+    assert all(p.dtype == torch.float32 for p in denoiser.parameters())
+
+
+def test_sampler_state_stays_float32_under_bf16(denoiser):
+    """The float32 islands: the network runs in bf16, but the velocity it returns, every state z_t and every
+    x-prediction of the trajectory, and the output stay float32 (a bf16 leak would show here)."""
+    from jitkit.diffusion.sampling import Trajectory
+
+    traj = Trajectory()
+    z0 = G.indexed_noise(range(3), (3, 16, 16), 1.0, seed=0)
+    out = G.sample_denoiser(denoiser, z0, torch.tensor([0, 1, 2]), SCFG, precision="bf16", trajectory=traj)
+    assert out.dtype == torch.float32
+    assert all(z.dtype == torch.float32 for z in traj.z) and all(x.dtype == torch.float32 for x in traj.x)
+    v = G.denoiser_velocity(denoiser, "bf16")(z0, torch.full((3,), 0.5), torch.tensor([0, 1, 2]))
+    assert v.dtype == torch.float32
+    fp32 = G.sample_denoiser(denoiser, z0, torch.tensor([0, 1, 2]), SCFG, precision="fp32")
+    assert (
+        out - fp32
+    ).abs().max() < 0.1  # bf16 inference close to fp32 (a stated tolerance, in [−1, 1] units)

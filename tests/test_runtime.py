@@ -37,3 +37,35 @@ def test_autocast_runs_matmuls_in_the_chosen_dtype_only():
     with autocast("cpu", "bf16"):
         assert (a @ a).dtype == torch.bfloat16
         assert (a + a).dtype == torch.float32  # element-wise ops keep their dtype
+
+
+def test_auto_precision_on_a_cpu_follows_the_measured_probe():
+    """bf16 only where the CPU's bf16 GEMM is at least 2× its fp32 GEMM *and* the model's own linears (casts
+    included) are at least 1.25× faster; without a probe, and on weaker CPUs, fp32."""
+    from jitkit.runtime import choose_precision
+
+    def probe(peak, model):
+        return lambda: {"peak_speedup": peak, "speedup": model}
+
+    cpu = torch.device("cpu")
+    assert choose_precision("auto", cpu, probe(7.0, 2.7))[0] == "bf16"  # AMX-class CPU, a large model
+    assert choose_precision("auto", cpu, probe(7.0, 0.6))[0] == "fp32"  # … a tiny model: casts dominate
+    assert choose_precision("auto", cpu, probe(1.8, 1.5))[0] == "fp32"  # no bf16 units worth the name
+    assert choose_precision("auto", cpu)[0] == "fp32"
+    chosen, rec = choose_precision("auto", cpu, probe(7.0, 2.7))
+    assert rec["reason"] == "measured" and rec["peak_speedup"] == 7.0 and rec["requested"] == "auto"
+    # explicit choices are not measured
+    calls = []
+    assert choose_precision("bf16", cpu, lambda: calls.append(1) or {})[0] == "bf16" and not calls
+
+
+def test_auto_precision_on_gpus_needs_native_bf16(monkeypatch):
+    from jitkit.runtime import device as D
+
+    monkeypatch.setattr(D, "native_bf16", lambda dev: True)
+    assert D.choose_precision("auto", "cuda")[0] == "bf16"
+    monkeypatch.setattr(D, "native_bf16", lambda dev: False)
+    assert D.choose_precision("auto", "cuda")[0] == "fp16"  # T4 / V100: fp16 + GradScaler
+    assert D.choose_precision("auto", "mps")[0] == "fp32"
+    assert D.needs_grad_scaler("fp16", "cuda") and D.needs_grad_scaler("fp16", "mps")
+    assert not D.needs_grad_scaler("bf16", "cuda")

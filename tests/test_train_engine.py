@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -292,3 +293,33 @@ def test_resume_across_optimizer_implementations(tmp_path, tiny):
         torch.testing.assert_close(torch.tensor(losses(run)), torch.tensor(losses(ref)), rtol=1e-4, atol=1e-6)
         st = load_checkpoint(run).state["optimizer"]["state"]
         assert all(s["step"].device.type == "cpu" and s["step"].dtype == torch.float32 for s in st.values())
+
+
+def test_bf16_training_keeps_float32_islands_and_auto_is_recorded(tmp_path, tiny, monkeypatch):
+    """Under bf16 autocast the master weights, both EMAs, the AdamW moments and the loss stay float32; an
+    ``auto`` run records what it chose (here the CPU probe says bf16 pays off) and a resumed run keeps it even
+    when the probe would now decide otherwise (a run does not change precision half-way)."""
+    import jitkit.models.linear as L
+
+    run = train(
+        tiny.run_config(tmp_path / "b", precision="bf16", epochs=1, eval_at_end=False), progress=False
+    )
+    ck = load_checkpoint(run)
+    for sd in (ck.model, ck.ema1, ck.ema2):
+        assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())
+    moments = [t for st in ck.state["optimizer"]["state"].values() for k, t in st.items() if k != "step"]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    assert ck.meta["precision"] == "bf16" and all(math.isfinite(x) for x in losses(run))
+
+    monkeypatch.setattr(L, "bf16_linear_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
+    run_a = train(
+        tiny.run_config(tmp_path / "a", precision="auto", epochs=1, eval_at_end=False), progress=False
+    )
+    meta = load_checkpoint(run_a).meta
+    assert meta["precision"] == "bf16" and meta["precision_choice"]["reason"] == "measured"
+    monkeypatch.setattr(L, "bf16_linear_speedup", lambda *a, **k: {"peak_speedup": 1.0, "speedup": 0.5})
+    cfg = tiny.run_config(tmp_path / "a", precision="auto", epochs=2, eval_at_end=False)
+    train(cfg, resume="auto", progress=False)
+    ck = load_checkpoint(run_a)
+    assert ck.step == 8 and ck.meta["precision"] == "bf16"
+    assert ck.meta["precision_choice"]["reason"] == "the resumed run's"

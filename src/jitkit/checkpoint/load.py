@@ -30,6 +30,7 @@ __all__ = [
     "Checkpoint",
     "LazyWeights",
     "check_state_dict",
+    "checkpoint_meta",
     "find_checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
@@ -80,6 +81,11 @@ class Checkpoint:
 
 def _is_ckpt_dir(p: Path) -> bool:
     return p.is_dir() and (p / META_FILE).is_file() and (p / WEIGHT_FILES["model"]).is_file()
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The meta.json of a checkpoint (a run folder, a checkpoint folder or a file in one); no weights read."""
+    return _read_meta(resolve_checkpoint_path(path))
 
 
 def _read_meta(p: Path) -> dict[str, Any]:

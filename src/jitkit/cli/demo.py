@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from jitkit.checkpoint import load_denoiser
     from jitkit.demo.model import ensure_shapes_model
     from jitkit.demo.server import PortUnavailable, create_app, serve
+    from jitkit.diffusion.generate import cast_for_inference
+    from jitkit.models.registry import precision_for_model
     from jitkit.runtime import resolve_device, resolve_precision, set_tf32
 
     if not 0 <= args.port <= 65535:
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         path = args.run
         source = str(path)
     denoiser, cfg, classes = load_denoiser(path, ema=args.ema, device=device)
+    if args.precision == "auto":  # measured for this model, one image and its unconditional twin per forward
+        precision, _ = precision_for_model("auto", device, cfg.model, 2)
+    cast_for_inference(denoiser, precision)  # half-precision weights when sampling in half precision
     print(f"jitkit demo: loaded {cfg.model.name} ({len(classes)} classes) from {path}", flush=True)
     app = create_app(
         denoiser,

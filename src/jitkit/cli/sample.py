@@ -133,12 +133,18 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     from pathlib import Path
 
     from jitkit.checkpoint import load_denoiser
-    from jitkit.diffusion.generate import balanced_labels
+    from jitkit.diffusion.generate import balanced_labels, cast_for_inference
     from jitkit.diffusion.sampling import sampling_cost
     from jitkit.eval.sample_folder import sample_to_outputs
-    from jitkit.runtime import resolve_precision
+    from jitkit.models.registry import precision_for_model
+    from jitkit.runtime import dist
 
     denoiser, cfg, classes = load_denoiser(args.checkpoint, ema=args.ema, device=device)
+    # auto: measured for this model and batch (two forwards per step under CFG), one decision for all ranks
+    precision, _ = dist.broadcast_object(
+        precision_for_model(args.precision, device, cfg.model, 2 * args.batch_size)
+    )
+    cast_for_inference(denoiser, precision)  # half-precision weights when sampling in half precision
     scfg = cfg.sampler
     upd = {}
     if args.sampler is not None:
@@ -162,7 +168,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
         print(
             f"jitkit sample: {len(labels)} images from {args.checkpoint} ({cfg.model.name}, {cfg.model.img_size}px, "
             f"EMA {args.ema}) on {device}{f' x {world} ranks' if world > 1 else ''}; {sampling_cost(scfg)}, "
-            f"interval {list(scfg.interval)}, seed {args.seed}",
+            f"interval {list(scfg.interval)}, seed {args.seed}, precision {precision}",
             file=sys.stderr,
         )
     meta = {
@@ -171,7 +177,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
         "sampler": scfg.to_dict(),
         "seed": args.seed,
         # what ran (auto resolved on this device), so that a folder resumes under auto or its explicit name
-        "precision": resolve_precision(args.precision, device),
+        "precision": precision,
     }
     summary = sample_to_outputs(
         denoiser,
@@ -186,7 +192,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
         rank=rank,
         world_size=world,
         progress=not args.no_progress and rank == 0,
-        precision=args.precision,
+        precision=precision,
         meta=meta,
     )
     if rank == 0:

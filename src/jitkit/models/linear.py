@@ -227,3 +227,50 @@ def use_cpu_linear(model: nn.Module, backend: str | None) -> nn.Module:
         if hasattr(m, "cpu_linear"):
             m.cpu_linear = backend
     return model
+
+
+# -- bf16 or fp32 on this CPU, for a model of this size ------------------------------------------------------
+
+_bf16_probe: dict[tuple[int, int, int, int], dict[str, float]] = {}
+
+
+def bf16_linear_speedup(rows: int, in_features: int, out_features: int, repeats: int = 5) -> dict[str, float]:
+    """How much faster a CPU linear of shape [rows, in] · [in, out] runs under bf16 autocast than in float32 on
+    the backend the layers use (:func:`cpu_linear_backend`), and the same for a large square product (what
+    the bf16 units can do at best). Measured once per shape and thread count (about 0.1-0.3 s), then cached.
+
+    Returns ``{"fp32_gflops", "bf16_gflops", "speedup", "peak_speedup", "shape"}``; ``speedup`` includes the
+    casts autocast makes (activations and weights to bf16, the output back), which dominate small models.
+    """
+    key = (int(rows), int(in_features), int(out_features), torch.get_num_threads())
+    if key in _bf16_probe:
+        return _bf16_probe[key]
+    g = torch.Generator().manual_seed(0)
+
+    def rates(m: int, k: int, n: int) -> tuple[float, float]:
+        x = torch.randn(m, k, generator=g)
+        w = torch.randn(n, k, generator=g)
+        b = torch.randn(n, generator=g)
+        onednn = cpu_linear_backend() == "onednn"
+
+        def fp32() -> None:
+            _pointwise(x, w, b) if onednn else F.linear(x, w, b)
+
+        def bf16() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                F.linear(x, w, b).float()
+
+        work = 2.0 * m * k * n
+        with _no_dispatch_modes():
+            return work / _best_seconds(fp32, repeats) / 1e9, work / _best_seconds(bf16, repeats) / 1e9
+
+    f32, b16 = rates(rows, in_features, out_features)
+    p32, p16 = rates(1024, 1024, 1024)
+    _bf16_probe[key] = {
+        "fp32_gflops": round(f32, 1),
+        "bf16_gflops": round(b16, 1),
+        "speedup": round(b16 / f32, 3),
+        "peak_speedup": round(p16 / p32, 3),
+        "shape": [int(rows), int(in_features), int(out_features)],
+    }
+    return _bf16_probe[key]

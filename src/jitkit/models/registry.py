@@ -12,7 +12,14 @@ from torch import nn
 from jitkit.config import MODEL_NAMES, ModelConfig, model_config
 from jitkit.models.jit import JiT
 
-__all__ = ["build_model", "list_models", "count_params", "model_config", "compiler_available"]
+__all__ = [
+    "build_model",
+    "compiler_available",
+    "count_params",
+    "list_models",
+    "model_config",
+    "precision_for_model",
+]
 
 
 def build_model(cfg: ModelConfig | str, device: torch.device | str | None = None, **overrides) -> JiT:
@@ -60,3 +67,21 @@ def compiler_available(device: torch.device | str) -> tuple[bool, str]:
             return False, "the triton package is not installed"
         return True, "triton"
     return False, f"torch.compile is not used on {kind} by jitkit"
+
+
+def precision_for_model(
+    precision: str, device: torch.device | str, cfg: ModelConfig, images: int
+) -> tuple[str, dict]:
+    """``precision`` resolved for a JiT of ``cfg`` running ``images`` images per forward on ``device``, and
+    the record of the decision (:func:`jitkit.runtime.choose_precision`). On a CPU ``auto`` measures the
+    model's MLP linear ([images·tokens, width] · [width, mlp hidden]) in bf16 and fp32
+    (:func:`jitkit.models.linear.bf16_linear_speedup`)."""
+    from jitkit.models.linear import bf16_linear_speedup
+    from jitkit.runtime import choose_precision
+
+    rows = max(1, int(images)) * (cfg.num_patches + cfg.in_context_len)
+
+    def probe() -> dict:
+        return bf16_linear_speedup(rows, cfg.hidden_size, 2 * cfg.mlp_hidden)
+
+    return choose_precision(precision, device, probe)

@@ -7,8 +7,12 @@ Precision (everywhere: train, sample, bench, demo) is one of ``auto | fp32 | bf1
 * ``bf16`` / ``fp16``: ``torch.autocast`` on the device with that dtype. Optimiser state, EMAs, the loss,
   the x̂ → v conversion and the sampler state stay float32 (the callers cast the network output up).
 * ``auto``: bf16 on GPUs with native bf16 units (CUDA compute capability ≥ 8.0: Ampere and newer), fp16
-  on older CUDA GPUs (T4, V100: their bf16 is emulated and slow; training adds a GradScaler), fp32 on MPS
-  and CPUs.
+  on older CUDA GPUs (T4, V100: their bf16 is emulated and slow; training adds a GradScaler), fp32 on MPS.
+  On a CPU it is decided by measurement when the caller gives a probe (``jitkit.models.registry``
+  ``precision_for_model``): bf16 where the CPU's bf16 GEMM runs at least ``CPU_BF16_PEAK_RATIO`` × its
+  fp32 GEMM (bf16 matrix units such as AMX) *and* the model's own linear layers, casts included, run at
+  least ``CPU_BF16_MODEL_RATIO`` × faster in bf16 (on a small model the casts cost more than bf16 saves);
+  fp32 otherwise, and without a probe.
 
 Explicit ``bf16`` is refused where the device cannot run it (MPS before macOS 14), explicit ``fp16`` on CPUs.
 TF32 (float32 storage, 10-bit-mantissa products on Ampere+ tensor cores) is switched by :func:`set_tf32`.
@@ -17,6 +21,7 @@ TF32 (float32 storage, 10-bit-mantissa products on Ampere+ tensor cores) is swit
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 
@@ -26,6 +31,7 @@ __all__ = [
     "amp_dtype",
     "auto_precision",
     "autocast",
+    "choose_precision",
     "mps_available",
     "native_bf16",
     "needs_grad_scaler",
@@ -36,6 +42,8 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CPU_BF16_PEAK_RATIO = 2.0  # the CPU's bf16 GEMM ÷ its fp32 GEMM (large square products) at least this
+CPU_BF16_MODEL_RATIO = 1.25  # and the model's linears (casts included) at least this much faster in bf16
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,19 +100,38 @@ def auto_precision(kind: str, bf16_native: bool) -> str:
     return "fp32"
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` → the device's fast and safe choice (module docstring); explicit values are checked against
-    the device. Returns one of ``fp32 | bf16 | fp16``."""
+def choose_precision(
+    precision: str, device: torch.device | str, probe: Callable[[], dict] | None = None
+) -> tuple[str, dict]:
+    """``precision`` resolved for ``device`` (one of ``fp32 | bf16 | fp16``) and why, as a record.
+
+    ``probe`` (CPU, ``auto`` only) returns ``{"speedup", "peak_speedup", …}`` measured for the model at hand
+    (see the module docstring); its record is returned with the decision so that callers can print and
+    save it. Explicit values are checked against the device.
+    """
     dev = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {precision!r}")
-    if precision == "auto":
-        return auto_precision(dev.type, dev.type == "cuda" and native_bf16(dev))
-    if precision == "fp16" and dev.type == "cpu":
-        raise ValueError("precision fp16 is not supported on CPU; use fp32 or bf16")
-    if precision == "bf16" and dev.type == "mps" and not _mps_bf16():
-        raise ValueError("precision bf16 on MPS needs macOS 14 or newer; use fp32 or fp16 on this Mac")
-    return precision
+    if precision != "auto":
+        if precision == "fp16" and dev.type == "cpu":
+            raise ValueError("precision fp16 is not supported on CPU; use fp32 or bf16")
+        if precision == "bf16" and dev.type == "mps" and not _mps_bf16():
+            raise ValueError("precision bf16 on MPS needs macOS 14 or newer; use fp32 or fp16 on this Mac")
+        return precision, {"requested": precision}
+    if dev.type != "cpu" or probe is None:
+        chosen = auto_precision(dev.type, dev.type == "cuda" and native_bf16(dev))
+        why = "native bf16" if chosen == "bf16" else ("no native bf16" if dev.type == "cuda" else dev.type)
+        return chosen, {"requested": "auto", "reason": why}
+    rec = dict(probe())
+    fast = rec["peak_speedup"] >= CPU_BF16_PEAK_RATIO and rec["speedup"] >= CPU_BF16_MODEL_RATIO
+    rec.update(requested="auto", reason="measured", thresholds=[CPU_BF16_PEAK_RATIO, CPU_BF16_MODEL_RATIO])
+    return ("bf16" if fast else "fp32"), rec
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``precision`` resolved for ``device`` without a measurement (``auto`` is fp32 on CPUs): see
+    :func:`choose_precision`. Returns one of ``fp32 | bf16 | fp16``."""
+    return choose_precision(precision, device)[0]
 
 
 def needs_grad_scaler(precision: str, device: torch.device | str) -> bool:

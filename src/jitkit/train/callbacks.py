@@ -10,7 +10,9 @@ A callback is ``cb(event, info)``, called on **every rank** of a torchrun job (s
 
 ``info`` always has ``step``, ``epoch``, ``run_dir``, ``config``, ``classes``, ``device``, ``precision``
 (the resolved training precision), ``rank``, ``world_size`` and ``is_main`` (rank 0: the one that writes
-files), and a ``denoiser`` (the EMA1 weights in a Denoiser, eval mode). It is built when a callback reads it;
+files), and a ``denoiser`` (the EMA1 weights in a Denoiser, eval mode; in a bf16/fp16 run its matmul weights
+are kept in that dtype, so sample it under ``info["precision"]``, e.g. ``generate_images(...,
+precision=info["precision"])``). It is built when a callback reads it;
 under FSDP it is gathered on every rank for "epoch_end" and "end" and is not available for "step".
 Work that several ranks can share (sampling for an evaluation) should be split by ``rank`` and gathered
 (``jitkit.runtime.dist``); only ``is_main`` writes.

@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from jitkit.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, step_dir_name
+from jitkit.checkpoint.load import checkpoint_meta
 from jitkit.config import RunConfig
+from jitkit.diffusion.generate import cast_for_inference
 from jitkit.runtime import autocast, dist, needs_grad_scaler, resolve_device, resolve_precision
 from jitkit.train.batching import (
     Batches,
@@ -158,8 +160,26 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.info = dist.init(resolve_device(tc.device), timeout_s=tc.dist_timeout)
         self.device, self.main = self.info.device, self.info.is_main
-        self.precision = resolve_precision(tc.precision, self.device)
         self.plan = batch_plan(tc, self.info.world_size)
+        self.resume_ckpt, self.resume_note = resolve_resume(self.resume, tc.out)
+        self.precision, self.precision_record = self._choose_precision()
+
+    def _choose_precision(self) -> tuple[str, dict]:
+        """The training precision: an explicit one checked for the device; ``auto`` as the run being resumed
+        chose it, else decided for this model and micro-batch (measured on a CPU, see
+        :func:`jitkit.models.registry.precision_for_model`), by rank 0 for every rank."""
+        from jitkit.models.registry import precision_for_model
+
+        tc = self.cfg.train
+        if tc.precision == "auto" and self.resume_ckpt is not None:
+            chosen = checkpoint_meta(self.resume_ckpt).get("precision")
+            if chosen in ("fp32", "bf16", "fp16"):
+                return resolve_precision(chosen, self.device), {
+                    "requested": "auto",
+                    "reason": "the resumed run's",
+                }
+        choice = precision_for_model(tc.precision, self.device, self.cfg.model, self.plan.micro_batch)
+        return dist.broadcast_object(choice)  # ranks measure differently; rank 0's decision holds
 
     def _setup_data(self) -> None:
         tc, G = self.cfg.train, self.plan.effective_batch
@@ -227,7 +247,7 @@ class Trainer:
         """A fresh run folder, or the resumed run's with its state loaded; config.json and classes.json."""
         self.step = 0
         self._last_save = self._last_plot = time.perf_counter()
-        ckpt, note = resolve_resume(self.resume, self.cfg.train.out)
+        ckpt, note = self.resume_ckpt, self.resume_note
         if note and self.main:
             print(f"[jitkit] resume='auto': {note}")
         if ckpt is not None:
@@ -279,6 +299,7 @@ class Trainer:
                 lr=self.lr,
                 reason=reason,
                 keep=self.cfg.train.keep_ckpts,
+                precision={"precision": self.precision, "record": self.precision_record},
             )
             now = time.perf_counter()
             if reason != "epoch" or now - self._last_plot >= 60.0:
@@ -303,6 +324,7 @@ class Trainer:
                 build_model(self.cfg.model), self.cfg.diffusion, self.cfg.model.num_classes
             )
             self.eval_den.to(self.device)
+            cast_for_inference(self.eval_den, self.precision)  # samples in the training precision
         # one tensor at a time: under FSDP2 each EMA shard is gathered and copied before the next
         dist.load_model_state(self.eval_den, dist.FullTensors(self.ema.averaged_state_dict(self.raw, 1)))
         return self.eval_den.eval()
@@ -511,8 +533,8 @@ class Trainer:
         n = count_params(self.raw.net)
         lr_rule = f" = blr {tc.blr:g} × {p.effective_batch} / 256" if tc.lr <= 0 else ""
         print(
-            f"[jitkit] {self.cfg.model.name} ({n / 1e6:.2f} M params) on {self.device} ({self.precision}), "
-            f"world size {p.world_size}\n"
+            f"[jitkit] {self.cfg.model.name} ({n / 1e6:.2f} M params) on {self.device} ({self.precision}"
+            f"{_why(self.precision_record)}), world size {p.world_size}\n"
             f"[jitkit] data: {self.n_data:,} images, {len(self.classes)} classes; effective batch "
             f"{p.effective_batch} = micro {p.micro_batch} × accum {p.accum_steps} × world {p.world_size}; "
             f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps ({self.total_epochs:g} epochs); "
@@ -522,3 +544,16 @@ class Trainer:
             f"[jitkit] run folder: {self.run_dir}",
             flush=True,
         )
+
+
+def _why(record: dict) -> str:
+    """How ``precision auto`` was decided, for the run's description (empty for an explicit precision)."""
+    if record.get("requested") != "auto":
+        return ""
+    if record.get("reason") != "measured":
+        return f": auto, {record.get('reason')}"
+    peak, model = record.get("thresholds", [0, 0])
+    return (
+        f": auto; bf16 measured {record['peak_speedup']:.2f}× fp32 on large products (needs {peak:g}×) and "
+        f"{record['speedup']:.2f}× on this model's linears (needs {model:g}×)"
+    )

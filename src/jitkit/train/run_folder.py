@@ -14,6 +14,7 @@ from pathlib import Path
 
 from jitkit.checkpoint import latest_checkpoint, resolve_checkpoint_path
 from jitkit.checkpoint.layout import META_FILE
+from jitkit.checkpoint.load import checkpoint_meta
 from jitkit.config import RunConfig
 from jitkit.fileio import atomic_save_figure, atomic_write_text
 
@@ -86,8 +87,7 @@ def run_dir_of(ckpt: Path) -> Path:
 
 def checkpoint_config(ckpt: Path) -> RunConfig:
     """The run config saved in a checkpoint folder (its meta.json only; no weights are read)."""
-    meta = json.loads((Path(ckpt) / META_FILE).read_text())
-    return RunConfig.from_dict(meta["config"], strict=False)
+    return RunConfig.from_dict(checkpoint_meta(ckpt)["config"], strict=False)
 
 
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, classes: list[str]) -> None:

@@ -78,10 +78,11 @@ def write_checkpoint(
     lr: float,
     reason: str,
     keep: int,
+    precision: dict[str, Any] | None = None,
 ) -> Path:
     """RUN/checkpoints/last (weights from :func:`gather_weights`, state.pt, meta.json), and a numbered hard
     link to it of which the last ``keep`` are kept (none if 0). ``reason``: why it was saved (periodic, epoch,
-    end, interrupted)."""
+    end, interrupted). ``precision``: ``{"precision": resolved, "record": why}``, kept in meta.json."""
     state = {
         **position,
         "optimizer": optimizer,
@@ -90,6 +91,8 @@ def write_checkpoint(
     }
     meta = {"step": position["step"], "epoch": position["epoch"], "reason": reason}
     meta.update(effective_batch=position["effective_batch"], lr=lr, world_size=position["world_size"])
+    if precision is not None:  # the resolved training precision and why (a resumed "auto" run keeps it)
+        meta.update(precision=precision["precision"], precision_choice=precision.get("record", {}))
     root = run_dir / "checkpoints"
     path = save_checkpoint(root / "last", config=config, classes=classes, **weights, state=state, meta=meta)
     if keep > 0:
