@@ -204,3 +204,20 @@ def test_tf32_is_recorded_as_asked_and_as_run(capsys):
     res = _last_json(capsys)
     assert [v["settings"]["tf32"] for v in res["variants"]] == [True, False]
     assert [v["settings"]["tf32_resolved"] for v in res["variants"]] == [False, False]  # no TF32 on CPUs
+
+
+def test_result_records_both_gemm_peaks_and_the_precision_choice(monkeypatch):
+    """Every result has the float32 and the bf16 GEMM peak and how ``precision auto`` was decided (measured
+    for the model on a CPU: here the probe is made to say bf16 pays off)."""
+    import jitkit.models.linear as L
+    from jitkit.bench.runner import QUICK, BenchSettings, run_bench
+
+    monkeypatch.setattr(L, "bf16_linear_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
+    s = BenchSettings().replace(**{**QUICK, "mode": "forward", "device": "cpu", "precision": "auto", "repeats": 1})
+    r = run_bench(s)
+    assert set(r["gemm_peaks_flops"]) == {"fp32", "bf16"} and all(
+        v > 0 for v in r["gemm_peaks_flops"].values()
+    )
+    assert r["settings"]["precision"] == "auto" and r["settings"]["precision_resolved"] == "bf16"
+    assert r["settings"]["precision_choice"]["reason"] == "measured"
+    assert r["gemm_peak_flops"] == r["gemm_peaks_flops"]["bf16"]  # MFU against the precision that ran

@@ -46,8 +46,9 @@ from jitkit.bench.hardware import (
 )
 from jitkit.bench.variants import LerpEMA, LoopEMA, sample_separate_cfg
 from jitkit.config import ConfigBase, ConfigError, DiffusionConfig, ModelConfig, SamplerConfig, model_config
-from jitkit.diffusion.generate import sample_denoiser
+from jitkit.diffusion.generate import cast_for_inference, sample_denoiser
 from jitkit.models.linear import BACKENDS, cpu_linear_backend, use_cpu_linear
+from jitkit.models.registry import precision_for_model
 from jitkit.runtime import (
     PRECISIONS,
     amp_dtype,
@@ -322,7 +323,7 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
     from jitkit.diffusion.sampling import initial_noise, network_evaluations
 
     precision = resolve_precision(s.precision, device)
-    den = build_denoiser(s, device).eval()
+    den = cast_for_inference(build_denoiser(s, device).eval(), precision)  # the inference path of sampling
     mc = s.model_config()
     B = s.sample_batch_size or s.batch_size
     scfg = SamplerConfig(method="heun", steps=s.sample_steps, cfg=s.cfg, interval=SAMPLE_INTERVAL)
@@ -454,23 +455,35 @@ def run_bench(
     device = resolve_device(s.device)
     malloc = retain_freed_memory() if device.type == "cpu" else "default"
     load_start = _loadavg()
-    variants = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
-    precisions = [resolve_precision(v.precision, device) for v in variants]
+    asked = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
+    # precision auto resolved once per variant as training would (measured for the model on a CPU); the
+    # variants then run with the resolved value, and the record keeps both
     say = log or (lambda msg: None)
+    choices = []
+    for v in asked:
+        _set_threads(v)
+        choices.append(precision_for_model(v.precision, device, v.model_config(), v.batch_size))
+    precisions = [c[0] for c in choices]
+    variants = [v.replace(precision=p) for v, p in zip(asked, precisions)]
     peaks: dict[tuple[str, bool], dict] = {}
     tf32s = []  # whether TF32 is on for each variant (it is switched per variant, both ways)
     for v, precision in zip(variants, precisions):
         tf32s.append(set_tf32(device, v.tf32))
-        if (precision, tf32s[-1]) not in peaks:
+        # both float32 and bf16 peaks are recorded (MFU is against the variant's own precision)
+        for pr in dict.fromkeys([precision, "fp32", "bf16"]):
+            if (pr, tf32s[-1]) in peaks or (pr == "bf16" and device.type == "mps"):
+                continue
             _set_threads(v)
-            say(f"measuring the {precision} GEMM peak on {device}" + (" (TF32)" if tf32s[-1] else ""))
-            peaks[(precision, tf32s[-1])] = gemm_peak(
-                device, amp_dtype(precision), n=v.gemm_n, seconds=v.gemm_seconds, clock=v.clock
+            say(f"measuring the {pr} GEMM peak on {device}" + (" (TF32)" if tf32s[-1] else ""))
+            peaks[(pr, tf32s[-1])] = gemm_peak(
+                device, amp_dtype(pr), n=v.gemm_n, seconds=v.gemm_seconds, clock=v.clock
             )
     results = [
         _empty_result(flops_per_image(v.model_config()), peaks[(p, tf)])
         for v, p, tf in zip(variants, precisions, tf32s)
     ]
+    for r, tf in zip(results, tf32s):
+        r["gemm_peaks_flops"] = {pr: peaks[(pr, t)]["flops"] for pr, t in peaks if t == tf}
     modes = s.modes()
     labels = ["" if compare is None else f"{compare[0]}={val}" for val in (compare[1] if compare else [""])]
 
@@ -516,7 +529,7 @@ def run_bench(
             ts = [_timed(fn, device, v.clock) for _ in range(v.sample_repeats)]
             results[i]["details"]["sample"] = {**info, **_rates(info["batch_size"], ts)}
             results[i]["sample_img_per_s"] = results[i]["details"]["sample"]["img_per_s"]
-    for v, precision, tf32, r in zip(variants, precisions, tf32s, results):
+    for v, precision, tf32, r, choice in zip(asked, precisions, tf32s, results, choices):
         # the paired MFU (above) is the headline; against the best GEMM call of the up-front peak measurement
         # (a lower bound when the machine was faster then than during the timed repeats) it is kept beside
         peak = r["gemm_peak_flops"]
@@ -526,6 +539,7 @@ def run_bench(
             r["mfu_forward_vs_best_peak"] = r["forward_img_per_s"] * r["flops_per_img"] / peak
         r["mfu"] = r["mfu_train"] if r["mfu_train"] is not None else r["mfu_forward"]
         r["settings"] = settings_record(v, device, precision, tf32)
+        r["settings"]["precision_choice"] = choice[1]
         r["settings"]["malloc"] = malloc
         r["settings"]["loadavg_start"] = load_start
         r["settings"]["loadavg_end"] = _loadavg()
