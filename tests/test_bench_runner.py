@@ -166,6 +166,18 @@ def test_sample_unit_runs_either_cfg_mode():
         assert info == {"batch_size": 2, "network_evaluations": 3, "cfg_mode": mode}
 
 
+def test_sample_unit_takes_the_sampler_by_name():
+    run, info = prepare_sample(SMALL.replace(sampler="dpm++2m", sample_steps=3), torch.device("cpu"))
+    run()
+    assert info["network_evaluations"] == 3  # one per step
+    with pytest.raises(
+        ConfigError, match=r"sampler must be one of \('heun', 'euler', 'dpm\+\+2m', 'dpm\+\+3m'\)"
+    ):
+        SMALL.replace(sampler="ddim")
+    with pytest.raises(ConfigError, match="cfg_mode 'separate' .* heun only"):
+        SMALL.replace(sampler="dpm++2m", cfg_mode="separate")
+
+
 def test_compared_tf32_variants_are_timed_with_tf32_on_and_off(monkeypatch):
     """--compare tf32=1,0 on an Ampere GPU: every timed repeat of the tf32=0 variant runs with TF32 off
     (it was left on by the other variant before), each variant with its own GEMM probe. No GPU here: the
@@ -213,7 +225,9 @@ def test_result_records_both_gemm_peaks_and_the_precision_choice(monkeypatch):
     from jitkit.bench.runner import QUICK, BenchSettings, run_bench
 
     monkeypatch.setattr(L, "bf16_linear_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
-    s = BenchSettings().replace(**{**QUICK, "mode": "forward", "device": "cpu", "precision": "auto", "repeats": 1})
+    s = BenchSettings().replace(
+        **{**QUICK, "mode": "forward", "device": "cpu", "precision": "auto", "repeats": 1}
+    )
     r = run_bench(s)
     assert set(r["gemm_peaks_flops"]) == {"fp32", "bf16"} and all(
         v > 0 for v in r["gemm_peaks_flops"].values()

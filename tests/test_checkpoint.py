@@ -219,6 +219,22 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch, run_cfg, mak
     assert [p.name for p in tmp_path.iterdir()] == ["last"]  # the temp folder was removed
 
 
+def test_disk_full_on_a_first_checkpoint_says_there_was_none_to_keep(
+    tmp_path, monkeypatch, run_cfg, make_den
+):
+    import safetensors.torch
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(DiskFullError) as e:
+        _save(tmp_path / "last", run_cfg(), make_den(run_cfg()), step=1)
+    msg = str(e.value)
+    assert "there was no previous checkpoint to keep" in msg and "was kept" not in msg
+    assert f"MiB free on {tmp_path}" in msg and "free space on" not in msg
+
+
 def test_numbered_copies_and_pruning(tmp_path, run_cfg, make_den):
     cfg = run_cfg()
     root = tmp_path / "checkpoints"

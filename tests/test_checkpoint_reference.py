@@ -172,3 +172,33 @@ def test_output_folder_errors_name_parameters_and_the_cli_names_flags(tmp_path, 
     assert "--out" in (err := capsys.readouterr().err) and "--overwrite" in err
     assert main(["import", str(tmp_path / "any.pth"), "--out", str(tmp_path / "afile")]) == 2
     assert "--out expects a run folder" in capsys.readouterr().err
+
+
+def test_files_that_are_not_checkpoints_say_what_they_are(shared_dir, tmp_path):
+    _, info, state = _golden(shared_dir)
+    _write_reference(tmp_path / "ok.pth", state, _args(info), state, state)
+    whole = (tmp_path / "ok.pth").read_bytes()
+    cases = {
+        "empty.pth": (b"", r"is empty \(0 bytes\)"),
+        "text.pth": (b"hello, not a checkpoint", "not a PyTorch checkpoint.*starting with b'hello"),
+        "cut.pth": (whole[: len(whole) // 2], "damaged zip archive.*truncated"),
+    }
+    for name, (data, needle) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ReferenceCheckpointError, match=needle):
+            import_reference(tmp_path / name, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_pickle_names_the_object_it_would_have_called(shared_dir, tmp_path):
+    import os
+
+    _, info, state = _golden(shared_dir)
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, ("echo never",))
+
+    torch.save({"model": state, "args": _args(info), "x": Shell()}, tmp_path / "shell.pth")
+    with pytest.raises(ReferenceCheckpointError, match=r"pickled object of type (posix|nt)\.system"):
+        import_reference(tmp_path / "shell.pth", tmp_path / "run")

@@ -75,3 +75,72 @@ def test_validation_messages():
 
 def test_model_names_are_case_insensitive():
     assert model_config("jit-b/16").name == "JiT-B/16"
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", float("nan"), float("inf"), "1e999"])
+def test_non_finite_numbers_are_refused_wherever_a_float_is_read(bad):
+    # --set, YAML (.nan, .inf) and config.json (NaN, Infinity) all pass through coerce_value
+    with pytest.raises(ConfigError, match="blr: expected a finite number"):
+        RunConfig().override({"train.blr": bad})
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        RunConfig.from_dict(json.loads('{"diffusion": {"P_std": NaN}}'))
+    with pytest.raises(ConfigError, match="interval: expected a finite number"):
+        RunConfig().override({"sampler.interval": [0.0, bad]})
+    assert RunConfig().override({"train.blr": "1e-4"}).train.blr == 1e-4
+
+
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("epochs", 0, "epochs must be >= 1, found 0"),
+        ("epochs", -1, "epochs must be >= 1, found -1"),
+        ("max_steps", -3, "max_steps must be >= 1 (or 0: the epochs decide), found -3"),
+        ("log_every", 0, "log_every must be >= 1"),
+        ("keep_ckpts", -1, "keep_ckpts must be >= 0"),
+        ("blr", 0.0, "blr must be positive"),
+        ("beta2", 1.0, "beta2 must lie in [0, 1)"),
+    ],
+)
+def test_train_settings_that_cannot_work_are_refused(key, value, needle):
+    with pytest.raises(ConfigError) as e:
+        RunConfig().override({f"train.{key}": value})
+    assert needle in str(e.value)
+
+
+def test_epochs_zero_is_fine_when_max_steps_decides():
+    assert RunConfig().override({"train.epochs": 0, "train.max_steps": 5}).train.max_steps == 5
+
+
+@pytest.mark.parametrize("name,close", [("foo", None), ("JiT-X/9", "JiT-T/4"), ("JiT-B/61", "JiT-B/16")])
+def test_an_unregistered_model_name_is_refused_with_the_closest(name, close):
+    with pytest.raises(ConfigError) as e:
+        resolve_run_config({"model": {"name": name, "img_size": 32}})
+    msg = str(e.value)
+    assert (
+        f"unknown model {name!r}" in msg
+        and "registered models: JiT-T/2" in msg
+        and "missing patch_size" in msg
+    )
+    assert (f"did you mean {close!r}" in msg) if close else "did you mean" not in msg
+
+
+def test_a_custom_architecture_under_its_own_name_gives_all_of_it(tiny):
+    cfg = resolve_run_config({"model": dict(tiny.MODEL)})  # name "tiny", every architecture field given
+    assert cfg.model.name == "tiny" and cfg.model.depth == 2 and cfg.model.hidden_size == 32
+
+
+def test_flips_are_off_unless_a_preset_or_the_user_asks():
+    from jitkit.config import DataConfig
+
+    assert DataConfig().hflip is False
+    assert resolve_run_config(preset_dict("shapes")).data.hflip is True  # the shapes are symmetric
+    assert all(resolve_run_config(preset_dict(p)).data.hflip for p in PRESETS if p.startswith("imagenet"))
+
+
+def test_a_preset_dict_is_a_copy():
+    """Changing what preset_dict returns (callers layer YAML and flags into it) never changes the preset."""
+    d = preset_dict("shapes")
+    d["train"]["epochs"] = 1
+    d["sampler"]["interval"].append(0.5)
+    assert preset_dict("shapes")["train"]["epochs"] != 1
+    assert preset_dict("shapes")["sampler"]["interval"] == [0.0, 1.0]

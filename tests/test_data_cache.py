@@ -48,8 +48,9 @@ def test_prepare_matches_folder(src, tmp_path):
     assert man["count"] == 21 and man["size"] == 24 and man["source"] == str(src.resolve())
     assert len(man["checksum"]) == 64 and not (out / "prepare-state.json").exists()
     # build_dataset detects the cache by its manifest
-    bd = build_dataset(DataConfig(data=str(out), img_size=24))
+    bd = build_dataset(DataConfig(data=str(out), img_size=24, hflip=True))
     assert bd.images.shape == ds.images.shape and bd.hflip
+    assert not build_dataset(DataConfig(data=str(out), img_size=24)).hflip  # flips are off unless asked for
     with pytest.raises(ValueError, match="re-run `jitkit prepare"):
         build_dataset(DataConfig(data=str(out), img_size=32))
 

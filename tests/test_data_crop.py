@@ -104,3 +104,21 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(UnreadableImage):
         load_rgb(trunc)
     assert load_rgb(good).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "orientation,turn", [(1, None), (3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270)]
+)
+def test_exif_orientation_is_applied(tmp_path, orientation, turn):
+    # a camera stores the pixels as shot and the rotation in the EXIF tag; viewers (and training) apply it
+    stored = fixed_image(48, 32)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    stored.save(path, exif=exif, quality=95)
+    with Image.open(path) as im:
+        decoded = im.convert("RGB")  # the pixels as stored, for comparison
+    want = decoded if turn is None else decoded.transpose(turn)
+    got = load_rgb(path)
+    assert got.size == want.size and got.tobytes() == want.tobytes()
+    assert got.size == ((48, 32) if orientation in (1, 3) else (32, 48))

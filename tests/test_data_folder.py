@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,63 @@ def test_hflip_for_training(tmp_path):
     lefts = [ds[0][0][0, 8, 0].item() for _ in range(64)]
     assert 0 < lefts.count(255) < 64
     assert all(ImageFolderDataset(tmp_path, 16, verbose=False)[0][0][0, 8, 0].item() == 255 for _ in range(4))
+
+
+def test_folder_classes_match_the_scan_without_listing_every_image(tmp_path):
+    from jitkit.data import data_classes
+    from jitkit.data.folder import folder_classes
+
+    make_classes(tmp_path / "flat", ("zebra", "ant"), per=2)
+    (tmp_path / "flat" / "empty").mkdir()  # no images: not a class
+    (tmp_path / "flat" / "deep" / "a" / "b").mkdir(parents=True)
+    put(tmp_path / "flat" / "deep" / "a" / "b" / "x.png")
+    assert (
+        folder_classes(tmp_path / "flat")
+        == scan_folder(tmp_path / "flat").classes
+        == ["ant", "deep", "zebra"]
+    )
+    make_classes(tmp_path / "inet" / "train", ("n02", "n01"), per=1)
+    assert folder_classes(tmp_path / "inet") == ["n01", "n02"]
+    put(tmp_path / "one" / "a.png")
+    assert folder_classes(tmp_path / "one") == ["one"]  # one folder of images: one class
+    assert data_classes(DataConfig(data=str(tmp_path / "one"))) == ["one"]
+    assert (
+        len(data_classes(DataConfig(data="shapes"))) == 16
+        and data_classes(DataConfig(data="swissroll-4")) is None
+    )
+    put(tmp_path / "flat" / "loose.png")
+    with pytest.raises(ValueError, match="mixed layout"):
+        folder_classes(tmp_path / "flat")
+
+
+def test_much_smaller_images_are_noted_once(tmp_path, capsys):
+    from jitkit.data.folder import small_images_note
+
+    for k in range(4):
+        put(tmp_path / "c" / f"{k}.png", size=(24, 20))
+    ImageFolderDataset(tmp_path, 64)
+    err = capsys.readouterr().err
+    assert (
+        err.count("note:") == 1
+        and "4 of 4 images" in err
+        and "img_size=64" in err
+        and "median shorter side 20px" in err
+    )
+    assert "warning" not in err
+    ImageFolderDataset(tmp_path, 32)  # not much smaller (20 >= 32 / 2): nothing to say
+    assert "note:" not in capsys.readouterr().err
+    assert small_images_note([str(tmp_path / "c" / "0.png")], 256, param="size").count("size=256") == 1
+
+
+def test_file_names_with_any_bytes_are_read_and_shown(tmp_path, capsys):
+    from jitkit.data.folder import printable
+
+    raw = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.makedirs(raw + b"/sub")
+    put(Path(os.fsdecode(raw + b"/sub/\xff.png")))
+    (Path(os.fsdecode(raw)) / "zero.png").write_bytes(b"")
+    ds = ImageFolderDataset(tmp_path, 16)
+    assert len(ds) == 1 and ds[0][0].shape == (3, 16, 16) and ds.classes == [os.fsdecode(b"caf\xe9")]
+    err = capsys.readouterr().err
+    assert "zero.png" in err and "'caf\\udce9/zero.png'" in err  # repr where it cannot be printed as is
+    assert printable("plain/é.png") == "plain/é.png" and printable(os.fsdecode(b"\xff")) == "'\\udcff'"

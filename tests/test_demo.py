@@ -62,7 +62,8 @@ def test_info(client):
     assert info["classes"] == CLASSES
     assert (info["img_size"], info["patch_size"], info["grid_size"]) == (16, 4, 4)
     assert info["steps_range"] == [1, 30]
-    assert set(info["samplers"]) == {"heun", "euler"}
+    assert info["samplers"] == ["heun", "euler", "dpm++2m", "dpm++3m"]  # jitkit.config.SAMPLERS
+    assert info["data_images"] == []  # no data images given: the page offers noise only
     assert info["defaults"]["steps"] == 8 and info["defaults"]["class"] == CLASSES[0]
 
 
@@ -488,3 +489,74 @@ def test_cli_precision_reaches_the_recorded_run(tiny, tmp_path, monkeypatch, cap
     monkeypatch.setattr(model_mod, "ensure_shapes_model", lambda *a, **k: pytest.fail("trained first"))
     assert main(["demo", "--precision", "fp16", "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "fp16 is not supported on CPU" in capsys.readouterr().err
+
+
+# -- start from a data image --------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def data_client(model):
+    den, cfg = model
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, size=(3, 3, 16, 16), dtype=np.uint8)
+    app = create_app(
+        den,
+        cfg,
+        CLASSES,
+        sampler=SamplerConfig(steps=6, cfg=1.0),
+        data_images=(images, [0, 2, 3]),
+        burst=1000,
+    )
+    return app.test_client(), images
+
+
+def test_info_lists_the_data_images_by_class(data_client):
+    c, _ = data_client
+    assert c.get("/api/info").get_json()["data_images"] == ["red_circle", "blue_triangle", "yellow_cross"]
+
+
+def test_a_run_from_a_data_image_starts_at_its_inversion(data_client, model):
+    from jitkit.diffusion.generate import invert_denoiser
+
+    c, images = data_client
+    den, _ = model
+    d = c.post(
+        "/api/sample", json={"image": 1, "class": "blue_triangle", "steps": 6, "sampler": "dpm++2m"}
+    ).get_json()
+    assert d["image"] == 1 and d["source_class"] == "blue_triangle" and d["inversion_nfe"] == 2 * 2 * 6
+    src = np.frombuffer(base64.b64decode(d["source"]), np.uint8).reshape(16, 16, 3)
+    assert np.array_equal(src, images[1].transpose(1, 2, 0))
+    # the first frame is the inverted noise, computed the library's way
+    x = torch.from_numpy(images[1][None].astype(np.float32) / 127.5 - 1.0)
+    z0 = invert_denoiser(
+        den, x, torch.tensor([2]), SamplerConfig(method="dpm++2m", steps=6, cfg=1.0), iters=2
+    )
+    assert np.array_equal(frames(d, "z")[0], to_uint8(z0)[0].permute(1, 2, 0).numpy())
+    final = frames(d, "z")[-1].astype(np.float64)
+    assert d["source_rms"] == pytest.approx(np.sqrt((((final - src) / 127.5) ** 2).mean()), rel=1e-6)
+    # another class from the same image: the same start, another end
+    e = c.post(
+        "/api/sample", json={"image": 1, "class": "red_circle", "steps": 6, "sampler": "dpm++2m"}
+    ).get_json()
+    assert e["z"][0] == d["z"][0] and e["final"] != d["final"]
+
+
+@pytest.mark.parametrize(
+    "image,needle", [(3, "image must lie in [0, 2], found 3"), ("x", "image must be an integer")]
+)
+def test_bad_data_image_index_is_a_400(data_client, image, needle):
+    c, _ = data_client
+    r = c.post("/api/sample", json={"image": image})
+    assert r.status_code == 400 and needle in r.get_json()["error"]
+
+
+def test_no_data_images_means_no_image_parameter(client):
+    r = client.post("/api/sample", json={"image": 0})
+    assert r.status_code == 400 and "no data images" in r.get_json()["error"]
+    assert client.post("/api/sample", json={"image": -1, "steps": 2}).status_code == 200  # -1: from the seed
+
+
+def test_data_images_of_the_wrong_shape_are_refused(model):
+    den, cfg = model
+    with pytest.raises(ValueError, match=r"data_images must be uint8 images \[M, 3, 16, 16\]"):
+        create_app(den, cfg, CLASSES, data_images=(np.zeros((2, 3, 8, 8), np.uint8), [0, 1]))

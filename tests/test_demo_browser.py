@@ -246,3 +246,54 @@ def test_page_shows_a_bad_parameter_as_a_message(server, driver):
     status = driver.find_element(By.ID, "status")
     assert "cfg must lie in" in status.text and "error" in status.get_attribute("class")
     assert driver.execute_script("return window.jitkitDemo.run.final;") == before  # the last run stays
+
+
+@pytest.fixture(scope="module")
+def data_server(tiny):
+    from werkzeug.serving import make_server
+
+    cfg = tiny.model_config(img_size=16, num_classes=len(CLASSES))
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 3, 16, 16), dtype=np.uint8)
+    app = create_app(
+        tiny.denoiser(cfg), cfg, CLASSES, sampler=SamplerConfig(steps=4), data_images=(images, [3, 1])
+    )
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_port}", images
+    srv.shutdown()
+    th.join(timeout=10)
+
+
+def test_page_starts_from_a_data_image(data_server, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, images = data_server
+    driver.get(url + "/")
+    _wait(driver, "window.jitkitDemo && window.jitkitDemo.state === 'ready'")
+    assert driver.find_element(By.ID, "start-field").is_displayed()
+    assert not driver.find_element(By.ID, "source-canvas").is_displayed()  # a run from the seed
+    Select(driver.find_element(By.ID, "start-select")).select_by_value("1")
+    _wait(driver, "window.jitkitDemo.state === 'ready' && window.jitkitDemo.run.image === 1")
+    run = driver.execute_script("return window.jitkitDemo.run;")
+    # the page switched the class to the image's own (a reconstruction) and shows the image
+    assert run["class"] == CLASSES[1] and run["source_class"] == CLASSES[1]
+    assert driver.find_element(By.ID, "source-canvas").is_displayed()
+    assert np.array_equal(_decode(run["source"], 16), images[1].transpose(1, 2, 0))
+    status = driver.find_element(By.ID, "status").text
+    assert "from data image 1" in status and "reconstruction RMS" in status
+    # another class from the same image: the same inverted start
+    Select(driver.find_element(By.ID, "class-select")).select_by_value(CLASSES[0])
+    _wait(
+        driver,
+        f"window.jitkitDemo.state === 'ready' && window.jitkitDemo.run.class === {json.dumps(CLASSES[0])}",
+    )
+    other = driver.execute_script("return window.jitkitDemo.run;")
+    assert (
+        other["image"] == 1
+        and other["z"][0] == run["z"][0]
+        and "reconstruction" not in driver.find_element(By.ID, "status").text
+    )
+    severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, severe

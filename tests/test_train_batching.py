@@ -228,3 +228,27 @@ def test_workers_are_sized_by_the_processes_on_this_host(monkeypatch):
     assert workers("16", None) == 3  # without LOCAL_WORLD_SIZE: all ranks count as local
     assert workers("16", "2") == loader_mod.MAX_WORKERS  # 64 // 2 − 1 = 31, capped
     assert workers("16", "8", requested=5) == 5 and workers("16", "8", requested=None) == 7
+
+
+def test_an_unreadable_image_is_reported_once_for_all_workers(tmp_path, capsys):
+    # JPEGs cut short pass the header check and fail while decoding, in whichever worker reads them
+    import io
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "c").mkdir()
+    for k in range(12):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "c" / f"{k}.png")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    for k in range(6):
+        (tmp_path / "c" / f"cut{k}.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    ds = ImageFolderDataset(tmp_path, 8)
+    assert len(ds) == 18  # all pass the header check
+    capsys.readouterr()
+    plan = batch_plan(TrainConfig(batch_size=3), world_size=1)
+    b = Batches(ds, plan, rank=0, seed=0, device=torch.device("cpu"), data_workers=2, stream=None)
+    for epoch in range(2):
+        assert len(list(b.epoch(epoch, 0, 6))) == 6
+    err = capsys.readouterr().err
+    assert err.count("skipped unreadable image") == 1 and "cut" in err, err
+    assert ds._reported >= 6  # every replaced file was counted, by the main process

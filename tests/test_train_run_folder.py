@@ -13,7 +13,9 @@ from jitkit.train.run_folder import (
     fresh_run_dir,
     read_log,
     resolve_resume,
+    restart_run,
     run_dir_of,
+    saved_run_config,
     truncate_log,
 )
 
@@ -87,3 +89,31 @@ def test_read_log_skips_a_partial_line_and_truncate_drops_later_steps(tmp_path):
     assert truncate_log(log, 3) is True
     assert [r["step"] for r in read_log(log)] == [1, 2, 3]
     assert truncate_log(log, 3) is False
+
+
+def _started_run(run: Path, mtime: float, **train) -> Path:
+    """A run folder as a run leaves it when killed before its first checkpoint: config.json and no checkpoint."""
+    from jitkit.config import RunConfig
+
+    run.mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    cfg = RunConfig().override({f"train.{k}": v for k, v in train.items()})
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    os.utime(run / "config.json", (mtime, mtime))
+    return run
+
+
+def test_resume_auto_starts_again_in_place_a_run_that_never_saved(tmp_path):
+    out = tmp_path / "r"
+    assert restart_run("auto", out) is None  # nothing there: a fresh run
+    _started_run(out, 1_000, ckpt_every=7)
+    newest = _started_run(tmp_path / "r-2", 2_000)
+    _started_run(tmp_path / "r-old", 3_000)  # not OUT-N
+    assert restart_run("auto", out) == newest and restart_run(None, out) is None
+    assert restart_run(str(tmp_path / "r"), out) is None  # only "auto" restarts
+    os.utime(out / "config.json", (4_000, 4_000))
+    assert restart_run("auto", out) == out and saved_run_config(out).train.ckpt_every == 7
+    # a run with a checkpoint is resumed, never restarted
+    _fake_checkpoint(out, 3, mtime=5_000)
+    assert resolve_resume("auto", out)[0] == out / "checkpoints" / "last"
+    assert restart_run("auto", out) == newest  # (only asked for when no checkpoint was found)

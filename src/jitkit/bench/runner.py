@@ -7,8 +7,8 @@ A configuration (:class:`BenchSettings`) is measured by :func:`run_config`:
   fused-ema) + the two EMAs, on a batch that lives in memory, so the model (not data loading) is what is
   timed. No ``.item()`` inside the step; the device is synchronised once per timed step.
 * **forward**: the network alone under ``torch.no_grad`` (eval mode) on a batch of noisy images.
-* **sample**: a full Heun run of :func:`jitkit.diffusion.generate.sample_denoiser` with ``sample_steps``
-  steps and CFG ``cfg`` on the interval [0.1, 1] (batched conditional/unconditional passes; unconditional
+* **sample**: a full run of the solver ``sampler`` (default Heun) of
+  :func:`jitkit.diffusion.generate.sample_denoiser` with ``sample_steps`` steps and CFG ``cfg`` on the interval [0.1, 1] (batched conditional/unconditional passes; unconditional
   pass skipped where the scale is 1).
 
 The "before" variants that some settings select (``ema=loop|lerp``, ``cfg_mode=separate``) live in
@@ -45,7 +45,15 @@ from jitkit.bench.hardware import (
     retain_freed_memory,
 )
 from jitkit.bench.variants import LerpEMA, LoopEMA, sample_separate_cfg
-from jitkit.config import ConfigBase, ConfigError, DiffusionConfig, ModelConfig, SamplerConfig, model_config
+from jitkit.config import (
+    SAMPLERS,
+    ConfigBase,
+    ConfigError,
+    DiffusionConfig,
+    ModelConfig,
+    SamplerConfig,
+    model_config,
+)
 from jitkit.diffusion.generate import cast_for_inference, sample_denoiser
 from jitkit.models.linear import BACKENDS, cpu_linear_backend, use_cpu_linear
 from jitkit.models.registry import precision_for_model
@@ -85,6 +93,7 @@ class BenchSettings(ConfigBase):
     precision: str = "fp32"
     mode: str = "all"
     sample_steps: int = 50
+    sampler: str = "heun"  # the solver of the sample mode (jitkit.config.SAMPLERS)
     sample_batch_size: int | None = None
     cfg: float = 2.9
     threads: int | None = None
@@ -121,10 +130,15 @@ class BenchSettings(ConfigBase):
             "clock": CLOCKS,
             "cpu_linear": CPU_LINEAR,
             "memory": MEMORY,
+            "sampler": SAMPLERS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, found {getattr(self, name)!r}")
+        if self.cfg_mode == "separate" and self.sampler != "heun":
+            raise ConfigError(
+                f"cfg_mode 'separate' (the before-variant) samples with heun only, found sampler {self.sampler!r}"
+            )
         self.check_at_least(1, "batch_size", "sample_steps", "repeats", "sample_repeats", "threads")
         self.check_at_least(0, "warmup")
         self.model_config().validate()
@@ -318,7 +332,7 @@ def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None
 
 
 def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[], None], dict[str, Any]]:
-    """A full Heun run (``sample_steps``, CFG ``cfg`` on [0.1, 1]) of the library sampler, or with
+    """A full run of solver ``sampler`` (``sample_steps``, CFG ``cfg`` on [0.1, 1]) of the library sampler, or with
     ``cfg_mode="separate"`` of :func:`jitkit.bench.variants.sample_separate_cfg`."""
     from jitkit.diffusion.sampling import initial_noise, network_evaluations
 
@@ -326,7 +340,7 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
     den = cast_for_inference(build_denoiser(s, device).eval(), precision)  # the inference path of sampling
     mc = s.model_config()
     B = s.sample_batch_size or s.batch_size
-    scfg = SamplerConfig(method="heun", steps=s.sample_steps, cfg=s.cfg, interval=SAMPLE_INTERVAL)
+    scfg = SamplerConfig(method=s.sampler, steps=s.sample_steps, cfg=s.cfg, interval=SAMPLE_INTERVAL)
     g = torch.Generator(device="cpu").manual_seed(s.seed + 2)
     y = torch.randint(0, mc.num_classes, (B,), generator=g).to(device)
     z0 = initial_noise(B, (mc.in_channels, mc.img_size, mc.img_size), 1.0, seed=s.seed, device=device)
@@ -337,7 +351,7 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
 
     _set_threads(s)
     if s.warmup:  # one short run warms the kernels up (a full run would double the cost)
-        short = SamplerConfig(method="heun", steps=2, cfg=s.cfg, interval=SAMPLE_INTERVAL)
+        short = SamplerConfig(method=s.sampler, steps=2, cfg=s.cfg, interval=SAMPLE_INTERVAL)
         sample_denoiser(den, z0, y, short, precision=precision)
     evals = network_evaluations(scfg)
     return run, {"batch_size": B, "network_evaluations": evals, "cfg_mode": s.cfg_mode}
@@ -523,7 +537,7 @@ def run_bench(
         del cases
     if "sample" in modes:
         for i, v in enumerate(variants):
-            say(f"sample: {labels[i]} Heun {v.sample_steps} steps, cfg {v.cfg}".replace("  ", " "))
+            say(f"sample: {labels[i]} {v.sampler} {v.sample_steps} steps, cfg {v.cfg}".replace("  ", " "))
             set_tf32(device, v.tf32)
             fn, info = prepare_sample(v, device)
             ts = [_timed(fn, device, v.clock) for _ in range(v.sample_repeats)]

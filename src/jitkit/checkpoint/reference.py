@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,31 @@ def _safe_namespace():
     return contextlib.nullcontext()
 
 
+def _check_torch_file(p: Path) -> None:
+    """Refuse, saying what was found, a file that cannot be a torch.save checkpoint: empty, or neither a zip
+    archive (torch.save's format since torch 1.6) nor a pickle (the legacy format; first byte 0x80)."""
+    size = p.stat().st_size
+    if size == 0:
+        raise ReferenceCheckpointError(
+            f"{p} is empty (0 bytes); expected the reference's checkpoint-last.pth written by torch.save (an "
+            "interrupted download or copy? fetch it again)"
+        )
+    if zipfile.is_zipfile(p):
+        return
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK"):
+        raise ReferenceCheckpointError(
+            f"{p} is a damaged zip archive ({size:,} bytes; its directory at the end is missing or broken): "
+            "expected a complete checkpoint written by torch.save; a truncated download or copy? fetch it again"
+        )
+    if head[:1] != b"\x80":
+        raise ReferenceCheckpointError(
+            f"{p} is not a PyTorch checkpoint: expected a zip archive written by torch.save, found {size:,} "
+            f"bytes starting with {head!r} (a truncated download, or another kind of file?)"
+        )
+
+
 def load_reference_checkpoint(path: str | Path) -> dict[str, Any]:
     """Unpickle a reference checkpoint without executing code (tensors, containers and Namespace only)."""
     p = Path(path).expanduser()
@@ -64,12 +90,20 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{p} is a folder; expected the reference's checkpoint file (e.g. {p / 'checkpoint-last.pth'}). "
                 "A jitkit run folder needs no import: use it directly"
             )
+    _check_torch_file(p)
     try:
         with _safe_namespace():
             ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-        m = re.search(r"Unsupported global: GLOBAL ([\w\.]+)", msg)
+        # "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL x.y whose module x is blocked"
+        m = re.search(r"unsupported (?:global:? )?GLOBAL ([\w\.]+)", msg, re.IGNORECASE)
+        if m is None and "weights only load failed" not in msg.lower():
+            raise ReferenceCheckpointError(
+                f"cannot read {p}: {msg.strip().splitlines()[-1][:200] if msg.strip() else type(e).__name__} "
+                f"({type(e).__name__}); expected a checkpoint written by torch.save (the file may be truncated "
+                "or damaged: copy it again)"
+            ) from e
         found = (
             f" It contains a pickled object of type {m.group(1)}."
             if m

@@ -108,9 +108,9 @@ def save_checkpoint(
         if _is_disk_full(e):
             raise DiskFullError(
                 errno.ENOSPC,
-                f"out of disk space while saving checkpoint {ckpt_dir} (free space on "
-                f"{_free_space(parent)}); the previous checkpoint was kept. Free some space or point "
-                f"the run somewhere larger, then resume it (resume='auto')",
+                f"out of disk space while saving checkpoint {ckpt_dir} ({_free_space(parent)} free on "
+                f"{parent}); {_kept(parent)}. Free some space or point the run somewhere larger, then "
+                f"resume it (resume='auto')",
             ) from e
         raise
     if backup is not None:
@@ -141,7 +141,11 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> Path:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(e):
-            raise DiskFullError(errno.ENOSPC, f"out of disk space while writing checkpoint {dst}") from e
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"out of disk space while writing checkpoint {dst} ({_free_space(dst.parent)} free on "
+                f"{dst.parent}); {_kept(dst.parent)}",
+            ) from e
         raise
     return dst
 
@@ -215,11 +219,27 @@ def _is_disk_full(e: BaseException) -> bool:
 
 
 def _free_space(path: Path) -> str:
+    """The free space on ``path``'s file system, e.g. ``5.9 MiB`` (``an unknown amount`` if it cannot be read)."""
     try:
         free = shutil.disk_usage(path).free
     except OSError:
-        return "unknown"
-    return f"{free / (1 << 20):.1f} MiB left"
+        return "an unknown amount"
+    return f"{free / (1 << 20):.1f} MiB"
+
+
+def _kept(parent: Path) -> str:
+    """What a failed write left to resume from: the complete checkpoint folders beside it, or that none exists."""
+    try:
+        kept = sorted(
+            p.name
+            for p in parent.iterdir()
+            if p.is_dir() and not p.name.startswith(TMP_PREFIX) and (p / META_FILE).is_file()
+        )
+    except OSError:
+        kept = []
+    if not kept:
+        return "there was no previous checkpoint to keep (this was the run's first)"
+    return f"the previous checkpoint was kept (complete: {', '.join(kept)})"
 
 
 def _cleanup_stale(parent: Path, name: str) -> None:

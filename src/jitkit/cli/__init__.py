@@ -2,6 +2,11 @@
 
 Each command group lives in its own module here and exposes ``register(subparsers)``; the handlers import
 torch and the library lazily so that ``jitkit --help`` is instant.
+
+Exit codes: 0 done; 1 a result that says no (``jitkit plan``: does not fit); 2 a usage error (a bad flag,
+value, path or file, reported in one line before any expensive work); 3 the training loss became NaN/inf;
+4 the disk filled up; 128 + the signal (130 SIGINT, 143 SIGTERM) when interrupted, after ``jitkit train``
+saved a checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import importlib
 import sys
 
 # command-group modules, each with register(subparsers); add a module here to add its commands
-_MODULES = ("models", "data", "train", "plan", "sample", "experiment", "bench", "demo")
+_MODULES = ("models", "data", "train", "plan", "sample", "sweep", "invert", "experiment", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as e:  # the input or the environment named by it: exit code 2, as argparse's own usage errors
         if getattr(args, "debug", False):
             raise
         print(f"jitkit {args.command}: error: {e}", file=sys.stderr)

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from jitkit.config.schema import SAMPLERS  # config never imports torch: --help stays instant
+
     p = sub.add_parser(
         "bench",
         help="measure img/s (train, forward, sampling), peak memory, FLOPs per image and MFU",
@@ -43,7 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode", default="all", help="train | forward | sample | all, or a comma list such as train,forward"
     )
-    p.add_argument("--sample-steps", type=int, default=50, help="Heun steps for --mode sample (default 50)")
+    p.add_argument(
+        "--sample-steps", type=int, default=50, help="sampler steps for --mode sample (default 50)"
+    )
+    p.add_argument(
+        "--sampler",
+        default="heun",
+        choices=SAMPLERS,
+        help="the solver of --mode sample: " + ", ".join(SAMPLERS) + " (default heun)",
+    )
     p.add_argument("--cfg", type=float, default=2.9, help="CFG scale on the interval [0.1, 1] (default 2.9)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--attention", default="sdpa", choices=("sdpa", "math-fp32"))

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jitkit.checkpoint import load_denoiser
-    from jitkit.demo.model import ensure_shapes_model
+    from jitkit.demo.model import demo_data_images, ensure_shapes_model
     from jitkit.demo.server import PortUnavailable, create_app, serve
     from jitkit.diffusion.generate import cast_for_inference
     from jitkit.models.registry import precision_for_model
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         steps_range=(1, args.max_steps),
         source=source,
         precision=precision,
+        data_images=demo_data_images(cfg.data, cfg.model.img_size),
     )
     try:
         serve(app, host=args.host, port=args.port, open_browser=args.open)

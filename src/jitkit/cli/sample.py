@@ -28,6 +28,35 @@ def add_device_args(p: argparse.ArgumentParser, *, precision: bool = True) -> No
         )
 
 
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    """``--sampler --steps --cfg --interval --time-grid``, each defaulting to the checkpoint's sampler config
+    (the same names as the config's ``sampler`` section and ``jitkit.config.SAMPLERS`` / ``GRIDS``)."""
+    from jitkit.config.schema import GRIDS, SAMPLERS  # config never imports torch: --help stays instant
+
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="solver (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    p.add_argument(
+        "--interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="CFG interval in t"
+    )
+    p.add_argument(
+        "--time-grid",
+        choices=GRIDS,
+        default=None,
+        help="where the steps go in t: uniform (k/K, the reference), logsnr, edm (default: the checkpoint's)",
+    )
+
+
+def sampler_overrides(args: argparse.Namespace) -> dict:
+    """The sampler-config fields the flags of :func:`add_sampler_args` set (those given)."""
+    from jitkit.cli.flags import given_flags
+
+    upd = given_flags(args, ("steps", "cfg", "time_grid"), {"sampler": "method"})
+    if getattr(args, "interval", None) is not None:
+        upd["interval"] = tuple(args.interval)
+    return upd
+
+
 # -- jitkit sample ---------------------------------------------------------------------------------------
 
 
@@ -47,11 +76,13 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--per-class", type=int, default=None, help="images per class (default 4 for a grid)")
     what.add_argument("--num", type=int, default=None, help="total images, balanced over the classes")
     p.add_argument("--classes", default=None, help="comma-separated class indices or names (default: all)")
-    p.add_argument("--sampler", choices=["heun", "euler"], default=None, help="default: the checkpoint's")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    add_sampler_args(p)
     p.add_argument(
-        "--interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="CFG interval in t"
+        "--noise",
+        default=None,
+        metavar="NPZ",
+        help="start from this noise (jitkit invert's output) instead of --seed's; its labels and sampler "
+        "settings are the defaults (--classes changes the class)",
     )
     p.add_argument("--ema", choices=["1", "2", "none"], default="1", help="which weights (default: EMA 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -66,17 +97,24 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_classes(spec: str | None, classes: list[str]) -> list[int] | None:
-    """``"0,3,7"`` or ``"red_circle,blue_square"`` (or a mix) → class indices."""
+    """``"0,3,7"`` or ``"red_circle,blue_square"`` (or a mix) → class indices. A token that is a class name
+    means that class (folders named ``"0"``, ``"10"``, … sort as text: name ``"10"`` is index 2), else a
+    number is an index."""
     if spec is None:
         return None
     out = []
     for tok in (t.strip() for t in spec.split(",")):
         if not tok:
             continue
-        if tok.lstrip("-").isdigit():
-            out.append(int(tok))
-        elif tok in classes:
+        if tok in classes:
             out.append(classes.index(tok))
+        elif tok.lstrip("-").isdigit():
+            if not 0 <= int(tok) < len(classes):
+                raise ValueError(
+                    f"--classes: {tok} is not a class of this model: expected an index in [0, {len(classes) - 1}] "
+                    f"or a class name"
+                )
+            out.append(int(tok))
         else:
             import difflib
 
@@ -133,11 +171,60 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     from pathlib import Path
 
     from jitkit.checkpoint import load_denoiser
-    from jitkit.diffusion.generate import balanced_labels, cast_for_inference
+    from jitkit.checkpoint.load import checkpoint_meta
+    from jitkit.cli.flags import flag_error
+    from jitkit.config import RunConfig
+    from jitkit.diffusion.generate import cast_for_inference
     from jitkit.diffusion.sampling import sampling_cost
     from jitkit.eval.sample_folder import sample_to_outputs
+    from jitkit.eval.sample_plan import LabelPlan, check_outputs_fit
     from jitkit.models.registry import precision_for_model
     from jitkit.runtime import dist
+
+    # library errors name parameters; these are the flags that set them
+    flags = {
+        p: p for p in ("steps", "cfg", "interval", "sampler", "num", "per_class", "batch_size", "npz", "grid")
+    }
+    flags["out_dir"] = "out"
+    # the plan and its outputs are checked from the checkpoint's meta.json, before any weight is read: the
+    # labels are a LabelPlan (a few numbers per class, whatever --num is), an npz/grid that cannot fit in memory
+    # is refused here
+    meta0 = checkpoint_meta(args.checkpoint)
+    cfg = RunConfig.from_dict(meta0["config"], strict=False)
+    num_classes = cfg.model.num_classes
+    classes = meta0.get("classes") or []
+    names = list(classes) if len(classes) == num_classes else [str(i) for i in range(num_classes)]
+    per_class = args.per_class
+    if per_class is None and args.num is None:
+        per_class = 4 if (args.out is None and args.npz is None) else 1
+    try:
+        if args.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, found {args.batch_size}")
+        plan = LabelPlan.balanced(
+            num_classes, classes=parse_classes(args.classes, names), per_class=per_class, num=args.num
+        )
+        shape = (cfg.model.in_channels, cfg.model.img_size, cfg.model.img_size)
+        check_outputs_fit(plan, shape, npz=args.npz, grid=args.grid)
+        upd = {}
+        if args.sampler is not None:
+            upd["method"] = args.sampler
+        if args.steps is not None:
+            upd["steps"] = args.steps
+        if args.cfg is not None:
+            upd["cfg"] = args.cfg
+        if args.interval is not None:
+            upd["interval"] = tuple(args.interval)
+        if args.time_grid is not None:
+            upd["time_grid"] = args.time_grid
+        noise = None
+        if args.noise is not None:  # jitkit invert's noise: its labels and sampler settings are the defaults
+            from jitkit.cli.invert import noise_request
+
+            noise, plan, from_file = noise_request(args, cfg, names)
+            upd = {**from_file, **upd}
+        scfg = cfg.sampler.replace(**upd) if upd else cfg.sampler  # values checked (finite cfg, …) here
+    except ValueError as e:
+        raise flag_error(e, flags) from e
 
     denoiser, cfg, classes = load_denoiser(args.checkpoint, ema=args.ema, device=device)
     # auto: measured for this model and batch (two forwards per step under CFG), one decision for all ranks
@@ -145,28 +232,9 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
         precision_for_model(args.precision, device, cfg.model, 2 * args.batch_size)
     )
     cast_for_inference(denoiser, precision)  # half-precision weights when sampling in half precision
-    scfg = cfg.sampler
-    upd = {}
-    if args.sampler is not None:
-        upd["method"] = args.sampler
-    if args.steps is not None:
-        upd["steps"] = args.steps
-    if args.cfg is not None:
-        upd["cfg"] = args.cfg
-    if args.interval is not None:
-        upd["interval"] = tuple(args.interval)
-    scfg = scfg.replace(**upd) if upd else scfg
-    num_classes = cfg.model.num_classes
-    names = list(classes) if classes else [str(i) for i in range(num_classes)]
-    per_class = args.per_class
-    if per_class is None and args.num is None:
-        per_class = 4 if (args.out is None and args.npz is None) else 1
-    labels = balanced_labels(
-        num_classes, classes=parse_classes(args.classes, names), per_class=per_class, num=args.num
-    )
     if rank == 0:
         print(
-            f"jitkit sample: {len(labels)} images from {args.checkpoint} ({cfg.model.name}, {cfg.model.img_size}px, "
+            f"jitkit sample: {len(plan)} images from {args.checkpoint} ({cfg.model.name}, {cfg.model.img_size}px, "
             f"EMA {args.ema}) on {device}{f' x {world} ranks' if world > 1 else ''}; {sampling_cost(scfg)}, "
             f"interval {list(scfg.interval)}, seed {args.seed}, precision {precision}",
             file=sys.stderr,
@@ -179,22 +247,30 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
         # what ran (auto resolved on this device), so that a folder resumes under auto or its explicit name
         "precision": precision,
     }
-    summary = sample_to_outputs(
-        denoiser,
-        labels,
-        scfg,
-        names,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        out_dir=args.out,
-        npz=args.npz,
-        grid=args.grid,
-        rank=rank,
-        world_size=world,
-        progress=not args.no_progress and rank == 0,
-        precision=precision,
-        meta=meta,
-    )
+    if noise is not None:
+        from jitkit.eval.inversion import noise_digest
+
+        meta["noise"] = noise_digest(noise)
+    try:
+        summary = sample_to_outputs(
+            denoiser,
+            plan,
+            scfg,
+            names,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            out_dir=args.out,
+            npz=args.npz,
+            grid=args.grid,
+            rank=rank,
+            world_size=world,
+            progress=not args.no_progress and rank == 0,
+            precision=precision,
+            meta=meta,
+            noise=noise,
+        )
+    except ValueError as e:
+        raise flag_error(e, flags) from e
     if rank == 0:
         parts = []
         if summary.get("skipped"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides, same as --set")
     p.add_argument("--model", default=None, help="registered model name, e.g. JiT-S/4 (see jitkit models)")
     p.add_argument("--img-size", type=int, default=None, help="image size (model and data)")
-    p.add_argument("--data", default=None, help="'shapes', an image folder or a cache from jitkit prepare")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="'shapes', an image folder (PATH/<class>/*, PATH/train/<class>/* or one folder: one class) or a "
+        "cache from jitkit prepare; the class count and names come from it",
+    )
+    p.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random left-right flips (default: on for the ImageNet presets and the shapes data, else off)",
+    )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument(
@@ -106,10 +118,30 @@ def _yaml_value(v: str) -> Any:
         return v
 
 
-def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything the user set on the command line or in --config, as a nested dict (no preset defaults)."""
+def _load_yaml(path: Path) -> Any:
+    """The contents of the --config file; a file that is not YAML is reported with its line and column."""
     import yaml
 
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"--config {path}: expected a UTF-8 YAML text file, found a byte that is not UTF-8 at offset {e.start}"
+        ) from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+        raise ValueError(
+            f"--config {path}: invalid YAML{where}: {what or str(e).splitlines()[0]}. Expected sections of "
+            f"key: value lines (e.g. 'train:' then '  epochs: 10', indented with spaces)"
+        ) from e
+
+
+def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything the user set on the command line or in --config, as a nested dict (no preset defaults)."""
     from jitkit.config import RunConfig, merge_dicts
 
     sections = RunConfig.SECTIONS
@@ -118,7 +150,7 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"--config {path}: no such file (expected a YAML file)")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _load_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ValueError(
                 f"--config {path}: expected a mapping of sections, found {type(loaded).__name__}"
@@ -154,32 +186,51 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace):
-    """(RunConfig, checkpoint folder to resume from or None, notes to print) from the parsed arguments.
+    """(RunConfig, what to resume from, notes to print) from the parsed arguments.
 
-    With ``--resume`` the checkpoint's config is used and only what was given explicitly (flags, ``--set``,
-    ``--config``, an explicit ``--preset``) overrides it; the model cannot change.
+    A fresh run takes the class count from its data, and trains one folder of images (one class)
+    unconditionally, unless those settings were given (:func:`fit_to_data`). With ``--resume`` the
+    checkpoint's config is used and only what was given explicitly (flags, ``--set``, ``--config``, an
+    explicit ``--preset``) overrides it; the model cannot change. The second value is the checkpoint folder,
+    ``"auto"`` when ``--resume auto`` starts again a run that stopped before its first checkpoint (with that
+    run's config.json), or None.
     """
     from jitkit.config import ConfigError, merge_dicts, preset_dict, resolve_run_config, resume_config
-    from jitkit.train.run_folder import checkpoint_config, resolve_resume
+    from jitkit.train.run_folder import checkpoint_config, resolve_resume, restart_run, saved_run_config
 
     explicit = explicit_overrides(args)
     notes: list[str] = []
     # data image size follows the model unless given
     if "img_size" in explicit.get("model", {}) and "img_size" not in explicit.get("data", {}):
         explicit.setdefault("data", {})["img_size"] = explicit["model"]["img_size"]
-    fresh = resolve_run_config(merge_dicts(preset_dict(args.preset or "shapes"), explicit))
+    preset = args.preset or "shapes"
+    try:
+        fresh = resolve_run_config(merge_dicts(preset_dict(preset), explicit))
+    except ConfigError as e:
+        if args.model and str(e).startswith("unknown model"):
+            raise ConfigError(f"--model {args.model}: {e} (see jitkit models)") from e
+        raise
     if fresh.data.img_size != fresh.model.img_size and "img_size" not in explicit.get("data", {}):
         fresh = fresh.override({"data.img_size": fresh.model.img_size})
     if not args.resume:
-        return fresh, None, notes
+        return fit_to_data(fresh, explicit, preset, notes, dry_run=args.dry_run), None, notes
     try:
         ckpt, note = resolve_resume(args.resume, fresh.train.out)
     except (ValueError, FileNotFoundError) as e:  # not a checkpoint: say which flag named it
         raise ValueError(f"--resume {args.resume}: {e}") from e
-    if ckpt is None:
-        notes.append(f"--resume {args.resume}: {note}")
-        return fresh, None, notes
     layered = merge_dicts(preset_dict(args.preset), explicit) if args.preset else explicit
+    if ckpt is None:
+        restart = restart_run(args.resume, fresh.train.out)
+        if restart is None:
+            notes.append(f"--resume {args.resume}: {note}")
+            return fit_to_data(fresh, explicit, preset, notes, dry_run=args.dry_run), None, notes
+        try:  # the run's own config (e.g. its ckpt_every), as from a checkpoint
+            cfg, changed = resume_config(saved_run_config(restart), layered)
+        except ConfigError as e:
+            raise ConfigError(f"--resume {args.resume}: {restart} (no checkpoint yet): {e}") from e
+        if changed:
+            notes.append("starting again with explicit changes to the run's config: " + "; ".join(changed))
+        return cfg, "auto", notes
     try:
         cfg, changed = resume_config(checkpoint_config(ckpt), layered)
     except ConfigError as e:  # the model options on the command line differ from the checkpoint's
@@ -189,10 +240,73 @@ def build_config(args: argparse.Namespace):
     return cfg, str(ckpt), notes
 
 
+def fit_to_data(cfg, explicit: dict[str, Any], preset: str, notes: list[str], *, dry_run: bool = False):
+    """``cfg`` with what the data decides, unless set explicitly (``explicit``: the nested settings given on
+    the command line or in --config); each decision is added to ``notes``.
+
+    * the class count: the data's (a folder's class folders, a cache's classes, the shapes' 16);
+    * one class (a folder of images without class folders): unconditional training, sampler.cfg 1 and
+      diffusion.label_drop_prob 0 (guidance and label drop need a class to guide by);
+    * flips: the shapes preset's flips hold for the shapes data only; other data under it get none.
+
+    Data that does not exist is an error, except for a dry run (which shows the preset's config with a note).
+    """
+    from jitkit.data import data_classes
+    from jitkit.data.folder import printable
+
+    data, given = cfg.data, {s: explicit.get(s, {}) for s in ("model", "diffusion", "sampler", "data")}
+    updates: dict[str, Any] = {}
+    own = data.data.strip().lower() != "shapes"
+    if own and preset == "shapes" and "hflip" not in given["data"]:
+        updates["data.hflip"] = False
+    try:
+        classes = data_classes(data)
+    except FileNotFoundError as e:
+        if not dry_run:
+            raise
+        notes.append(f"{e} (dry run: the class count is the preset's)")
+        classes = None
+    if classes is not None:
+        n, where = len(classes), printable(data.data)
+        shown = ", ".join(printable(c) for c in classes[:5]) + (", …" if n > 5 else "")
+        if "num_classes" in given["model"] and cfg.model.num_classes != n:
+            raise ValueError(
+                f"model.num_classes={cfg.model.num_classes} was set, but the data {where} has {n} "
+                f"class{'es' if n != 1 else ''} ({shown}); drop the setting to take the count from the data"
+            )
+        if cfg.model.num_classes != n:
+            updates["model.num_classes"] = n
+        if n == 1:
+            if "cfg" not in given["sampler"]:
+                updates["sampler.cfg"] = 1.0
+            if "label_drop_prob" not in given["diffusion"]:
+                updates["diffusion.label_drop_prob"] = 0.0
+    cfg = cfg.override(updates) if updates else cfg
+    if classes is not None and own:
+        if n == 1:
+            notes.append(
+                f"data {where}: one folder of images, no class folders: one class, trained unconditionally "
+                f"(model.num_classes=1, sampler.cfg={cfg.sampler.cfg:g}, diffusion.label_drop_prob="
+                f"{cfg.diffusion.label_drop_prob:g}); for a class-conditional model put the images in "
+                f"class folders (PATH/<class>/*)"
+            )
+        else:
+            how = "as set" if "num_classes" in given["model"] else "from the data"
+            notes.append(f"data {where}: {n} classes ({shown}): model.num_classes={n} ({how})")
+        notes.append(
+            f"data: images center-cropped to {data.img_size}px (the ADM crop; --img-size changes it with the "
+            f"model); random left-right flips {'on' if cfg.data.hflip else 'off'} "
+            f"({'--no-hflip' if cfg.data.hflip else '--hflip'} to turn them {'off' if cfg.data.hflip else 'on'})"
+        )
+    return cfg
+
+
 def format_config(cfg) -> str:
+    from jitkit.data.folder import printable
+
     lines = []
     for sec, vals in cfg.to_dict().items():
-        items = ", ".join(f"{k}={v}" for k, v in vals.items())
+        items = ", ".join(f"{k}={printable(str(v))}" for k, v in vals.items())  # any bytes in a path
         lines.append(f"  {sec}: {items}")
     return "\n".join(lines)
 
@@ -220,9 +334,15 @@ def _calm_openmp_on_busy_hosts() -> str | None:
 
 def run_train(args: argparse.Namespace) -> int:
     calm = _calm_openmp_on_busy_hosts()
+    from jitkit.cli.flags import flag_error
+    from jitkit.config import ConfigError, RunConfig
     from jitkit.runtime.dist import env_world
 
-    cfg, resume, notes = build_config(args)
+    try:
+        cfg, resume, notes = build_config(args)
+    except ConfigError as e:  # a config value that cannot work: named by the flag that sets it
+        fields = {n for sec in RunConfig.SECTIONS for n in type(getattr(RunConfig(), sec)).field_names()}
+        raise flag_error(e, {f: f for f in fields if f in vars(args)}) from e
     if calm:
         notes.append(calm)
     rank, world, _ = env_world()
@@ -243,10 +363,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     from jitkit.checkpoint import DiskFullError
     from jitkit.train import NonFiniteLossError, train
+    from jitkit.train.signals import SignalFlag
 
     callbacks = []
     if not args.no_eval:
-        from jitkit.cli.flags import flag_error
         from jitkit.eval.hooks import make_eval_callbacks
 
         try:
@@ -256,8 +376,13 @@ def run_train(args: argparse.Namespace) -> int:
         for cb in callbacks:
             if hasattr(cb, "progress"):
                 cb.progress = not args.no_progress
+    stop = SignalFlag()  # a first SIGINT/SIGTERM saves and returns; tells us afterwards that it happened
     try:
-        run_dir = train(cfg, resume=resume, callbacks=callbacks, progress=not args.no_progress)
+        run_dir = train(cfg, resume=resume, callbacks=callbacks, progress=not args.no_progress, signals=stop)
+    except KeyboardInterrupt:  # Ctrl-C before the run's handler was installed, or a second signal
+        again = f" by a second {stop.name}, without saving" if stop.signum is not None else ""
+        print(f"jitkit train: interrupted{again}", file=sys.stderr)
+        return 128 + (stop.signum or signal.SIGINT)
     except NonFiniteLossError as e:
         print(
             f"jitkit train: error: {e}\n  (on the command line: --set train.blr=…, --set train.grad_clip=1.0 "
@@ -278,4 +403,6 @@ def run_train(args: argparse.Namespace) -> int:
         dist.cleanup()
     if main:
         print(f"[jitkit] run folder: {run_dir}")
+    if stop.signum is not None:  # saved, but not finished: the shell's convention, so `train && sample` stops
+        return 128 + stop.signum
     return 0

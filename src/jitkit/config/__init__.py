@@ -18,6 +18,7 @@ from jitkit.config.presets import (
 )
 from jitkit.config.schema import (
     ATTENTION_KINDS,
+    GRIDS,
     PREDICTIONS,
     SAMPLERS,
     DataConfig,
@@ -30,6 +31,7 @@ from jitkit.config.schema import (
 
 __all__ = [
     "ATTENTION_KINDS",
+    "GRIDS",
     "MODEL_NAMES",
     "MODEL_SIZES",
     "PREDICTIONS",

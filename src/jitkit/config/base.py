@@ -9,6 +9,7 @@ checks), coercion of values read from JSON, YAML or command-line strings to the 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
@@ -36,7 +37,8 @@ def coerce_value(name: str, type_name: str, v: Any) -> Any:
     """``v`` (possibly a string from the command line, or a JSON list) as the annotated type.
 
     Understands ``bool``, ``int``, ``float``, ``str``, ``tuple[X, ...]`` / ``tuple[X, X]`` / ``tuple`` (of
-    floats) and ``X | None``; anything else is returned unchanged.
+    floats) and ``X | None``; anything else is returned unchanged. A float must be finite: nan and ±inf are
+    refused here, the one place every config value read from a flag, YAML or JSON passes through.
     """
     t = type_name.strip()
     if t.startswith("Optional[") and t.endswith("]"):
@@ -57,7 +59,7 @@ def coerce_value(name: str, type_name: str, v: Any) -> Any:
             raise ConfigError(f"{name}: expected an integer, found {v!r}")
         try:
             fv = float(v)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             raise ConfigError(f"{name}: expected an integer, found {v!r}") from e
         if fv != fv or fv in (float("inf"), float("-inf")) or fv != int(fv):
             raise ConfigError(f"{name}: expected an integer, found {v!r}")
@@ -66,9 +68,12 @@ def coerce_value(name: str, type_name: str, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float, str)):
             raise ConfigError(f"{name}: expected a number, found {v!r}")
         try:
-            return float(v)
-        except ValueError as e:
+            f = float(v)
+        except (ValueError, OverflowError) as e:
             raise ConfigError(f"{name}: expected a number, found {v!r}") from e
+        if not math.isfinite(f):  # nan/inf from a flag, YAML (.nan, .inf) or JSON (NaN, Infinity)
+            raise ConfigError(f"{name}: expected a finite number, found {v!r}")
+        return f
     if base.startswith("tuple"):
         inner = base[len("tuple") :].strip("[]").replace("...", "").split(",")
         elem = next((x.strip() for x in inner if x.strip()), "float")

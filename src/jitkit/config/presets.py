@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from jitkit.config.base import ConfigError, diff_table, suggest
@@ -9,12 +10,13 @@ from jitkit.config.schema import ModelConfig, RunConfig
 
 
 def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    """A new dict: ``base`` with ``upd`` merged in recursively; it shares no dict or list with either."""
+    out = copy.deepcopy(base)
     for k, v in upd.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _deep_update(out[k], v)
         else:
-            out[k] = v
+            out[k] = copy.deepcopy(v)
     return out
 
 
@@ -32,7 +34,7 @@ def _imagenet(
         "model": {"name": name, "img_size": size, "num_classes": classes, **model},
         "diffusion": {"noise_scale": 2.0 if size >= 512 else 1.0},
         "sampler": {"method": "heun", "steps": 50, "cfg": cfg, "interval": [0.1, 1.0]},
-        "data": {"data": data, "img_size": size},
+        "data": {"data": data, "img_size": size, "hflip": True},  # the reference flips ImageNet
         "train": {
             "blr": 5e-5,
             "warmup_epochs": 5.0,
@@ -57,7 +59,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"name": "JiT-T/4", "img_size": 16, "num_classes": 16},
         "diffusion": {"noise_scale": 1.0},
         "sampler": {"method": "heun", "steps": 20, "cfg": 3.0, "interval": [0.0, 1.0]},
-        "data": {"data": "shapes", "img_size": 16, "per_class": 200},
+        # flips are part of this tuned recipe (the shapes are left-right symmetric); they hold for the shapes
+        # data only: another --data under this preset gets DataConfig's default, no flips (cli/train.py)
+        "data": {"data": "shapes", "img_size": 16, "per_class": 200, "hflip": True},
         "train": {
             "out": "runs/shapes",
             "epochs": 50,
@@ -134,6 +138,19 @@ MODEL_NAMES: dict[str, int] = {
 }
 
 
+# what a model under an unregistered name must give (a registered name fills these from MODEL_SIZES)
+ARCHITECTURE_FIELDS = (
+    "img_size",
+    "patch_size",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "bottleneck_dim",
+    "in_context_len",
+    "in_context_start",
+)
+
+
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of a registered size (``JiT-B/16``), with any field overridden.
 
@@ -164,14 +181,27 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
 def resolve_run_config(d: dict[str, Any]) -> RunConfig:
     """Turn a (preset ← YAML ← CLI) dict into a RunConfig, filling the architecture from the model name.
 
-    Explicit model fields win over the registered size; the data image size follows the model's.
+    A registered name fills the architecture, and explicit model fields win over it. Any other name is a
+    custom architecture and must give all of it (``ARCHITECTURE_FIELDS``): an unknown name alone raises
+    ``ConfigError`` listing the registered ones with the closest, instead of silently building another network.
     """
     d = merge_dicts({}, d)
     m = dict(d.get("model", {}))
     name = m.pop("name", ModelConfig.name)
-    if name in {n for n in MODEL_NAMES} or name.lower() in {n.lower() for n in MODEL_NAMES}:
+    if not isinstance(name, str):
+        raise ConfigError(f"model name must be a registered name such as 'JiT-B/16', found {name!r}")
+    if name.lower() in {n.lower() for n in MODEL_NAMES}:
         mc = model_config(name, **m)
     else:
+        missing = [f for f in ARCHITECTURE_FIELDS if f not in m]
+        if missing:
+            try:
+                model_config(name)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"{e}; a model under another name is a custom architecture and must give all of "
+                    f"{', '.join(ARCHITECTURE_FIELDS)} (missing {', '.join(missing)})"
+                ) from None
         mc = ModelConfig.from_dict({"name": name, **m})
     d["model"] = mc.to_dict()
     return RunConfig.from_dict(d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,28 +109,45 @@ class DiffusionConfig(ConfigBase):
             raise ConfigError(f"P_std must be positive, found {self.P_std}")
 
 
-SAMPLERS = ("heun", "euler")
+# the solvers of jitkit.diffusion (sampling.py: Euler, Heun; solvers.py: the multistep DPM-Solver++ family)
+SAMPLERS = ("heun", "euler", "dpm++2m", "dpm++3m")
+# the time grids t_0 = 0 < t_1 < … < t_K = 1 of jitkit.diffusion.grids ("uniform": the reference's k/K)
+GRIDS = ("uniform", "logsnr", "edm")
 
 
 @dataclass(frozen=True)
 class SamplerConfig(ConfigBase):
-    """How to integrate the flow from noise (t=0) to data (t=1)."""
+    """How to integrate the flow from noise (t=0) to data (t=1): the solver, its steps, the time grid,
+    classifier-free guidance and its interval."""
 
     method: str = "heun"
     steps: int = 50
     cfg: float = 1.0
     interval: tuple[float, float] = (0.0, 1.0)
+    time_grid: str = "uniform"
 
     def validate(self) -> None:
         if self.method not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {SAMPLERS}, found {self.method!r}")
+            raise ConfigError(
+                f"sampler must be one of {', '.join(SAMPLERS)}, found {self.method!r}"
+                f"{suggest(str(self.method), list(SAMPLERS))}"
+            )
+        if self.time_grid not in GRIDS:
+            raise ConfigError(
+                f"time_grid must be one of {', '.join(GRIDS)}, found {self.time_grid!r}"
+                f"{suggest(str(self.time_grid), list(GRIDS))}"
+            )
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, found {self.steps}")
         if len(self.interval) != 2:
             raise ConfigError(f"interval must be two numbers LOW HIGH, found {self.interval!r}")
         lo, hi = self.interval
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ConfigError(f"interval must be two finite numbers LOW HIGH, found {lo} {hi}")
         if not (0.0 <= lo < hi <= 1.0):
             raise ConfigError(f"interval must satisfy 0 <= LOW < HIGH <= 1, found {lo} {hi}")
+        if not math.isfinite(self.cfg):
+            raise ConfigError(f"cfg must be a finite number >= 0 (1: no guidance), found {self.cfg}")
         if self.cfg < 0:
             raise ConfigError(f"cfg must be >= 0, found {self.cfg}")
 
@@ -143,12 +161,18 @@ class DataConfig(ConfigBase):
     per_class: int = 200
     seed: int = 0
     workers: int = -1  # -1: chosen from CPU count and free memory
-    hflip: bool = True
+    # random left-right flips; off unless asked for (mirroring breaks text, digits, asymmetric faces): the
+    # ImageNet presets turn them on as the reference does, the shapes preset for its symmetric shapes
+    hflip: bool = False
     strict: bool = False
 
     def validate(self) -> None:
         if self.img_size < 1:
             raise ConfigError(f"img_size must be positive, found {self.img_size}")
+        if self.per_class < 1:
+            raise ConfigError(f"per_class must be >= 1, found {self.per_class}")
+        if self.workers < -1:
+            raise ConfigError(f"workers must be >= 0 (or -1: sized from the host), found {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +221,34 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"accum_steps must be >= 1, found {self.accum_steps}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, found {self.batch_size}")
+        if self.max_steps < 0:
+            raise ConfigError(f"max_steps must be >= 1 (or 0: the epochs decide), found {self.max_steps}")
+        if self.epochs < 1 and self.max_steps == 0:
+            raise ConfigError(
+                f"epochs must be >= 1, found {self.epochs} (or set max_steps=N, N >= 1, to stop after N steps)"
+            )
+        self.check_at_least(1, "log_every")
+        self.check_at_least(
+            0,
+            "global_batch",
+            "lr",
+            "min_lr",
+            "warmup_epochs",
+            "weight_decay",
+            "grad_clip",
+            "sample_every",
+            "ckpt_every",
+            "ckpt_min_seconds",
+            "keep_ckpts",
+            "eval_every_epochs",
+            "threads",
+        )
+        if not self.blr > 0 and not self.lr > 0:
+            raise ConfigError(f"blr must be positive (or give lr > 0), found blr={self.blr}, lr={self.lr}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not (0.0 <= v < 1.0):
+                raise ConfigError(f"{name} must lie in [0, 1), found {v}")
         for name in ("ema_decay1", "ema_decay2"):
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):

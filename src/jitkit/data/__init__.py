@@ -20,6 +20,7 @@ __all__ = [
     "ImageDataset",
     "InMemoryDataset",
     "build_dataset",
+    "data_classes",
     "from_model_range",
     "make_loader",
     "plan_workers",
@@ -35,6 +36,51 @@ def _split_seed(seed: int, split: str) -> int:
     if split not in SPLIT_SEED_OFFSET:
         raise ValueError(f"split must be one of {', '.join(SPLIT_SEED_OFFSET)}, found {split!r}")
     return int(seed) + SPLIT_SEED_OFFSET[split]
+
+
+def _no_such_data(name: str) -> FileNotFoundError:
+    if name.lower() in ("imagenet", "imagenette"):
+        return FileNotFoundError(
+            f"data {name!r} names no folder (jitkit downloads nothing): point data at your {name} "
+            f"images (PATH/train/<class>/*, PATH/<class>/*) or to a cache made by `jitkit prepare`"
+        )
+    hint = " (did you mean 'shapes'?)" if difflib.get_close_matches(name.lower(), ["shapes"], n=1) else ""
+    return FileNotFoundError(
+        f"data {name!r}: expected 'shapes', 'swissroll-D', an image folder or a cache made by "
+        f"`jitkit prepare`, found no such path{hint}"
+    )
+
+
+def data_classes(cfg: DataConfig, split: str = "train") -> list[str] | None:
+    """The class names the data set of ``cfg.data`` will have, found without reading any image (to settle a
+    config before training): the shapes' names, a cache's classes.json, an image folder's class folders (one
+    folder of images: one class). None for data without classes (``swissroll-D``) or a cache that opening
+    will refuse with its own message; a path that does not exist raises :func:`build_dataset`'s error."""
+    import json
+
+    name = str(cfg.data).strip()
+    if name.lower() == "shapes":
+        from jitkit.data.shapes import class_names
+
+        return list(class_names())
+    from jitkit.data.cache import is_cache
+    from jitkit.data.swissroll import parse_swissroll_name
+
+    path = Path(name).expanduser()
+    if parse_swissroll_name(name) is not None:
+        return None
+    if not path.exists():
+        raise _no_such_data(name)
+    if not path.is_dir():
+        return None  # a file: build_dataset says what was expected
+    if is_cache(path):
+        try:
+            return list(json.loads((path / "classes.json").read_text()))
+        except (OSError, ValueError):
+            return None  # an unfinished or damaged cache: opening it explains
+    from jitkit.data.folder import folder_classes
+
+    return folder_classes(path, split)
 
 
 def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
@@ -67,16 +113,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
 
     path = Path(name).expanduser()
     if not path.exists():
-        if name.lower() in ("imagenet", "imagenette"):
-            raise FileNotFoundError(
-                f"data {name!r} names no folder (jitkit downloads nothing): point data at your {name} "
-                f"images (PATH/train/<class>/*, PATH/<class>/*) or to a cache made by `jitkit prepare`"
-            )
-        hint = " (did you mean 'shapes'?)" if difflib.get_close_matches(name.lower(), ["shapes"], n=1) else ""
-        raise FileNotFoundError(
-            f"data {name!r}: expected 'shapes', 'swissroll-D', an image folder or a cache made by "
-            f"`jitkit prepare`, found no such path{hint}"
-        )
+        raise _no_such_data(name)
     from jitkit.data.cache import is_cache, open_cache
 
     if is_cache(path):

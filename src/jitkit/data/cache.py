@@ -4,7 +4,8 @@ Layout of CACHE/ (written by ``jitkit prepare``):
   images.u8      raw uint8 [N, 3, S, S] (C order)
   labels.npy     int64 [N]
   classes.json   class names, index → name
-  sources.txt    the source file of each row (relative to the source root), one per line
+  sources.txt    the source file of each row (relative to the source root), one per line, as the bytes of
+                 its name (not always UTF-8)
   manifest.json  {format, version, source, root, layout, split, size, count, num_classes, checksum
                   (sha256 of images.u8 then labels), sample_checksum, skipped, plan_id, jitkit}
   prepare-state.json   only while preparing: done chunks and skipped files, so an interrupted prepare resumes
@@ -32,7 +33,7 @@ import torch
 
 from jitkit.data.crop import UnreadableImage, load_cropped
 from jitkit.data.datasets import InMemoryDataset
-from jitkit.data.folder import info, scan_folder, summarize_bad
+from jitkit.data.folder import info, scan_folder, small_images_note, summarize_bad
 from jitkit.fileio import atomic_write_bytes, atomic_write_with
 
 FORMAT = "jitkit-cache"
@@ -67,7 +68,7 @@ def _plan_id(source: str, split: str, size: int, rel_files: list[str], labels: l
     h = hashlib.sha256()
     h.update(json.dumps([FORMAT, VERSION, source, split, size, classes]).encode())
     for f, y in zip(rel_files, labels):
-        h.update(f"{f}\t{y}\n".encode())
+        h.update(os.fsencode(f) + f"\t{y}\n".encode())  # a file name's own bytes, UTF-8 or not
     return h.hexdigest()
 
 
@@ -152,6 +153,9 @@ def prepare_cache(
         raise ValueError(f"data {data} is already a prepared cache; give the source image folder instead")
     scan = scan_folder(data, split)
     info(scan.describe(data))
+    note = small_images_note(scan.files, size, param="size")
+    if note:
+        info(note)
     source = str(data.resolve())
     root = scan.root.resolve()
     rel = [os.path.relpath(f, scan.root) for f in scan.files]
@@ -295,7 +299,7 @@ def prepare_cache(
 
     _save_npy(out / "labels.npy", labels)
     atomic_write_bytes(out / "classes.json", (json.dumps(scan.classes, indent=1) + "\n").encode())
-    atomic_write_bytes(out / "sources.txt", ("\n".join(rel_kept) + "\n").encode())
+    atomic_write_bytes(out / "sources.txt", b"".join(os.fsencode(r) + b"\n" for r in rel_kept))
     with open(images_p, "rb+") as f:
         os.fsync(f.fileno())
     mm = np.memmap(images_p, dtype=np.uint8, mode="r", shape=(n, 3, size, size))

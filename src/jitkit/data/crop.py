@@ -4,7 +4,7 @@ ADM center crop to size s (guided-diffusion, as in the JiT release):
   1. while min(W, H) ≥ 2s:  (W, H) ← (W // 2, H // 2) with BOX resampling;
   2. scale = s / min(W, H);  (W, H) ← (round(W·scale), round(H·scale)) with BICUBIC resampling;
   3. crop s×s at offsets ((H − s) // 2, (W − s) // 2).
-Images smaller than s are upscaled by step 2.
+Images smaller than s are upscaled by step 2. Images are turned upright by their EXIF orientation first.
 
 Shape key: arrays are HWC uint8 [H, W, 3]; ``to_chw`` gives [3, S, S].
 """
@@ -14,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a stored image is turned (1: as stored)
 
 
 class UnreadableImage(ValueError):
@@ -61,15 +63,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF Orientation tag says (camera JPEGs store the pixels sideways and the
+    rotation in the tag; viewers apply it, so must we); the image itself when there is no such tag."""
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block does not make the pixels unreadable
+        return img
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file as RGB; any failure raises UnreadableImage(reason)."""
+    """Open and fully decode an image file as RGB, upright (EXIF orientation applied); any failure raises
+    UnreadableImage(reason)."""
     p = Path(path)
     try:
         if p.stat().st_size == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with Image.open(p) as im:
             im.load()
-            return to_rgb(im)
+            return to_rgb(upright(im))
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as e:

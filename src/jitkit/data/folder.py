@@ -24,11 +24,23 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # folders up to this many images are checked (headers) at construction; larger ones only when decoded
 CHECK_LIMIT = 50_000
 SHOW_BAD = 3
+SIZE_SAMPLE = 256  # image headers read to tell whether the images are much smaller than img_size
 
 
 def info(msg: str) -> None:
     """One line of information for the user (stderr, so that stdout stays clean for results)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def printable(name: str | os.PathLike) -> str:
+    """A file name as it can be printed: itself, or its ``repr`` when it holds bytes that are not UTF-8 (the
+    surrogate escapes of ``os.fsdecode``, which a UTF-8 stream cannot write)."""
+    s = os.fspath(name)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(s)
+    return s
 
 
 def is_image_name(name: str) -> bool:
@@ -48,6 +60,22 @@ def _walk_images(folder: Path) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(os.path.join(dirpath, f) for f in filenames if is_image_name(f))
     return sorted(out)
+
+
+def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file at any depth (the walk of :func:`_walk_images`, stopped at the
+    first one)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if any(is_image_name(f) for f in filenames):
+            return True
+    return False
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -71,10 +99,11 @@ class FolderScan:
 
     def describe(self, path: Path) -> str:
         n, c = len(self.files), len(self.classes)
+        root = printable(self.root)
         what = {
-            "imagenet": f"ImageNet layout: {self.root}",
-            "flat": f"flat class folders: {self.root}",
-            "single": f"single folder, one class: {self.root}",
+            "imagenet": f"ImageNet layout: {root}",
+            "flat": f"flat class folders: {root}",
+            "single": f"single folder, one class: {root}",
         }[self.layout]
         return f"found {n:,} images in {c:,} class{'es' if c != 1 else ''} ({what})"
 
@@ -134,6 +163,24 @@ def scan_folder(path: str | Path, split: str = "train") -> FolderScan:
     return _scan_dir(path, "flat")
 
 
+def folder_classes(path: str | Path, split: str = "train") -> list[str]:
+    """The class names :func:`scan_folder` would find under ``path``, without listing every image: the
+    sorted class folders that hold at least one image, or ``[folder name]`` for one folder of images (one
+    class). Cheap enough to decide a config before any image is read; errors as :func:`scan_folder`."""
+    path = Path(path).expanduser()
+    if not path.is_dir() or split != "train":
+        return scan_folder(path, split).classes  # its errors name what is wrong (and other splits are rare)
+    root = path / split if (path / split).is_dir() else path
+    classes = [d.name for d in _subdirs(root) if _has_images(d)]
+    with os.scandir(root) as it:
+        loose = any(e.is_file() and is_image_name(e.name) for e in it)
+    if classes and not loose:
+        return classes
+    if loose and not classes:
+        return [root.resolve().name or "images"]
+    return _scan_dir(root, "flat").classes  # mixed layout or no images: its error says which
+
+
 def _scan_dir(path: Path, class_layout: str) -> FolderScan:
     loose = _top_images(path)
     scan = _scan_classes(path, class_layout)
@@ -153,9 +200,11 @@ def _scan_dir(path: Path, class_layout: str) -> FolderScan:
 
 def summarize_bad(bad: list[tuple[str, str]], total: int, root: Path | str) -> str:
     """One warning line: how many unreadable files, and the first few with their reasons."""
-    shown = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in bad[:SHOW_BAD])
+    shown = "; ".join(f"{printable(os.path.relpath(p, root))} ({why})" for p, why in bad[:SHOW_BAD])
     more = f"; and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
-    return f"warning: skipped {len(bad):,} unreadable image(s) of {total:,} in {root}: {shown}{more}"
+    return (
+        f"warning: skipped {len(bad):,} unreadable image(s) of {total:,} in {printable(root)}: {shown}{more}"
+    )
 
 
 def _check_header(path: str) -> str | None:
@@ -172,13 +221,48 @@ def _check_header(path: str) -> str | None:
     return None
 
 
+def small_images_note(
+    files: list[str], img_size: int, *, param: str = "img_size", sample: int = SIZE_SAMPLE
+) -> str | None:
+    """A note when most images are much smaller than ``img_size`` (shorter side below half of it), else None;
+    ``param`` is the name of the parameter that set the size, for the advice.
+
+    Reads the headers of up to ``sample`` files spread over the list (no decoding). Such images are upscaled
+    by the center crop: the model then spends its compute on interpolated pixels.
+    """
+    from PIL import Image
+
+    if not files:
+        return None
+    picks = sorted({int(k) for k in np.linspace(0, len(files) - 1, min(sample, len(files)))})
+    sides = []
+    for k in picks:
+        try:
+            with Image.open(files[k]) as im:
+                sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 - unreadable files are reported elsewhere
+            continue
+    small = [s for s in sides if 2 * s < img_size]
+    if not sides or 2 * len(small) <= len(sides):
+        return None
+    median = int(np.median(sides))
+    return (
+        f"note: {len(small)} of {len(sides)} images looked at are much smaller than {param}={img_size} (median "
+        f"shorter side {median}px); the center crop upscales them, which adds compute but no detail. A smaller "
+        f"{param} (e.g. {max(8, 1 << (median.bit_length() - 1))}, with a model for that size) trains faster"
+    )
+
+
 class ImageFolderDataset(ImageDataset):
     """Images from a folder, decoded and ADM-center-cropped to ``img_size`` on access.
 
     ``check`` (default: when the folder has ≤ 50,000 images) opens every file's header at construction;
     unreadable files are dropped with one warning line (``strict=True``: an error listing them). Files that
     fail later, while decoding (e.g. truncated data), are replaced by the next readable image with a warning,
-    so an epoch never dies because of one file (``strict=True``: the error is raised).
+    so an epoch never dies because of one file (``strict=True``: the error is raised). That warning is printed
+    once per process; a reader whose DataLoader workers are separate processes sets ``defer_skipped``, takes
+    each worker's replaced files with :meth:`take_skipped` and reports them once in the main process with
+    :meth:`report_skipped` (``jitkit.train.batching``).
     """
 
     def __init__(
@@ -208,7 +292,7 @@ class ImageFolderDataset(ImageDataset):
             if scan.empty_classes:
                 info(
                     f"warning: ignored {len(scan.empty_classes)} folder(s) without images: "
-                    + ", ".join(scan.empty_classes[:SHOW_BAD])
+                    + ", ".join(printable(c) for c in scan.empty_classes[:SHOW_BAD])
                     + (" …" if len(scan.empty_classes) > SHOW_BAD else "")
                 )
         if check is None:
@@ -236,7 +320,16 @@ class ImageFolderDataset(ImageDataset):
         # numpy arrays instead of Python lists: forked DataLoader workers then share them without copies
         self.files = np.array([os.fsencode(f) for f in files])
         self.targets = np.asarray(labels, dtype=np.int64)
-        self._runtime_bad = 0
+        self._runtime_bad = 0  # files replaced while decoding, in this process
+        self.defer_skipped = (
+            False  # True: keep them for take_skipped() instead of printing (see the docstring)
+        )
+        self._skipped: list[tuple[str, str]] = []
+        self._reported = 0  # files replaced in any process, as counted by report_skipped()
+        if verbose:
+            note = small_images_note(files, self.img_size)
+            if note:
+                info(note)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -256,13 +349,35 @@ class ImageFolderDataset(ImageDataset):
                 arr = self.load(j)
             except UnreadableImage as e:
                 if self.strict:
-                    raise UnreadableImage(f"unreadable image {self.path_of(j)}: {e}") from e
+                    raise UnreadableImage(f"unreadable image {printable(self.path_of(j))}: {e}") from e
                 self._runtime_bad += 1
-                if self.verbose and self._runtime_bad == 1:
-                    info(
-                        f"warning: skipped unreadable image {self.path_of(j)} ({e}); using the next one in its "
-                        f"place (further ones are not reported; run `jitkit prepare` to list them all)"
-                    )
+                if self.defer_skipped:
+                    self._skipped.append((self.path_of(j), str(e)))
+                elif self._runtime_bad == 1:
+                    self._warn_skipped(self.path_of(j), str(e))
                 continue
             return self._maybe_flip(torch.from_numpy(arr)), int(self.targets[j])
-        raise UnreadableImage(f"64 consecutive unreadable images from {self.path_of(i)} in {self.root}")
+        raise UnreadableImage(
+            f"64 consecutive unreadable images from {printable(self.path_of(i))} in {printable(self.root)}"
+        )
+
+    def _warn_skipped(self, path: str, why: str) -> None:
+        if self.verbose:
+            info(
+                f"warning: skipped unreadable image {printable(path)} ({why}); using the next one in its place "
+                f"(further ones are not reported; run `jitkit prepare` to list them all)"
+            )
+
+    def take_skipped(self) -> list[tuple[str, str]]:
+        """The (file, reason) of the images replaced in this process since the last call (``defer_skipped``)."""
+        out, self._skipped = self._skipped, []
+        return out
+
+    def report_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """Count files replaced in any process (from :meth:`take_skipped`); the first one is reported once."""
+        if not skipped:
+            return
+        first = self._reported == 0
+        self._reported += len(skipped)
+        if first:
+            self._warn_skipped(*skipped[0])

@@ -101,3 +101,18 @@ def ensure_shapes_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def demo_data_images(data_cfg: Any, img_size: int, per_class: int = 2) -> tuple[Any, Any] | None:
+    """(uint8 images [M, 3, S, S], labels [M]) of a run's built-in data set for "start from a data image":
+    ``per_class`` held-out (validation) images of every class of the ``shapes`` data; None for other data
+    (an image folder may be large or gone)."""
+    import numpy as np
+
+    if str(getattr(data_cfg, "data", "")).strip().lower() != "shapes":
+        return None
+    from jitkit.data import build_dataset
+
+    ds = build_dataset(data_cfg.replace(img_size=img_size, per_class=per_class), split="val")
+    items = [ds[i] for i in range(len(ds))]
+    return np.stack([np.asarray(x) for x, _ in items]), np.asarray([int(y) for _, y in items], dtype=np.int64)

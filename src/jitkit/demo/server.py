@@ -2,7 +2,10 @@
 
 - ``GET /``            the page (static, self-contained: no CDN, no external assets)
 - ``GET /api/info``    classes, image/patch/grid size, step range, samplers, defaults
-- ``GET|POST /api/sample``  class, seed, steps, sampler, cfg → the whole trajectory in one response
+- ``GET|POST /api/sample``  class, seed, steps, sampler, cfg → the whole trajectory in one response; with
+  ``image`` (an index into the built-in data images) the run starts from that image's ODE inversion instead of
+  the seed's noise: the image is inverted with its own class and the same sampler, then sampled forward with
+  ``class`` (the same class reconstructs it; another one turns it into that class)
 
 Every request is stateless: each call samples its own run from its own seed, so concurrent users never
 share state; a lock serialises the model's forward passes. Bad parameters get a 400 with a JSON message,
@@ -20,11 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from jitkit.config import SAMPLERS, ModelConfig, SamplerConfig
 from jitkit.demo.trajectory import record_run
+from jitkit.diffusion.generate import invert_denoiser
+from jitkit.diffusion.inversion import inversion_evaluations
 from jitkit.runtime import resolve_precision
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -139,6 +146,8 @@ def create_app(
     title: str = "jitkit demo",
     source: str = "",
     precision: str = "auto",
+    data_images: tuple[Any, Any] | None = None,
+    inversion_iters: int = 2,
 ) -> Flask:
     """A Flask app that serves the page and samples trajectories from ``denoiser`` (a jitkit Denoiser).
 
@@ -147,6 +156,8 @@ def create_app(
     ``source``: a short description of where the model came from, shown on the page.
     ``precision``: auto | fp32 | bf16 | fp16, the network's autocast while sampling (auto: bf16 on CUDA,
     fp32 elsewhere).
+    ``data_images``: (uint8 images [M, C, S, S], labels [M]) the page may start from ("start from a data
+    image"); ``inversion_iters``: fixed-point iterations per step of their inversion.
     """
     if len(classes) < 1:
         raise ValueError("the demo needs at least one class name, found none")
@@ -165,6 +176,21 @@ def create_app(
     default_cfg = min(max(float(sampler.cfg), 0.0), cfg_max)
     interval = (float(sampler.interval[0]), float(sampler.interval[1]))
     classes = list(classes)
+    if data_images is not None:
+        d_img, d_lab = np.asarray(data_images[0]), np.asarray(data_images[1], dtype=np.int64).reshape(-1)
+        want = (model_config.in_channels, model_config.img_size, model_config.img_size)
+        if (
+            d_img.dtype != np.uint8
+            or d_img.ndim != 4
+            or tuple(d_img.shape[1:]) != want
+            or len(d_lab) != len(d_img)
+        ):
+            raise ValueError(
+                f"data_images must be uint8 images [M, {', '.join(map(str, want))}] and M labels, found "
+                f"{d_img.dtype} {list(d_img.shape)} and {len(d_lab)} labels"
+            )
+        data_images = (d_img, d_lab)
+    n_data = 0 if data_images is None else len(data_images[0])
     denoiser.eval()
     model_lock = threading.Lock()
     bucket = TokenBucket(rate, burst)
@@ -184,6 +210,9 @@ def create_app(
         "in_channels": model_config.in_channels,
         "steps_range": [lo, hi],
         "samplers": list(SAMPLERS),
+        "data_images": [classes[int(c)] if 0 <= int(c) < len(classes) else str(c) for c in data_images[1]]
+        if data_images is not None
+        else [],
         "cfg_range": [0.0, cfg_max],
         "seed_range": [0, SEED_MAX],
         "t_eps": float(denoiser.cfg.t_eps),
@@ -256,7 +285,7 @@ def create_app(
         return jsonify(info)
 
     def parse(params: dict[str, Any]) -> dict[str, Any]:
-        known = ("class", "seed", "steps", "sampler", "cfg")
+        known = ("class", "seed", "steps", "sampler", "cfg", "image")
         unknown = sorted(k for k in params if k not in known)
         if unknown:
             raise BadRequest(f"unknown parameter(s) {', '.join(unknown)}; expected any of {', '.join(known)}")
@@ -270,7 +299,15 @@ def create_app(
             "steps": _parse_int("steps", params.get("steps", d["steps"]), lo, hi),
             "sampler": method,
             "cfg": _parse_float("cfg", params.get("cfg", d["cfg"]), 0.0, cfg_max),
+            "image": _parse_image(params.get("image")),
         }
+
+    def _parse_image(value: Any) -> int | None:
+        if value is None or value == "" or value == -1 or value == "-1":
+            return None
+        if not n_data:
+            raise BadRequest("image: this demo has no data images to start from (only noise)")
+        return _parse_int("image", value, 0, n_data - 1)
 
     @app.route("/api/sample", methods=["GET", "POST"])
     def api_sample() -> Response:
@@ -284,9 +321,30 @@ def create_app(
         else:
             params = request.args.to_dict()
         p = parse(params)
-        scfg = SamplerConfig(method=p["sampler"], steps=p["steps"], cfg=p["cfg"], interval=interval)
+        scfg = SamplerConfig(
+            method=p["sampler"],
+            steps=p["steps"],
+            cfg=p["cfg"],
+            interval=interval,
+            time_grid=sampler.time_grid,
+        )
         t0 = time.perf_counter()
+        start = None
+        if p["image"] is not None:
+            assert data_images is not None
+            src_u8 = data_images[0][p["image"]]  # [C,S,S]
+            src_class = int(data_images[1][p["image"]])
         with model_lock:
+            if p["image"] is not None:
+                x = torch.from_numpy(src_u8[None].astype(np.float32) / 127.5 - 1.0)  # [1,C,S,S] in [−1, 1]
+                start = invert_denoiser(
+                    denoiser,
+                    x,
+                    torch.tensor([src_class]),
+                    scfg,
+                    precision=precision,
+                    iters=inversion_iters,
+                )
             run = record_run(
                 denoiser,
                 class_index=p["class_index"],
@@ -295,11 +353,27 @@ def create_app(
                 img_size=model_config.img_size,
                 in_channels=model_config.in_channels,
                 precision=precision,
+                z0=start,
             )
         elapsed = time.perf_counter() - t0
 
         def b64(a: Any) -> str:
             return base64.b64encode(a.tobytes()).decode("ascii")
+
+        from_image: dict[str, Any] = {}
+        if p["image"] is not None:
+            src_hwc = np.ascontiguousarray(src_u8.transpose(1, 2, 0))
+            if src_hwc.shape[-1] == 1:
+                src_hwc = np.repeat(src_hwc, 3, axis=-1)
+            diff = run.final.astype(np.float64) - src_hwc[..., :3].astype(np.float64)
+            from_image = {
+                "image": p["image"],
+                "source": b64(src_hwc[..., :3]),
+                "source_class": classes[src_class] if 0 <= src_class < len(classes) else str(src_class),
+                # RMS(final − source) in model units ([−1, 1] pixels): the reconstruction error for its own class
+                "source_rms": float(np.sqrt(np.mean((diff / 127.5) ** 2))),
+                "inversion_nfe": inversion_evaluations(scfg, inversion_iters),
+            }
 
         return jsonify(
             {
@@ -324,6 +398,7 @@ def create_app(
                 "last_x_max_abs_diff": run.last_x_max_abs_diff,
                 "nfe": run.nfe,
                 "elapsed_ms": round(elapsed * 1000.0, 1),
+                **from_image,
             }
         )
 

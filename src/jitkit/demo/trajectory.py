@@ -1,6 +1,7 @@
 """One sampling run recorded step by step, as uint8 images ready for the page.
 
-The sampler integrates dz/dt = v from noise (t = 0) to data (t = 1) on the grid t_k = k/K. At every step's
+The sampler integrates dz/dt = v from noise (t = 0) to data (t = 1) on its time grid (t_k = k/K unless the
+sampler's ``time_grid`` says otherwise). At every step's
 starting point it records the state z_{t_k} and the guided clean-image prediction
 
     x̂_k = z_{t_k} + max(1 − t_k, t_eps) · v(z_{t_k}, t_k),
@@ -71,16 +72,21 @@ def record_run(
     img_size: int,
     in_channels: int = 3,
     precision: str = "auto",
+    z0: torch.Tensor | None = None,
 ) -> RecordedRun:
-    """Sample one image of ``class_index`` from the noise of ``seed`` and record every step.
+    """Sample one image of ``class_index`` from the noise of ``seed`` (or from ``z0`` [1, C, S, S], e.g. the
+    inversion of a data image) and record every step.
 
     ``precision``: auto | fp32 | bf16 | fp16, the network's autocast (the sampler state stays float32).
     """
     param = next(denoiser.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    z0 = initial_noise(
-        1, (in_channels, img_size, img_size), denoiser.cfg.noise_scale, seed=seed, device=device
-    )
+    if z0 is None:
+        z0 = initial_noise(
+            1, (in_channels, img_size, img_size), denoiser.cfg.noise_scale, seed=seed, device=device
+        )
+    else:
+        z0 = z0.to(device=device, dtype=torch.float32)
     y = torch.tensor([class_index], dtype=torch.long, device=device)
     traj = Trajectory()
     sample_denoiser(denoiser, z0, y, sampler, precision=precision, trajectory=traj)

@@ -26,11 +26,13 @@ from jitkit.runtime import autocast, resolve_precision
 __all__ = [
     "balanced_labels",
     "cast_for_inference",
+    "check_noise",
     "denoiser_velocity",
     "generate_images",
     "image_seed",
     "image_shape",
     "indexed_noise",
+    "invert_denoiser",
     "rank_indices",
     "sample_denoiser",
 ]
@@ -164,6 +166,40 @@ def sample_denoiser(
     )
 
 
+@torch.no_grad()
+def invert_denoiser(
+    denoiser: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sampler_cfg: SamplerConfig,
+    *,
+    precision: str = "fp32",
+    iters: int = 4,
+    sweeps: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """The noise [B, C, S, S] from which :func:`sample_denoiser` (same sampler, labels ``y``) regenerates the
+    images ``x`` (floats in [−1, 1]); see :func:`jitkit.diffusion.inversion.invert`."""
+    from jitkit.diffusion.inversion import invert
+
+    if tuple(x.shape[1:]) != image_shape(denoiser):
+        raise ValueError(
+            f"images to invert must have the model's shape [B, {', '.join(map(str, image_shape(denoiser)))}], "
+            f"found {list(x.shape)}"
+        )
+    return invert(
+        denoiser_velocity(denoiser, precision),
+        x.to(_device_of(denoiser)),
+        y.to(_device_of(denoiser)),
+        sampler_cfg,
+        denoiser.null_class,
+        t_eps=denoiser.cfg.t_eps,
+        iters=iters,
+        sweeps=sweeps,
+        on_step=on_step,
+    )
+
+
 def _progress_bar(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
@@ -175,6 +211,18 @@ def _progress_bar(total: int, enabled: bool, desc: str):
         dynamic_ncols=True,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} img [{elapsed}<{remaining}, {rate_fmt}]",
     )
+
+
+def check_noise(noise: torch.Tensor, shape: tuple[int, ...], count: int) -> None:
+    """Raise unless ``noise`` holds at least ``count`` starting points of the model's image ``shape``."""
+    if tuple(noise.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"noise must have the model's image shape [N, {', '.join(map(str, shape))}], found {list(noise.shape)}"
+        )
+    if noise.shape[0] < count:
+        raise ValueError(f"noise holds {noise.shape[0]} starting points, the plan needs {count}")
+    if not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise must be finite, found NaN or inf values")
 
 
 @torch.no_grad()
@@ -190,6 +238,7 @@ def generate_images(
     on_batch: Callable[[list[int], torch.Tensor, np.ndarray], None] | None = None,
     progress: bool = False,
     desc: str = "sampling",
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One image per label from a Denoiser (put in eval mode, on its own device) → uint8 [N, C, S, S] on the CPU.
 
@@ -197,6 +246,8 @@ def generate_images(
     (seed, indices[k]). ``on_batch(indices, images_uint8, labels)`` is called after every batch (writers).
     ``precision``: auto | fp32 | bf16 | fp16 (autocast on the device; fp32 is exact).
     ``progress``: a bar counting images (fractions while a batch is under way) with images/s and ETA.
+    ``noise``: the starting noise of every plan index, [M, C, S, S] with M > max(indices) (e.g. from
+    ``jitkit invert``), used instead of the seeded noise; image k starts from ``noise[indices[k]]``.
     """
     y_all = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(
         -1
@@ -215,6 +266,8 @@ def generate_images(
             f"labels must lie in [0, {ncls - 1}] for this model, found {y_all.min()}..{y_all.max()}"
         )
     shape = image_shape(denoiser)
+    if noise is not None:
+        check_noise(noise, shape, max(idx) + 1 if idx else 0)
     out = torch.empty((n, *shape), dtype=torch.uint8)
     velocity = denoiser_velocity(denoiser, precision)
     bar = _progress_bar(n, progress, desc)
@@ -223,7 +276,10 @@ def generate_images(
             bidx = idx[s : s + batch_size]
             b = len(bidx)
             y = torch.as_tensor(y_all[s : s + b], device=device)
-            z0 = indexed_noise(bidx, shape, denoiser.cfg.noise_scale, seed).to(device)
+            if noise is None:
+                z0 = indexed_noise(bidx, shape, denoiser.cfg.noise_scale, seed).to(device)
+            else:
+                z0 = noise[torch.as_tensor(bidx)].to(device=device, dtype=torch.float32)
 
             def on_step(k: int, total: int, s: int = s, b: int = b) -> None:
                 bar.update(min(s + b * k / total, n) - bar.n)  # fractional images while a batch runs

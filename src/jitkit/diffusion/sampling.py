@@ -1,23 +1,27 @@
-"""Samplers: integrate dz/dt = v(z, t) from noise (t = 0) to data (t = 1) with Euler or Heun steps.
+"""Samplers: integrate dz/dt = v(z, t) from noise (t = 0) to data (t = 1): Euler, Heun and the multistep
+DPM-Solver++(2M)/(3M) of :mod:`jitkit.diffusion.solvers`, on a time grid of :mod:`jitkit.diffusion.grids`.
 
 Classifier-free guidance:  v = v_u + s·(v_c − v_u),  s = cfg where low < t < high (low = 0: no lower bound),
 else 1. The conditional and unconditional passes run as *one* batched forward; where s = 1 (outside the
 interval, or cfg = 1) the unconditional pass is skipped entirely.
 
-Times t_k = k/steps (k = 0 … steps). As in the reference, the chosen step (Heun or Euler) runs for
-k = 0 … steps−2 and a final Euler step goes from t_{steps−1} to 1.
+Times t_k = k/steps (k = 0 … steps) on the default ``uniform`` grid. As in the reference, the chosen step
+(Heun or Euler) runs for k = 0 … steps−2 and a final Euler step goes from t_{steps−1} to 1. Every solver takes
+one step function (:func:`make_stepper`), which ODE inversion (:mod:`jitkit.diffusion.inversion`) inverts.
 
 Shape key: B batch; z [B, C, S, S]; y [B].
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from jitkit.config import SamplerConfig
+from jitkit.config import SAMPLERS, SamplerConfig
+from jitkit.diffusion.grids import time_grid
+from jitkit.diffusion.solvers import FINAL_ORDER, MULTISTEP_ORDER, multistep_update, order_note
 
 # velocity_fn(z [B',...], t [B'], y [B']) -> v [B',...]
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -56,6 +60,52 @@ def guided_velocity(
     return v_u + scale * (v_c - v_u)
 
 
+StepFn = Callable[[int, torch.Tensor, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_stepper(
+    method: str,
+    ts: Sequence[float],
+    vel: Callable[[torch.Tensor, float], torch.Tensor],
+    t_eps: float = 0.05,
+) -> StepFn:
+    """The steps of solver ``method`` on the grid ``ts``: ``step(k, z, preds) -> (z at ts[k+1], x̂ at ts[k])``.
+
+    ``vel(z, t)``: the (guided) velocity. ``preds``: the x̂ of the earlier steps, newest first (used by the
+    multistep solvers only). x̂ = z + max(1 − t, t_eps)·v is the clean-image prediction the velocity came from.
+    Euler and Heun are the reference's: Heun for k = 0 … K−2, then one Euler step into t = 1.
+    """
+    K = len(ts) - 1
+    if method in ("euler", "heun"):
+
+        def step(k: int, z: torch.Tensor, preds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            t, t_next = ts[k], ts[k + 1]
+            dt = t_next - t
+            v1 = vel(z, t)
+            x = z + max(1.0 - t, t_eps) * v1
+            if method == "heun" and k < K - 1:
+                z_e = z + dt * v1
+                v2 = vel(z_e, t_next)
+                return z + dt * 0.5 * (v1 + v2), x
+            return z + dt * v1, x
+
+        return step
+    if method not in MULTISTEP_ORDER:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, found {method!r}")
+    order = MULTISTEP_ORDER[method]
+    update = multistep_update
+
+    def mstep(k: int, z: torch.Tensor, preds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        t = ts[k]
+        x = z + max(1.0 - t, t_eps) * vel(z, t)
+        p = min(order, FINAL_ORDER) if k == K - 1 else order  # a stable last step (jitkit.diffusion.solvers)
+        p = min(p, k + 1, len(preds) + 1)
+        times = [ts[k - j] for j in range(p)]
+        return update(z, [x, *preds], times, ts[k + 1], t_eps, p), x
+
+    return mstep
+
+
 @torch.no_grad()
 def sample(
     velocity_fn: VelocityFn,
@@ -68,36 +118,31 @@ def sample(
     trajectory: Trajectory | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Integrate from z0 (noise at t = 0) to t = 1 and return the final state (an image in about [−1, 1]).
+    """Integrate from z0 (noise at t = 0) to t = 1 with ``cfg.method`` on the time grid ``cfg.time_grid`` and return the
+    final state (an image in about [−1, 1]).
 
     ``trajectory``: filled in place with every state and x-prediction (for plots and the demo).
     ``on_step(k, steps)``: called after each step (progress bars).
     """
     steps = cfg.steps
-    ts = torch.linspace(0.0, 1.0, steps + 1).tolist()  # python floats: no device syncs in the loop
+    ts = time_grid(cfg.time_grid, steps)  # python floats: no device syncs in the loop
     interval = (float(cfg.interval[0]), float(cfg.interval[1]))
 
     def vel(z: torch.Tensor, t: float) -> torch.Tensor:
         return guided_velocity(velocity_fn, z, t, y, null_class, guidance_scale(t, cfg.cfg, interval))
 
-    def record(z: torch.Tensor, t: float, v: torch.Tensor) -> None:
-        if trajectory is not None:
-            trajectory.t.append(t)
-            trajectory.z.append(z.detach().clone())
-            trajectory.x.append(z + max(1.0 - t, t_eps) * v)
-
+    step = make_stepper(cfg.method, ts, vel, t_eps)
     z = z0
+    preds: list[torch.Tensor] = []  # x̂ of the earlier steps, newest first (multistep solvers)
     for k in range(steps):
-        t, t_next = ts[k], ts[k + 1]
-        dt = t_next - t
-        v1 = vel(z, t)
-        record(z, t, v1)
-        if cfg.method == "heun" and k < steps - 1:
-            z_e = z + dt * v1
-            v2 = vel(z_e, t_next)
-            z = z + dt * 0.5 * (v1 + v2)
-        else:
-            z = z + dt * v1
+        z_next, x = step(k, z, preds)
+        if trajectory is not None:
+            trajectory.t.append(ts[k])
+            trajectory.z.append(z.detach().clone())
+            trajectory.x.append(x)
+        if cfg.method in MULTISTEP_ORDER:
+            preds = [x, *preds[: MULTISTEP_ORDER[cfg.method] - 1]]
+        z = z_next
         if on_step is not None:
             on_step(k + 1, steps)
     if trajectory is not None:
@@ -130,5 +175,12 @@ def to_uint8(z: torch.Tensor) -> torch.Tensor:
 
 
 def sampling_cost(cfg: SamplerConfig) -> str:
-    """A one-line description of the work per image: the solver, its steps and network evaluations, cfg."""
-    return f"{cfg.method} {cfg.steps} steps ({network_evaluations(cfg)} network evaluations), cfg {cfg.cfg}"
+    """A one-line description of the work per image: the solver, its steps and network evaluations, the grid
+    when it is not the uniform one, cfg, and why the solver runs below its order when the steps are too few."""
+    grid = cfg.time_grid
+    text = (
+        f"{cfg.method} {cfg.steps} steps ({network_evaluations(cfg)} network evaluations)"
+        f"{'' if grid == 'uniform' else f', {grid} grid'}, cfg {cfg.cfg}"
+    )
+    note = order_note(cfg.method, cfg.steps)
+    return f"{text} [note: {note}]" if note else text

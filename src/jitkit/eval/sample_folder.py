@@ -9,6 +9,9 @@ Rank splitting: with W processes, rank r makes the images i ≡ r (mod W) of the
 every index exactly once. npz and grid outputs need all images in one place: each rank writes its share
 beside the target as ``.NAME.part-R-of-W.npz`` and rank 0 merges them after a barrier.
 
+A job's labels are a :class:`jitkit.eval.sample_plan.LabelPlan` (computed per index, never an array of N)
+and its images are made in chunks, so the memory of a folder job does not depend on its size.
+
 Shape key: N images, C channels, S side.
 """
 
@@ -18,7 +21,9 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Sequence
+import os
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,9 @@ import numpy as np
 import torch
 
 from jitkit.config import SamplerConfig
-from jitkit.diffusion.generate import generate_images, rank_indices
-from jitkit.fileio import atomic_write_bytes
+from jitkit.diffusion.generate import generate_images, image_shape
+from jitkit.eval.sample_plan import LabelPlan, check_outputs_fit
+from jitkit.fileio import atomic_write_bytes, atomic_write_with
 from jitkit.images import png_bytes, save_grid, to_hwc
 from jitkit.runtime import dist
 
@@ -37,6 +43,7 @@ __all__ = [
     "IMAGE_EXTS",
     "LABELS_CSV",
     "META_JSON",
+    "LabelPlan",
     "SampleFolder",
     "image_name",
     "list_images",
@@ -53,6 +60,8 @@ __all__ = [
 LABELS_CSV = "labels.csv"
 META_JSON = "sample_meta.json"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a folder of images may hold
+CHUNK_BYTES = 64 << 20  # uint8 pixels generated per chunk: a job's memory does not grow with its size
+
 
 # -- npz -------------------------------------------------------------------------------------------------
 
@@ -66,10 +75,8 @@ def save_npz(path: str | Path, images: Any, labels: Any, classes: Sequence[str] 
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
     if len(y) != len(a):
         raise ValueError(f"{len(a)} images but {len(y)} labels")
-    buf = io.BytesIO()
     extra = {"classes": np.asarray(list(classes), dtype=str)} if classes is not None else {}
-    np.savez(buf, arr_0=a, arr_1=y, **extra)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_with(path, lambda f: np.savez(f, arr_0=a, arr_1=y, **extra))  # straight to the file
     return path
 
 
@@ -111,21 +118,32 @@ class SampleFolder:
     """A sample folder being written: flat ``00000.png …``, ``labels.csv``, ``sample_meta.json``.
 
     Each PNG is written atomically (temp + fsync + rename), so a file that exists is complete; re-running
-    skips them. ``meta`` records the request (checkpoint, sampler, seed, labels); resuming with a different
-    request is refused rather than mixing two runs in one folder.
+    skips them. ``meta`` records the request (checkpoint, sampler, seed, the number of images and a digest of
+    their labels); resuming with a different request is refused rather than mixing two runs in one folder.
+    ``labels``: an array (or tensor) of labels, or a :class:`LabelPlan`. Nothing here holds N of anything:
+    the folder is listed once, the todo list is an iterator and labels.csv is written row by row.
     """
 
     def __init__(
-        self, root: str | Path, labels: Sequence[int], classes: Sequence[str], meta: dict | None = None
+        self,
+        root: str | Path,
+        labels: Sequence[int] | np.ndarray | torch.Tensor | LabelPlan,
+        classes: Sequence[str],
+        meta: dict | None = None,
     ):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"a sample folder is a folder, found a file: {self.root}")
-        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.plan = labels if isinstance(labels, LabelPlan) else LabelPlan.of(labels)
         self.classes = list(classes)
         self.meta = dict(meta or {})
-        self.meta["num_images"] = len(self.labels)
-        self.meta["labels_sha"] = _labels_digest(self.labels)
+        self.meta["num_images"] = len(self.plan)
+        self.meta["labels_plan"] = self.plan.digest()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """All labels [N] (an array of N: for small plans)."""
+        return self.plan.array()
 
     def check_or_write_meta(self) -> None:
         """Refuse a folder that holds another request's images; otherwise record this request."""
@@ -136,6 +154,10 @@ class SampleFolder:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p} is not valid JSON ({e}); delete it or choose another folder") from e
             diff = {k: (old.get(k), v) for k, v in self.meta.items() if old.get(k) != v}
+            if "labels_plan" in diff and "labels_plan" not in old and "labels_sha" in old:
+                # begun by an older jitkit, which hashed the label array: compare that way, once
+                if old["labels_sha"] == _legacy_labels_sha(self.plan):
+                    del diff["labels_plan"]
             if diff:
                 lines = "; ".join(f"{k}: folder has {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise ValueError(
@@ -143,22 +165,49 @@ class SampleFolder:
                     "use the same options to resume, or choose another folder"
                 )
             return
-        if not self.existing() and any(self.root.glob("*.png")):
+        if not self.existing() and next(self.root.glob("*.png"), None) is not None:
             raise ValueError(
                 f"{self.root} already contains PNG files that are not a jitkit sample folder; choose another folder"
             )
         atomic_write_bytes(p, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
 
+    def existing_indices(self) -> np.ndarray:
+        """Sorted plan indices [K] whose PNG is already in the folder: one listing of the folder, 8 bytes per
+        image found (what a resumed job holds; a new folder costs nothing)."""
+        if not self.root.is_dir():
+            return np.zeros(0, dtype=np.int64)
+        n, found = len(self.plan), array("q")
+        with os.scandir(self.root) as it:
+            for e in it:
+                stem = e.name[:-4]
+                if (
+                    e.name.endswith(".png")
+                    and stem.isdigit()
+                    and int(stem) < n
+                    and image_name(int(stem)) == e.name
+                ):
+                    if e.is_file():
+                        found.append(int(stem))
+        return np.sort(np.frombuffer(found, dtype=np.int64)) if found else np.zeros(0, dtype=np.int64)
+
     def existing(self) -> set[int]:
         """Plan indices whose PNG is already in the folder."""
-        if not self.root.is_dir():
-            return set()
-        return {i for i in range(len(self.labels)) if (self.root / image_name(i)).is_file()}
+        return set(self.existing_indices().tolist())
 
-    def todo(self, rank: int = 0, world_size: int = 1) -> list[int]:
-        """This rank's share of the plan, minus what is already written."""
-        have = self.existing()
-        return [i for i in rank_indices(len(self.labels), rank, world_size) if i not in have]
+    def todo(
+        self, rank: int = 0, world_size: int = 1, chunk: int = 1 << 16, have: np.ndarray | None = None
+    ) -> Iterator[np.ndarray]:
+        """This rank's share of the plan minus what is already written, as arrays of at most ``chunk`` plan
+        indices, lazily (``have``: :meth:`existing_indices`, listed once)."""
+        have = self.existing_indices() if have is None else have
+        mine = _rank_range(len(self.plan), rank, world_size)
+        for s in range(0, len(mine), chunk):
+            r = mine[s : s + chunk]
+            idx = np.arange(r.start, r.stop, r.step, dtype=np.int64)
+            pos = np.minimum(np.searchsorted(have, idx), max(len(have) - 1, 0))
+            left = idx[have[pos] != idx] if len(have) else idx
+            if len(left):
+                yield left
 
     def write(self, indices: Iterable[int], images: Any) -> None:
         """Write uint8 ``images`` [B, C, S, S] as the PNGs of plan ``indices``, each atomically."""
@@ -168,30 +217,57 @@ class SampleFolder:
 
     def complete(self) -> bool:
         """Whether every image of the plan is in the folder."""
-        return len(self.existing()) == len(self.labels)
+        return len(self.existing()) == len(self.plan)
 
     def finish(self) -> bool:
         """Write labels.csv when every image of the plan is present; returns whether it did."""
         if not self.complete():
             return False
-        write_labels_csv(self.root, self.labels, self.classes)
+        write_labels_csv(self.root, self.plan, self.classes)
         return True
 
 
-def _labels_digest(labels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+def _rank_range(n: int, rank: int, world_size: int) -> range:
+    """The plan indices rank ``rank`` of ``world_size`` makes, i ≡ rank (mod world_size), as a range."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size), found rank={rank}, world_size={world_size}")
+    return range(rank, n, world_size)
 
 
-def write_labels_csv(root: str | Path, labels: Sequence[int], classes: Sequence[str]) -> Path:
-    """``labels.csv`` with ``file,class_index,class_name`` for images 0 … N−1 (atomic)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "class_index", "class_name"])
-    for i, c in enumerate(np.asarray(labels).reshape(-1).tolist()):
-        w.writerow([image_name(i), int(c), classes[int(c)] if 0 <= int(c) < len(classes) else str(c)])
+def _legacy_labels_sha(plan: LabelPlan) -> str:
+    """The label digest of sample_meta.json before LabelPlan (sha256 of the int64 array), computed in pieces."""
+    h = hashlib.sha256()
+    for _, y in plan.chunks():
+        h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def write_labels_csv(root: str | Path, labels: Any, classes: Sequence[str]) -> Path:
+    """``labels.csv`` with ``file,class_index,class_name`` for images 0 … N−1 (atomic; written row by row,
+    ``labels`` an array or a :class:`LabelPlan`)."""
+    plan = labels if isinstance(labels, LabelPlan) else LabelPlan.of(labels)
+    names = [_csv_name(c) for c in classes]
+
+    def write(f: Any) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=False)
+        w = csv.writer(text, lineterminator="\n")
+        w.writerow(["file", "class_index", "class_name"])
+        for start, y in plan.chunks(1 << 16):
+            w.writerows(
+                [image_name(start + k), c, names[c] if 0 <= c < len(names) else str(c)]
+                for k, c in enumerate(y.tolist())
+            )
+        text.flush()
+        text.detach()  # leave the file to atomic_write_with, which fsyncs and closes it
+
     path = Path(root) / LABELS_CSV
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_with(path, write)
     return path
+
+
+def _csv_name(name: Any) -> str:
+    """A class name as UTF-8 text can hold it (a folder name with bytes that are not UTF-8: escaped)."""
+    return str(name).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_replaceable(dest: str | Path, overwrite: bool = False) -> None:
@@ -268,15 +344,25 @@ def read_labels_csv(root: str | Path) -> tuple[list[Path], np.ndarray] | None:
     csv_path = root / LABELS_CSV
     if not csv_path.is_file():
         return None
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        rows, lines = [], []
+        for r in reader:
+            rows.append(r)
+            lines.append(reader.line_num)
     if rows and not {"file", "class_index"} <= set(rows[0]):
         raise ValueError(f"{csv_path}: expected columns file,class_index,class_name, found {list(rows[0])}")
-    files = [root / r["file"] for r in rows]
-    try:
-        labels = np.asarray([int(r["class_index"]) for r in rows], dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{csv_path}: class_index must be an integer in every row ({e})") from e
+    files = [root / (r["file"] or "") for r in rows]
+    labels = np.zeros(len(rows), dtype=np.int64)
+    for k, r in enumerate(rows):
+        v = r["class_index"]
+        try:
+            labels[k] = int(v)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(
+                f"{csv_path}, line {lines[k]} ({r['file']}): class_index must be an integer, found {v!r}; fix the "
+                f"row, or re-run the jitkit sample command that wrote the folder"
+            ) from None
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -342,7 +428,7 @@ def load_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def sample_to_outputs(
     denoiser: torch.nn.Module,
-    labels: np.ndarray,
+    labels: np.ndarray | torch.Tensor | LabelPlan,
     sampler_cfg: SamplerConfig,
     classes: Sequence[str],
     *,
@@ -356,11 +442,16 @@ def sample_to_outputs(
     progress: bool = True,
     precision: str = "auto",
     meta: dict | None = None,
+    noise: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Generate ``labels`` into any of a sample folder, an npz file and a grid PNG, split over ranks.
+    """Generate ``labels`` (an array or a :class:`LabelPlan`) into any of a sample folder, an npz file and a
+    grid PNG, split over ranks. ``noise`` [N, C, S, S]: each image's starting noise instead of the seeded one
+    (see :func:`jitkit.diffusion.generate.generate_images`).
 
-    The folder is resumable (existing images are skipped) and gets ``labels.csv`` when complete. npz and grid
-    need all images in one process: with world_size > 1 each rank writes its share next to the npz/grid path as
+    The folder is resumable (existing images are skipped) and gets ``labels.csv`` when complete. Images are
+    made in chunks of about ``CHUNK_BYTES`` of pixels, so a folder job's memory does not grow with its size;
+    npz and grid need all images in one process, and are refused before any work when they cannot fit
+    (:func:`check_outputs_fit`). With world_size > 1 each rank writes its share next to the npz/grid path as
     ``.part-R-of-W.npz`` and rank 0 (after a barrier) merges them; ranks that are simulated in sequence
     (no process group) merge when the last part arrives. Returns a summary dict.
     """
@@ -374,42 +465,64 @@ def sample_to_outputs(
     for f in (grid, npz):
         if f is not None and Path(f).is_dir():
             raise IsADirectoryError(f"{f} is a folder; expected a file name")
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    n = len(labels)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+    plan = labels if isinstance(labels, LabelPlan) else LabelPlan.of(labels)
+    n, shape = len(plan), image_shape(denoiser)
+    check_outputs_fit(plan, shape, npz=npz, grid=grid)
     summary: dict[str, Any] = {"num_images": n, "rank": rank, "world_size": world_size}
-    mine = rank_indices(n, rank, world_size)
+    mine = _rank_range(n, rank, world_size)
     folder = None
     if out_dir is not None:
-        folder = SampleFolder(out_dir, labels, classes, meta)
+        folder = SampleFolder(out_dir, plan, classes, meta)
         folder.root.mkdir(parents=True, exist_ok=True)
         folder.check_or_write_meta()
     need_all = npz is not None or grid is not None
     # with a folder, its finished images are skipped (and reused for the npz/grid)
-    todo_gen = folder.todo(rank, world_size) if folder is not None else mine
-    summary["skipped"] = len(mine) - len(todo_gen)
-    gen_images: dict[int, np.ndarray] = {}
+    have = folder.existing_indices() if folder is not None else np.zeros(0, dtype=np.int64)
+    have_mine = have[have % world_size == rank]
+    summary["skipped"] = len(have_mine)
+    total = len(mine) - len(have_mine)
+    part = np.empty((len(mine), *shape), dtype=np.uint8) if need_all else None  # [n_mine, C, S, S]
 
     def on_batch(bidx: list[int], imgs: torch.Tensor, _y: np.ndarray) -> None:
         if folder is not None:
             folder.write(bidx, imgs)
-        if need_all:
-            for i, im in zip(bidx, imgs.numpy()):
-                gen_images[i] = im
+        if part is not None:
+            part[[(i - rank) // world_size for i in bidx]] = imgs.numpy()
+        if bar is not None:
+            bar.update(len(bidx))
 
-    if todo_gen:
-        generate_images(
-            denoiser,
-            labels[todo_gen],
-            sampler_cfg,
-            seed=seed,
-            batch_size=batch_size,
-            progress=progress,
-            indices=todo_gen,
-            on_batch=on_batch,
-            precision=precision,
-            desc=f"sampling (rank {rank}/{world_size})" if world_size > 1 else "sampling",
+    chunk = max(1, CHUNK_BYTES // (int(np.prod(shape)) * batch_size)) * batch_size
+    one_call = total <= chunk  # the common case: generate_images' own bar, with progress inside a batch
+    bar = None if one_call else _progress_bar(total, progress, rank, world_size)
+    chunks = (
+        folder.todo(rank, world_size, chunk, have)
+        if folder is not None
+        else (
+            np.arange(r.start, r.stop, r.step)
+            for r in (mine[s : s + chunk] for s in range(0, len(mine), chunk))
         )
-    summary["generated"] = len(todo_gen)
+    )
+    try:
+        for idx in chunks:
+            generate_images(
+                denoiser,
+                plan.labels(idx),
+                sampler_cfg,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress and one_call,
+                indices=idx.tolist(),
+                on_batch=on_batch,
+                precision=precision,
+                desc=_desc(rank, world_size),
+                noise=noise,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    summary["generated"] = total
 
     if folder is not None:
         dist.barrier()
@@ -418,21 +531,32 @@ def sample_to_outputs(
         summary["out"] = str(folder.root)
 
     if need_all:
-        if folder is not None:
-            for i in mine:
-                if i not in gen_images:
-                    gen_images[i] = read_image(folder.root / image_name(i))
-        part = np.stack([gen_images[i] for i in mine]) if mine else None
+        for i in have_mine.tolist():  # made by an earlier run: read back from the folder
+            part[(i - rank) // world_size] = read_image(folder.root / image_name(i))
         target = Path(npz) if npz is not None else Path(grid)
         images = _gather_parts(target, part, mine, n, rank, world_size)
         if images is not None:
+            y = plan.array()
             if npz is not None:
-                save_npz(npz, images, labels, classes)
+                save_npz(npz, images, y, classes)
                 summary["npz"] = str(npz)
             if grid is not None:
-                save_grid(images, labels, grid, classes)
+                save_grid(images, y, grid, classes)
                 summary["grid"] = str(grid)
     return summary
+
+
+def _desc(rank: int, world_size: int) -> str:
+    return f"sampling (rank {rank}/{world_size})" if world_size > 1 else "sampling"
+
+
+def _progress_bar(total: int, enabled: bool, rank: int, world_size: int) -> Any:
+    """A bar over a job of several chunks (updated per batch; a one-chunk job uses generate_images' own)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, disable=not enabled, desc=_desc(rank, world_size), unit="img", dynamic_ncols=True
+    )
 
 
 def _part_path(target: Path, rank: int, world_size: int) -> Path:
@@ -440,14 +564,14 @@ def _part_path(target: Path, rank: int, world_size: int) -> Path:
 
 
 def _gather_parts(
-    target: Path, part: np.ndarray | None, mine: list[int], n: int, rank: int, world_size: int
+    target: Path, part: np.ndarray, mine: range, n: int, rank: int, world_size: int
 ) -> np.ndarray | None:
     """All N images in plan order on the merging rank (None elsewhere)."""
     if world_size == 1:
         return part
-    buf = io.BytesIO()
-    np.savez(buf, images=part if part is not None else np.zeros((0,), np.uint8), indices=np.asarray(mine))
-    atomic_write_bytes(_part_path(target, rank, world_size), buf.getvalue())
+    atomic_write_with(
+        _part_path(target, rank, world_size), lambda f: np.savez(f, images=part, indices=np.asarray(mine))
+    )
     dist.barrier()
     if dist.is_initialized() and rank != 0:
         return None

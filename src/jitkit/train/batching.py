@@ -144,9 +144,11 @@ def training_data(cfg: RunConfig, plan: BatchPlan) -> tuple[Any, list[str]]:
             f"img_size={cfg.model.img_size}; set model.img_size={ds.img_size} (and data.img_size)"
         )
     if len(classes) != cfg.model.num_classes:
+        shown = ", ".join(classes[:5]) + (", …" if len(classes) > 5 else "")
         raise ValueError(
-            f"the data has {len(classes)} classes but model.num_classes={cfg.model.num_classes}; "
-            f"set model.num_classes={len(classes)}"
+            f"the data has {len(classes)} class{'es' if len(classes) != 1 else ''} ({shown}) but "
+            f"model.num_classes={cfg.model.num_classes}; set model.num_classes={len(classes)} (a resumed run "
+            f"keeps its model: resume it on data with {cfg.model.num_classes} classes, or start a new run)"
         )
     G = plan.effective_batch
     if len(ds) < G:
@@ -159,24 +161,30 @@ def training_data(cfg: RunConfig, plan: BatchPlan) -> tuple[Any, list[str]]:
 
 
 class IndexView(torch.utils.data.Dataset):
-    """``base`` read one micro-batch per key: ``view[indices]`` → (images [B, C, S, S] uint8, labels [B]) of
-    the items at ``indices``, in that order. A data set with ``read_rows`` (a prepared cache: sorted file
-    reads) reads the batch at once; others are read item by item (decoded in the DataLoader worker)."""
+    """``base`` read one micro-batch per key: ``view[indices]`` → (images [B, C, S, S] uint8, labels [B],
+    skipped) of the items at ``indices``, in that order. A data set with ``read_rows`` (a prepared cache:
+    sorted file reads) reads the batch at once; others are read item by item (decoded in the DataLoader
+    worker). ``skipped``: the (file, reason) of unreadable images the worker replaced while reading this
+    batch (a data set with ``take_skipped``), for the main process to report once for all workers."""
 
     def __init__(self, base: Any) -> None:
         self.base = base
         self.img_size = getattr(base, "img_size", 0)
+        if hasattr(base, "defer_skipped"):
+            base.defer_skipped = True  # the workers hand their replaced files back instead of printing
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
         read_rows = getattr(self.base, "read_rows", None)
         if read_rows is not None:
-            return read_rows(indices)
+            return (*read_rows(indices), [])
         items = [self.base[i] for i in indices]
         x = torch.stack([torch.as_tensor(img) for img, _ in items])  # [B, C, S, S]
-        return x, torch.as_tensor([int(label) for _, label in items], dtype=torch.int64)
+        y = torch.as_tensor([int(label) for _, label in items], dtype=torch.int64)
+        take = getattr(self.base, "take_skipped", None)
+        return x, y, (take() if take is not None else [])
 
 
 class _ChunkKeys(torch.utils.data.Sampler):
@@ -269,7 +277,10 @@ class Batches:
                 yield c, x, self.labels.index_select(0, idx).to(self.device, non_blocking=True)
             return
         self._keys.keys = [idx.tolist() for _, idx in chunks]
-        for (c, _), (x, y) in zip(chunks, self.loader()):
+        report = getattr(self.ds, "report_skipped", None)
+        for (c, _), (x, y, skipped) in zip(chunks, self.loader()):
+            if skipped and report is not None:
+                report(skipped)  # once for all workers (each would otherwise print its own first one)
             yield c, x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def loader(self) -> torch.utils.data.DataLoader:

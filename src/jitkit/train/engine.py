@@ -58,6 +58,7 @@ from jitkit.train.run_folder import (
     plot_loss,
     prepare_run_dir,
     resolve_resume,
+    restart_run,
     run_dir_of,
     truncate_log,
 )
@@ -118,15 +119,21 @@ def train(
     callbacks: list[Callback] | None = None,
     progress: bool = True,
     run_dir: str | Path | None = None,
+    signals: SignalFlag | None = None,
 ) -> Path:
     """Train a JiT as described by ``cfg`` and return the run folder.
 
     ``resume``: None (fresh run in ``cfg.train.out``, or the next free ``OUT-N`` if it is taken), ``"auto"``
-    (continue the latest run under OUT; fresh if there is none) or a path (run folder, checkpoint folder or a
-    file in one; it must load). ``callbacks``: ``cb(event, info)``, see :mod:`jitkit.train.callbacks`.
-    ``run_dir``: write to this folder instead of the one chosen from OUT (every rank must pass the same).
+    (continue the latest run under OUT; a run that stopped before its first checkpoint starts again in its
+    folder; fresh if there is none) or a path (run folder, checkpoint folder or a file in one; it must load).
+    ``callbacks``: ``cb(event, info)``, see :mod:`jitkit.train.callbacks`. ``run_dir``: write to this folder
+    instead of the one chosen from OUT (every rank must pass the same). ``signals``: the SIGINT/SIGTERM
+    handler to install during the run (default: a new one); a first signal saves a checkpoint and returns
+    normally, so pass your own to tell afterwards whether one stopped the run (``signals.signum``).
     """
-    return Trainer(cfg, resume=resume, callbacks=callbacks or [], progress=progress, run_dir=run_dir).run()
+    return Trainer(
+        cfg, resume=resume, callbacks=callbacks or [], progress=progress, run_dir=run_dir, signals=signals
+    ).run()
 
 
 class Trainer:
@@ -140,10 +147,11 @@ class Trainer:
         callbacks: list[Callback],
         progress: bool,
         run_dir: str | Path | None,
+        signals: SignalFlag | None = None,
     ) -> None:
         self.cfg, self.resume, self.callbacks, self.progress = cfg, resume, callbacks, progress
         self.run_dir_arg = run_dir
-        self.sig = SignalFlag()
+        self.sig = signals if signals is not None else SignalFlag()
         self.eval_den: nn.Module | None = None
 
     # setup -------------------------------------------------------------------------------------------------
@@ -162,6 +170,8 @@ class Trainer:
         self.device, self.main = self.info.device, self.info.is_main
         self.plan = batch_plan(tc, self.info.world_size)
         self.resume_ckpt, self.resume_note = resolve_resume(self.resume, tc.out)
+        # resume="auto" with no checkpoint anywhere: a run stopped before its first save starts again in place
+        self.restart_dir = restart_run(self.resume, tc.out) if self.resume_ckpt is None else None
         self.precision, self.precision_record = self._choose_precision()
 
     def _choose_precision(self) -> tuple[str, dict]:
@@ -247,20 +257,22 @@ class Trainer:
         """A fresh run folder, or the resumed run's with its state loaded; config.json and classes.json."""
         self.step = 0
         self._last_save = self._last_plot = time.perf_counter()
-        ckpt, note = self.resume_ckpt, self.resume_note
+        ckpt, note, restart = self.resume_ckpt, self.resume_note, self.restart_dir
+        if restart is not None:
+            note = f"{restart} has no checkpoint yet (it stopped before its first save); starting it again"
         if note and self.main:
             print(f"[jitkit] resume='auto': {note}")
         if ckpt is not None:
             self.load_state(load_checkpoint(ckpt, lazy=True))  # each tensor read when it is copied in
             self.run_dir = Path(self.run_dir_arg) if self.run_dir_arg else run_dir_of(ckpt)
         else:
-            out = Path(self.run_dir_arg) if self.run_dir_arg else fresh_run_dir(self.cfg.train.out)
+            out = Path(self.run_dir_arg or restart or fresh_run_dir(self.cfg.train.out))
             self.run_dir = Path(dist.broadcast_object(str(out)))  # rank 0 chose OUT or OUT-N
         self._last_saved = self.step
         self.log_path = self.run_dir / "log.jsonl"
         if self.main:
             prepare_run_dir(self.run_dir, self.cfg, self.classes)
-            if self.step > 0:
+            if self.step > 0 or restart is not None:
                 truncate_log(self.log_path, self.step)
         dist.barrier()
 

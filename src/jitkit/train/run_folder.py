@@ -3,7 +3,8 @@
     RUN/config.json  classes.json  log.jsonl  loss.png  samples/step-NNNNNN.png  checkpoints/…
 
 A fresh run never overwrites an existing one (OUT is taken → OUT-2, OUT-3, …); ``resume="auto"`` continues the
-most recent of OUT and OUT-N that holds a checkpoint. Only rank 0 calls the writers here.
+most recent of OUT and OUT-N that holds a checkpoint, or, when none has one, starts again in place the most
+recent one that stopped before its first checkpoint (``restart_run``). Only rank 0 calls the writers here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ __all__ = [
     "plot_loss",
     "prepare_run_dir",
     "read_log",
+    "saved_run_config",
     "resolve_resume",
+    "restart_run",
     "run_dir_of",
     "truncate_log",
 ]
@@ -78,6 +81,40 @@ def resolve_resume(resume: str | Path | None, out: str | Path) -> tuple[Path | N
             return None, f"no run with a checkpoint under {out}; starting a fresh run"
         return resolve_checkpoint_path(run), None
     return resolve_checkpoint_path(resume), None
+
+
+def restart_run(resume: str | Path | None, out: str | Path) -> Path | None:
+    """The run folder ``resume="auto"`` starts again from step 0 when no run under ``out`` has a checkpoint.
+
+    That is the most recent (by its config.json) of OUT and OUT-N that was created but stopped before its
+    first checkpoint: continuing it in place keeps its config (e.g. ``ckpt_every``) instead of opening yet
+    another OUT-N. None for any other ``resume``, or when there is no such folder. Call it after
+    :func:`resolve_resume` found no checkpoint.
+    """
+    if resume is None or str(resume) != "auto":
+        return None
+    out = Path(out)
+    numbered = [p for p in out.parent.glob(f"{out.name}-*") if p.name[len(out.name) + 1 :].isdigit()]
+    best, best_t = None, -1.0
+    for c in [out, *numbered]:
+        cfg = c / "config.json"
+        if not cfg.is_file() or latest_checkpoint(c) is not None:
+            continue
+        t = cfg.stat().st_mtime
+        if t > best_t:
+            best, best_t = c, t
+    return best
+
+
+def saved_run_config(run_dir: Path) -> RunConfig:
+    """The config a run folder was started with (its config.json), e.g. of a run with no checkpoint yet."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()), strict=False)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); delete the run folder or use another output"
+        ) from e
 
 
 def run_dir_of(ckpt: Path) -> Path:

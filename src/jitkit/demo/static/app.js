@@ -254,6 +254,7 @@
       steps: Number($("steps-input").value),
       sampler: $("sampler-select").value,
       cfg: $("cfg-input").value.trim() === "" ? NaN : Number($("cfg-input").value),
+      image: $("start-select").value === "" ? -1 : Number($("start-select").value),
     };
   }
 
@@ -266,7 +267,8 @@
     const id = ++state.requestId;
     state.loading = true;
     setBodyState("loading");
-    setStatus(`sampling ${p.class}, seed ${p.seed}, ${p.steps} ${p.sampler} steps, cfg ${p.cfg}…`);
+    const from = p.image >= 0 ? `data image ${p.image} (inverting it first)` : `seed ${p.seed}`;
+    setStatus(`sampling ${p.class} from ${from}, ${p.steps} ${p.sampler} steps, cfg ${p.cfg}…`);
     $("sample-btn").disabled = true;
     let resp, body;
     try {
@@ -295,10 +297,24 @@
     state.loading = false;
     state.error = null;
     state.frame = 0;
-    setStatus(
-      `${body.class} · seed ${body.seed} · ${body.steps} ${body.sampler} steps · cfg ${body.cfg} · ` +
-        `${body.nfe} network evaluations in ${body.elapsed_ms} ms`
-    );
+    const src = $("source-canvas");
+    if (body.image !== undefined) {
+      drawScaled(src, decodeFrame(body.source, body.width, body.height));
+      src.hidden = false;
+      const same = body.source_class === body.class;
+      setStatus(
+        `${body.class} from data image ${body.image} (${body.source_class}, inverted with ${body.inversion_nfe} ` +
+          `network evaluations) · ${body.steps} ${body.sampler} steps · cfg ${body.cfg} · ` +
+          (same ? `reconstruction RMS ${body.source_rms.toFixed(3)} · ` : "") +
+          `${body.elapsed_ms} ms`
+      );
+    } else {
+      src.hidden = true;
+      setStatus(
+        `${body.class} · seed ${body.seed} · ${body.steps} ${body.sampler} steps · cfg ${body.cfg} · ` +
+          `${body.nfe} network evaluations in ${body.elapsed_ms} ms`
+      );
+    }
     setBodyState("ready");
     if (opts && opts.autoplay) play();
     else pause();
@@ -334,6 +350,13 @@
       o.textContent = name;
       $("sampler-select").appendChild(o);
     });
+    (info.data_images || []).forEach((name, i) => {
+      const o = document.createElement("option");
+      o.value = String(i);
+      o.textContent = `data image ${i} · ${name.replace(/_/g, " ")}`;
+      $("start-select").appendChild(o);
+    });
+    $("start-field").hidden = !(info.data_images || []).length;
     const d = info.defaults;
     sel.value = d.class;
     $("seed-input").value = d.seed;
@@ -356,6 +379,12 @@
   function wire() {
     $("class-select").addEventListener("change", () => sampleRun({ autoplay: true }));
     $("sampler-select").addEventListener("change", () => sampleRun({ autoplay: true }));
+    $("start-select").addEventListener("change", () => {
+      // a data image starts in its own class (its reconstruction); change the class to transform it
+      const i = $("start-select").value;
+      if (i !== "" && state.info) $("class-select").value = state.info.data_images[Number(i)];
+      sampleRun({ autoplay: true });
+    });
     $("steps-input").addEventListener("input", () => ($("steps-out").textContent = $("steps-input").value));
     $("steps-input").addEventListener("change", () => sampleRun({ autoplay: true }));
     $("cfg-input").addEventListener("change", () => sampleRun({ autoplay: true }));
