@@ -10,7 +10,7 @@ with a reference solution, Heun with ``--ref-steps`` steps on the uniform grid:
 * the run's data-set metric (shapes: accuracy and mean IoU), and FID with ``--fid-ref STATS --inception-weights``.
 
 Also measured, as kept-on-purpose variants: ``dpm++2m-lambda``, DPM-Solver++(2M) with its polynomial in the
-log-SNR λ (the published form, :func:`jitkit.diffusion.solvers.lambda_multistep_update`) instead of in t.
+log-SNR λ (the published form, :func:`jitkit.bench.variants.lambda_multistep_update`) instead of in t.
 
 ``--inversion`` adds the reconstruction error of ODE inversion (``jitkit invert``) against the steps and the
 fixed-point iterations, on held-out images of the run's data set.
@@ -46,8 +46,9 @@ def _steps_for(method: str, nfe: int) -> int:
 
 def _sample(den, z0, y, scfg, method: str, batch: int) -> torch.Tensor:
     import jitkit.diffusion.sampling as sampling
+    from jitkit.bench.variants import lambda_multistep_update
     from jitkit.diffusion.generate import sample_denoiser
-    from jitkit.diffusion.solvers import lambda_multistep_update, multistep_update
+    from jitkit.diffusion.solvers import multistep_update
 
     sampling.multistep_update = lambda_multistep_update if method == "dpm++2m-lambda" else multistep_update
     try:

@@ -15,7 +15,6 @@ from jitkit.diffusion.sampling import Trajectory, network_evaluations, sample, s
 from jitkit.diffusion.solvers import (
     clamp_weight,
     lagrange_weights,
-    lambda_multistep_update,
     multistep_update,
     order_note,
     t_moments,
@@ -223,6 +222,8 @@ def test_local_order_of_a_multistep_step(order):
 
 
 def test_lambda_form_is_first_order_ddim_at_its_first_step_and_agrees_with_the_t_form_to_second_order():
+    from jitkit.bench.variants import lambda_multistep_update
+
     # DDIM = the Euler step in t: z + (t−s)(x̂ − z)/(1−s)
     z, x = torch.tensor([0.7], dtype=torch.float64), torch.tensor([-0.2], dtype=torch.float64)
     ddim = z + 0.1 * (x - z) / 0.6

@@ -26,17 +26,12 @@ import torch
 from jitkit.checkpoint.load import check_state_dict
 from jitkit.checkpoint.store import save_checkpoint
 from jitkit.config import MODEL_NAMES, RunConfig, model_config
+from jitkit.config.presets import ARCHITECTURE_FIELDS
 from jitkit.fileio import atomic_write_bytes
 
 REFERENCE_KEYS = ("model", "model_ema1", "model_ema2", "args")
-_ARCH_OVERRIDES = (
-    "hidden_size",
-    "depth",
-    "num_heads",
-    "bottleneck_dim",
-    "in_context_len",
-    "in_context_start",
-)
+# the architecture fields an official checkpoint's args may override (its image and patch size come from the name)
+_ARCH_OVERRIDES = tuple(f for f in ARCHITECTURE_FIELDS if f not in ("img_size", "patch_size"))
 
 
 class ReferenceCheckpointError(ValueError):

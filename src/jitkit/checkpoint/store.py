@@ -105,18 +105,27 @@ def save_checkpoint(
         _fsync_path(parent, directory=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(e):
-            raise DiskFullError(
-                errno.ENOSPC,
-                f"out of disk space while saving checkpoint {ckpt_dir} ({_free_space(parent)} free on "
-                f"{parent}); {_kept(parent)}. Free some space or point the run somewhere larger, then "
-                f"resume it (resume='auto')",
-            ) from e
+        _raise_if_disk_full(
+            e,
+            f"saving checkpoint {ckpt_dir}",
+            parent,
+            ". Free some space or point the run somewhere larger, then resume it (resume='auto')",
+        )
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
     _cleanup_stale(parent, ckpt_dir.name)
     return ckpt_dir
+
+
+def _raise_if_disk_full(e: BaseException, what: str, folder: Path, hint: str = "") -> None:
+    """Raise :class:`DiskFullError` (from ``e``) saying what was being written, the free space and whether a
+    previous checkpoint is left, when ``e`` is a disk-full error; otherwise return."""
+    if _is_disk_full(e):
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"out of disk space while {what} ({_free_space(folder)} free on {folder}); {_kept(folder)}{hint}",
+        ) from e
 
 
 def link_checkpoint(src: str | Path, dst: str | Path) -> Path:
@@ -140,12 +149,7 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> Path:
         _fsync_path(dst.parent, directory=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(e):
-            raise DiskFullError(
-                errno.ENOSPC,
-                f"out of disk space while writing checkpoint {dst} ({_free_space(dst.parent)} free on "
-                f"{dst.parent}); {_kept(dst.parent)}",
-            ) from e
+        _raise_if_disk_full(e, f"writing checkpoint {dst}", dst.parent)
         raise
     return dst
 

@@ -16,7 +16,19 @@ import importlib
 import sys
 
 # command-group modules, each with register(subparsers); add a module here to add its commands
-_MODULES = ("models", "data", "train", "plan", "sample", "sweep", "invert", "experiment", "bench", "demo")
+_MODULES = (
+    "models",
+    "data",
+    "train",
+    "plan",
+    "sample",
+    "evaluate",
+    "sweep",
+    "invert",
+    "experiment",
+    "bench",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jitkit.cli.sample import _add_inception_args
+from jitkit.cli.evaluate import add_inception_args
 
 # library parameters → flags, for errors
 _FLAGS = {
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="sampling precision"
     )
-    _add_inception_args(p)
+    add_inception_args(p)
     p.set_defaults(func=run_sweep_cmd)
 
 
@@ -146,12 +146,12 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     if which == "shapes":
         metric = shapes_metric()
     else:
-        from jitkit.cli.sample import _inception
+        from jitkit.cli.evaluate import inception
         from jitkit.eval.fid import load_stats
 
         ref = load_stats(args.ref) if args.ref else None
         try:
-            metric = inception_metric(_inception(args), which, ref)
+            metric = inception_metric(inception(args), which, ref)
         except ValueError as e:
             raise flag_error(e, {"ref": "ref"}) from e
     device = resolve_device(args.device)

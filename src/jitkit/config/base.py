@@ -54,26 +54,18 @@ def coerce_value(name: str, type_name: str, v: Any) -> Any:
                 raise ConfigError(f"{name}: expected a boolean (true/false, 1/0, on/off), found {v!r}")
             return low in _TRUE
         return bool(v)
-    if base == "int":
+    if base in ("int", "float"):
+        what = "an integer" if base == "int" else "a finite number"
         if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-            raise ConfigError(f"{name}: expected an integer, found {v!r}")
-        try:
-            fv = float(v)
-        except (ValueError, OverflowError) as e:
-            raise ConfigError(f"{name}: expected an integer, found {v!r}") from e
-        if fv != fv or fv in (float("inf"), float("-inf")) or fv != int(fv):
-            raise ConfigError(f"{name}: expected an integer, found {v!r}")
-        return int(fv)
-    if base == "float":
-        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-            raise ConfigError(f"{name}: expected a number, found {v!r}")
+            raise ConfigError(f"{name}: expected {what}, found {v!r}")
         try:
             f = float(v)
         except (ValueError, OverflowError) as e:
-            raise ConfigError(f"{name}: expected a number, found {v!r}") from e
-        if not math.isfinite(f):  # nan/inf from a flag, YAML (.nan, .inf) or JSON (NaN, Infinity)
-            raise ConfigError(f"{name}: expected a finite number, found {v!r}")
-        return f
+            raise ConfigError(f"{name}: expected {what}, found {v!r}") from e
+        # nan/inf from a flag, YAML (.nan, .inf) or JSON (NaN, Infinity) are refused, as are 6.5 for an int
+        if not math.isfinite(f) or (base == "int" and f != int(f)):
+            raise ConfigError(f"{name}: expected {what}, found {v!r}")
+        return int(f) if base == "int" else f
     if base.startswith("tuple"):
         inner = base[len("tuple") :].strip("[]").replace("...", "").split(",")
         elem = next((x.strip() for x in inner if x.strip()), "float")

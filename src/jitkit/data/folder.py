@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _walk_images(folder: Path) -> list[str]:
-    """All image files under ``folder`` (recursive, symlinks followed, loops ignored), sorted."""
-    out: list[str] = []
+def _image_files(folder: Path) -> Iterator[str]:
+    """Image files under ``folder``, walked recursively (symlinks followed, loops ignored, hidden folders
+    skipped), folder by folder in sorted order."""
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -58,24 +59,17 @@ def _walk_images(folder: Path) -> list[str]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in filenames if is_image_name(f))
-    return sorted(out)
+        yield from (os.path.join(dirpath, f) for f in filenames if is_image_name(f))
+
+
+def _walk_images(folder: Path) -> list[str]:
+    """All image files under ``folder`` (see :func:`_image_files`), sorted."""
+    return sorted(_image_files(folder))
 
 
 def _has_images(folder: Path) -> bool:
-    """Whether ``folder`` holds an image file at any depth (the walk of :func:`_walk_images`, stopped at the
-    first one)."""
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if any(is_image_name(f) for f in filenames):
-            return True
-    return False
+    """Whether ``folder`` holds an image file at any depth (the walk stops at the first one)."""
+    return next(_image_files(folder), None) is not None
 
 
 def _subdirs(folder: Path) -> list[Path]:

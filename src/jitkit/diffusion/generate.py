@@ -24,6 +24,7 @@ from jitkit.diffusion.sampling import Trajectory, VelocityFn, sample, to_uint8
 from jitkit.runtime import autocast, resolve_precision
 
 __all__ = [
+    "balanced_counts",
     "balanced_labels",
     "cast_for_inference",
     "check_noise",
@@ -55,14 +56,14 @@ def indexed_noise(
     return out * noise_scale
 
 
-def balanced_labels(
+def balanced_counts(
     num_classes: int,
     *,
     classes: Sequence[int] | None = None,
     per_class: int | None = None,
     num: int | None = None,
-) -> np.ndarray:
-    """The labels to generate, class-major (all images of the first class, then the next, …).
+) -> list[tuple[int, int]]:
+    """(class, count) runs of the labels to generate, class-major.
 
     ``classes`` (default: all) × ``per_class`` images; or ``num`` images balanced over the classes (the first
     num mod C classes get one more). ``per_class`` and ``num`` are exclusive; neither → 1 per class.
@@ -79,13 +80,23 @@ def balanced_labels(
         if num < 1:
             raise ValueError(f"num must be >= 1, found {num}")
         q, r = divmod(int(num), len(cls))
-        counts = [q + (1 if k < r else 0) for k in range(len(cls))]
-    else:
-        per = 1 if per_class is None else int(per_class)
-        if per < 1:
-            raise ValueError(f"per_class must be >= 1, found {per}")
-        counts = [per] * len(cls)
-    return np.concatenate([np.full(n, c, dtype=np.int64) for c, n in zip(cls, counts)])
+        return [(c, q + (1 if k < r else 0)) for k, c in enumerate(cls)]
+    per = 1 if per_class is None else int(per_class)
+    if per < 1:
+        raise ValueError(f"per_class must be >= 1, found {per}")
+    return [(c, per) for c in cls]
+
+
+def balanced_labels(
+    num_classes: int,
+    *,
+    classes: Sequence[int] | None = None,
+    per_class: int | None = None,
+    num: int | None = None,
+) -> np.ndarray:
+    """The labels of :func:`balanced_counts` as one array [N] (small jobs; large ones use the runs)."""
+    runs = balanced_counts(num_classes, classes=classes, per_class=per_class, num=num)
+    return np.concatenate([np.full(n, c, dtype=np.int64) for c, n in runs])
 
 
 def rank_indices(n: int, rank: int = 0, world_size: int = 1) -> list[int]:

@@ -33,7 +33,7 @@ z_t = (σ_t/σ_s)·z_s + σ_t ∫ e^λ x̂(λ) dλ. Expanding x̂ in λ, x̂ ≈
 
 and the multistep (2M) estimate x̂'_s ≈ (x̂_s − x̂_{s−1})/(λ_s − λ_{s−1}) (the published 2M writes
 (1 − e^{−h})·h/2 for h − 1 + e^{−h}, equal to O(h³)). First order is DDIM, which here is exactly the Euler step
-in t: z_t = z_s + (t−s)·(x̂_s − z_s)/(1−s). :func:`lambda_multistep_update` implements this form (τ = log(w − 1)
+in t: z_t = z_s + (t−s)·(x̂_s − z_s)/(1−s). :func:`jitkit.bench.variants.lambda_multistep_update` implements this form (τ = log(w − 1)
 continues λ through the clamp).
 
 Why jitkit expands x̂ in t instead
@@ -76,7 +76,6 @@ __all__ = [
     "MULTISTEP_ORDER",
     "clamp_weight",
     "lagrange_weights",
-    "lambda_multistep_update",
     "multistep_update",
     "order_note",
     "solver_time",
@@ -124,30 +123,6 @@ def multistep_update(
     z_next = a * z
     for w, x in zip(weights, preds[:p]):
         z_next = z_next + w * x
-    return z_next
-
-
-def lambda_multistep_update(
-    z: torch.Tensor,
-    preds: Sequence[torch.Tensor],
-    times: Sequence[float],
-    t_next: float,
-    t_eps: float,
-    order: int,
-) -> torch.Tensor:
-    """One step of DPM-Solver++ in its published λ form (see the module docstring), order 1 or 2.
-
-    Kept to measure against the t form (benchmarks/solvers.py). A node at t = 0 (λ = −inf) gives no
-    derivative, so the second step is first order too.
-    """
-    taus = [solver_time(t, t_eps) for t in times[: min(order, len(preds), 2)]]
-    w_s, w_t = clamp_weight(times[0], t_eps), clamp_weight(t_next, t_eps)
-    h = solver_time(t_next, t_eps) - taus[0]
-    alpha = 1.0 - 1.0 / w_t  # α_t below the clamp
-    c0 = -math.expm1(-h)  # 1 − e^{−h}; 1 when λ_s = −inf
-    z_next = (w_s / w_t) * z + (alpha * c0) * preds[0]
-    if len(taus) == 2 and math.isfinite(taus[0]) and math.isfinite(taus[1]):
-        z_next = z_next + (alpha * (h - c0) / (taus[0] - taus[1])) * (preds[0] - preds[1])
     return z_next
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,33 +109,26 @@ class _SamplingEval:
     last: dict[str, Any] | None = None
 
     def _sample(
-        self,
-        info: dict[str, Any],
-        labels: np.ndarray,
-        indices: list[int],
-        *,
-        progress: bool,
-        desc: str,
-        on_batch: Callable[[list[int], torch.Tensor, np.ndarray], None] | None = None,
+        self, info: dict[str, Any], labels: np.ndarray, indices: list[int], **run: Any
     ) -> torch.Tensor:
         """uint8 images [n, C, S, S] of ``labels`` (plan indices ``indices``) in the training precision
-        (``info["precision"]``, else the config's ``train.precision``, else fp32)."""
+        (``info["precision"]``, else the config's ``train.precision``, else fp32); ``run`` (progress, desc,
+        on_batch) goes to :func:`jitkit.diffusion.generate.generate_images` as it is."""
         from jitkit.diffusion.generate import generate_images
 
         cfg: RunConfig | None = info.get("config")
         scfg = self.sampler or (cfg.sampler if cfg is not None else SamplerConfig())
         precision = info.get("precision") or (cfg.train.precision if cfg is not None else "fp32")
+        den = info["denoiser"]
         return generate_images(
-            info["denoiser"],
+            den,
             labels,
             scfg,
             seed=self.seed,
             batch_size=self.batch_size,
             precision=precision,
             indices=indices,
-            on_batch=on_batch,
-            progress=progress,
-            desc=desc,
+            **run,
         )
 
     def _record(

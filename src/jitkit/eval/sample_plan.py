@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from jitkit.diffusion.generate import balanced_counts
+
 __all__ = ["OUTPUT_MEMORY_FRACTION", "LabelPlan", "check_outputs_fit", "output_bytes"]
 
 OUTPUT_MEMORY_FRACTION = 0.8  # an npz/grid is refused when its estimated bytes exceed this much free memory
@@ -69,25 +71,8 @@ class LabelPlan:
         per_class: int | None = None,
         num: int | None = None,
     ) -> LabelPlan:
-        """``classes`` (default: all) × ``per_class`` images, or ``num`` images balanced over them (the first
-        num mod C classes get one more); neither: 1 per class. The labels of ``balanced_labels``."""
-        cls_ = list(range(num_classes)) if classes is None else [int(c) for c in classes]
-        bad = [c for c in cls_ if not 0 <= c < num_classes]
-        if bad:
-            raise ValueError(f"class indices must lie in [0, {num_classes - 1}] for this model, found {bad}")
-        if not cls_:
-            raise ValueError("no classes to sample: classes is empty")
-        if per_class is not None and num is not None:
-            raise ValueError("give either per_class or num, not both")
-        if num is not None:
-            if num < 1:
-                raise ValueError(f"num must be >= 1, found {num}")
-            q, r = divmod(int(num), len(cls_))
-            return cls((c, q + (1 if k < r else 0)) for k, c in enumerate(cls_))
-        per = 1 if per_class is None else int(per_class)
-        if per < 1:
-            raise ValueError(f"per_class must be >= 1, found {per}")
-        return cls((c, per) for c in cls_)
+        """The labels of :func:`jitkit.diffusion.generate.balanced_counts` (and of ``balanced_labels``)."""
+        return cls(balanced_counts(num_classes, classes=classes, per_class=per_class, num=num))
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0

@@ -377,6 +377,12 @@ class Trainer:
         den = self.eval_denoiser()
         return lambda: den
 
+    def _run_info(self) -> dict[str, Any]:
+        """What every callback event tells about the run (see :mod:`jitkit.train.callbacks`)."""
+        keys = ("run_dir", "config", "classes", "device", "precision", "rank", "world_size", "is_main")
+        values = (self.run_dir, self.cfg, self.classes, self.device, self.precision, self.info.rank)
+        return dict(zip(keys, (*values, self.info.world_size, self.main)))
+
     def emit(self, event: str, epoch: int, **extra: Any) -> str | None:
         """Call every callback with ``(event, info)`` on every rank (see :mod:`jitkit.train.callbacks`).
 
@@ -386,18 +392,7 @@ class Trainer:
         if not self.callbacks:
             return None
         info = CallbackInfo(
-            self._denoiser_factory(event),
-            step=self.step,
-            epoch=epoch,
-            run_dir=self.run_dir,
-            config=self.cfg,
-            classes=self.classes,
-            device=self.device,
-            precision=self.precision,
-            rank=self.info.rank,
-            world_size=self.info.world_size,
-            is_main=self.main,
-            **extra,
+            self._denoiser_factory(event), step=self.step, epoch=epoch, **self._run_info(), **extra
         )
         stop = None
         try:

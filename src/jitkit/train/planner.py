@@ -28,7 +28,9 @@ from jitkit.train.peak_memory import (
     CUDA_CONTEXT,
     HALF_ACT_FACTOR,
     ActivationProfile,
+    GiB,
     MemoryEstimate,
+    MiB,
     ParamCounts,
     activation_profile,
     estimate_memory,
@@ -57,8 +59,6 @@ __all__ = [
     "parse_bytes",
 ]
 
-GiB = 1 << 30
-MiB = 1 << 20
 # host memory: one training process (interpreter + torch, + CUDA libraries on GPUs) and one loader worker
 HOST_PROC_CPU = int(0.6 * GiB)
 HOST_PROC_GPU = int(2.5 * GiB)

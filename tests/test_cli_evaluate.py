@@ -1,4 +1,4 @@
-"""jitkit eval on the built-in metrics (cli/sample.py), and the errors that explain."""
+"""jitkit eval on the built-in metrics (cli/evaluate.py), and the errors that explain."""
 
 from __future__ import annotations
 
