@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command-group modules, each with register(subparsers); add a module here to add its commands
@@ -68,7 +69,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"jitkit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return int(rc or 0)
+    return _exit_rank(int(rc or 0))
+
+
+def _exit_rank(rc: int) -> int:
+    """A torchrun rank ends here, without the interpreter's finalisation: the C++ threads of the
+    distributed backend can still reach for the GIL while Python tears down and abort the process
+    ("terminate called without an active exception", exit -6) after a run that finished and saved."""
+    from jitkit.runtime import dist
+
+    if not dist.owned_group_used():
+        return rc
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,14 +116,29 @@ def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo
         torch.distributed.init_process_group(
             backend=backend, rank=rank, world_size=ws, timeout=datetime.timedelta(seconds=timeout_s)
         )
+        global _GROUP_OWNED
+        _GROUP_OWNED = True
     else:
         backend = torch.distributed.get_backend()
     return DistInfo(rank, ws, local, device, backend)
 
 
+_GROUP_OWNED = False  # set when init() created the process group (a torchrun rank), not its caller
+
+
 def cleanup(info: DistInfo | None = None) -> None:
+    """Leave the process group. Collect garbage first: pending work objects of the backend (FSDP's last
+    all-gathers) that hold tensors must go while the interpreter is fully alive."""
     if is_initialized():
+        import gc
+
+        gc.collect()
         torch.distributed.destroy_process_group()
+
+
+def owned_group_used() -> bool:
+    """Whether this process joined a process group of its own (a ``torchrun`` rank) at some point."""
+    return _GROUP_OWNED
 
 
 def barrier() -> None:
