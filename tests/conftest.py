@@ -36,6 +36,12 @@ def shared_dir() -> Path:
     return find_shared()
 
 
+# ``precision auto`` measures bf16 against fp32 on CPUs (bf16 on AMX machines for large enough models): the
+# suite switches the probe off so that it decides alike on every CPU, in subprocesses too; tests of the
+# decision monkeypatch the probe or delete the variable.
+os.environ["JITKIT_BF16_PROBE"] = "off"
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     # keep tests predictable on small shared machines

@@ -184,3 +184,18 @@ def test_a_jit_block_compiles_to_one_graph_with_the_process_backend():
         ex = torch._dynamo.explain(net.blocks[0])(x, c, net.rope_cos, net.rope_sin)
     assert ex.graph_break_count == 0, [str(b.reason) for b in ex.break_reasons]
     assert any("onednn_linear" in str(n.target) for g in ex.graphs for n in g.graph.nodes)
+
+
+def test_bf16_probe_measures_unless_switched_off(monkeypatch):
+    from jitkit.models import linear as L
+
+    off = L.bf16_linear_speedup(64, 32, 48)  # the suite runs with JITKIT_BF16_PROBE=off (conftest)
+    assert off["speedup"] == off["peak_speedup"] == 1.0 and "JITKIT_BF16_PROBE" in off["probe"]
+    monkeypatch.delenv("JITKIT_BF16_PROBE")
+    monkeypatch.setattr(L, "_bf16_probe", {})
+    rec = L.bf16_linear_speedup(64, 32, 48, repeats=1)
+    assert rec["fp32_gflops"] > 0 and rec["bf16_gflops"] > 0 and rec["shape"] == [64, 32, 48]
+    assert (
+        rec["speedup"] == pytest.approx(rec["bf16_gflops"] / rec["fp32_gflops"], rel=0.1)
+        and "probe" not in rec
+    )
