@@ -221,10 +221,10 @@ def test_tf32_is_recorded_as_asked_and_as_run(capsys):
 def test_result_records_both_gemm_peaks_and_the_precision_choice(monkeypatch):
     """Every result has the float32 and the bf16 GEMM peak and how ``precision auto`` was decided (measured
     for the model on a CPU: here the probe is made to say bf16 pays off)."""
-    import jitkit.models.linear as L
+    import jitkit.models.registry as R
     from jitkit.bench.runner import QUICK, BenchSettings, run_bench
 
-    monkeypatch.setattr(L, "bf16_linear_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
+    monkeypatch.setattr(R, "bf16_block_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
     s = BenchSettings().replace(
         **{**QUICK, "mode": "forward", "device": "cpu", "precision": "auto", "repeats": 1}
     )

@@ -199,3 +199,31 @@ def test_bf16_probe_measures_unless_switched_off(monkeypatch):
         rec["speedup"] == pytest.approx(rec["bf16_gflops"] / rec["fp32_gflops"], rel=0.1)
         and "probe" not in rec
     )
+
+
+def test_bf16_block_probe_times_the_model_as_it_will_run(monkeypatch):
+    """``precision auto`` on a CPU times one block of the model itself in fp32 and bf16: forward + backward
+    for training, the bf16-weight forward for sampling; it draws no random numbers from the caller's stream."""
+    from conftest import tiny_model_config
+
+    from jitkit.models import registry as R
+
+    cfg = tiny_model_config()
+    off = R.bf16_block_speedup(cfg, 4, train=True)
+    assert off["speedup"] == 1.0 and "JITKIT_BF16_PROBE=off" in off["probe"]
+    monkeypatch.delenv("JITKIT_BF16_PROBE")
+    monkeypatch.setattr(R, "_block_probe", {})
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    tr = R.bf16_block_speedup(cfg, 4, train=True, repeats=1)
+    inf = R.bf16_block_speedup(cfg, 4, train=False, repeats=1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    tokens = cfg.num_patches + cfg.in_context_len
+    assert tr["probe"] == f"one block, forward+backward, [4, {tokens}, {cfg.hidden_size}]"
+    assert inf["probe"].startswith("one block, inference")
+    for rec in (tr, inf):
+        assert rec["fp32_ms"] > 0 and rec["bf16_ms"] > 0 and rec["peak_speedup"] > 0
+        assert rec["speedup"] == pytest.approx(rec["fp32_ms"] / rec["bf16_ms"], rel=0.05)
+    assert len(R._block_probe) == 2  # cached per shape and mode
+    choice, rec = R.precision_for_model("auto", "cpu", cfg, 4, train=True)
+    assert choice == ("bf16" if rec["speedup"] >= 1.2 and rec["peak_speedup"] >= 2 else "fp32")

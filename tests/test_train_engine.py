@@ -299,7 +299,7 @@ def test_bf16_training_keeps_float32_islands_and_auto_is_recorded(tmp_path, tiny
     """Under bf16 autocast the master weights, both EMAs, the AdamW moments and the loss stay float32; an
     ``auto`` run records what it chose (here the CPU probe says bf16 pays off) and a resumed run keeps it even
     when the probe would now decide otherwise (a run does not change precision half-way)."""
-    import jitkit.models.linear as L
+    import jitkit.models.registry as R
 
     run = train(
         tiny.run_config(tmp_path / "b", precision="bf16", epochs=1, eval_at_end=False), progress=False
@@ -311,13 +311,13 @@ def test_bf16_training_keeps_float32_islands_and_auto_is_recorded(tmp_path, tiny
     assert moments and all(t.dtype == torch.float32 for t in moments)
     assert ck.meta["precision"] == "bf16" and all(math.isfinite(x) for x in losses(run))
 
-    monkeypatch.setattr(L, "bf16_linear_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
+    monkeypatch.setattr(R, "bf16_block_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
     run_a = train(
         tiny.run_config(tmp_path / "a", precision="auto", epochs=1, eval_at_end=False), progress=False
     )
     meta = load_checkpoint(run_a).meta
     assert meta["precision"] == "bf16" and meta["precision_choice"]["reason"] == "measured"
-    monkeypatch.setattr(L, "bf16_linear_speedup", lambda *a, **k: {"peak_speedup": 1.0, "speedup": 0.5})
+    monkeypatch.setattr(R, "bf16_block_speedup", lambda *a, **k: {"peak_speedup": 1.0, "speedup": 0.5})
     cfg = tiny.run_config(tmp_path / "a", precision="auto", epochs=2, eval_at_end=False)
     train(cfg, resume="auto", progress=False)
     ck = load_checkpoint(run_a)

@@ -310,9 +310,10 @@ def prepare_train(
 
 
 def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None]:
-    """The network alone, eval mode, no grad, on a batch of noisy images."""
+    """The network alone, eval mode, no grad, on a batch of noisy images, on the inference path of sampling
+    (weights kept in bf16/fp16 when that precision runs: :func:`cast_for_inference`)."""
     precision = resolve_precision(s.precision, device)
-    den = build_denoiser(s, device).eval()
+    den = cast_for_inference(build_denoiser(s, device).eval(), precision)
     mc = s.model_config()
     g = torch.Generator(device="cpu").manual_seed(s.seed + 1)
     z = torch.randn(s.batch_size, mc.in_channels, mc.img_size, mc.img_size, generator=g).to(device)
@@ -470,13 +471,15 @@ def run_bench(
     malloc = retain_freed_memory() if device.type == "cpu" else "default"
     load_start = _loadavg()
     asked = [s] if compare is None else [s.with_value(compare[0], v) for v in compare[1]]
-    # precision auto resolved once per variant as training would (measured for the model on a CPU); the
+    # precision auto resolved once per variant as training (when timed) or sampling would (measured for the
+    # model on a CPU); the
     # variants then run with the resolved value, and the record keeps both
     say = log or (lambda msg: None)
     choices = []
     for v in asked:
         _set_threads(v)
-        choices.append(precision_for_model(v.precision, device, v.model_config(), v.batch_size))
+        images, training = v.batch_size, "train" in v.modes()
+        choices.append(precision_for_model(v.precision, device, v.model_config(), images, train=training))
     precisions = [c[0] for c in choices]
     variants = [v.replace(precision=p) for v, p in zip(asked, precisions)]
     peaks: dict[tuple[str, bool], dict] = {}

@@ -234,6 +234,11 @@ def use_cpu_linear(model: nn.Module, backend: str | None) -> nn.Module:
 _bf16_probe: dict[tuple[int, int, int, int], dict[str, float]] = {}
 
 
+def bf16_probe_off() -> bool:
+    """``JITKIT_BF16_PROBE=off`` (or 0, none): no bf16 speed measurement, ``auto`` means fp32 on CPUs."""
+    return os.environ.get("JITKIT_BF16_PROBE", "").strip().lower() in ("0", "off", "none")
+
+
 def bf16_linear_speedup(rows: int, in_features: int, out_features: int, repeats: int = 5) -> dict[str, float]:
     """How much faster a CPU linear of shape [rows, in] · [in, out] runs under bf16 autocast than in float32 on
     the backend the layers use (:func:`cpu_linear_backend`), and the same for a large square product (what
@@ -244,7 +249,7 @@ def bf16_linear_speedup(rows: int, in_features: int, out_features: int, repeats:
     ``JITKIT_BF16_PROBE=off`` skips the measurement and reports no speed-up (``auto`` then means fp32, the
     same on every CPU: the test suite sets it).
     """
-    if os.environ.get("JITKIT_BF16_PROBE", "").strip().lower() in ("0", "off", "none"):
+    if bf16_probe_off():
         # measured speed makes ``auto`` differ between machines; tests and reproducible runs switch it off
         off = {"fp32_gflops": 0.0, "bf16_gflops": 0.0, "speedup": 1.0, "peak_speedup": 1.0}
         return {

@@ -18,6 +18,7 @@ __all__ = [
     "count_params",
     "list_models",
     "model_config",
+    "bf16_block_speedup",
     "precision_for_model",
 ]
 
@@ -70,18 +71,75 @@ def compiler_available(device: torch.device | str) -> tuple[bool, str]:
 
 
 def precision_for_model(
-    precision: str, device: torch.device | str, cfg: ModelConfig, images: int
+    precision: str, device: torch.device | str, cfg: ModelConfig, images: int, *, train: bool = False
 ) -> tuple[str, dict]:
-    """``precision`` resolved for a JiT of ``cfg`` running ``images`` images per forward on ``device``, and
-    the record of the decision (:func:`jitkit.runtime.choose_precision`). On a CPU ``auto`` measures the
-    model's MLP linear ([images·tokens, width] · [width, mlp hidden]) in bf16 and fp32
-    (:func:`jitkit.models.linear.bf16_linear_speedup`)."""
-    from jitkit.models.linear import bf16_linear_speedup
+    """``precision`` resolved for a JiT of ``cfg`` running ``images`` images per forward on ``device``
+    (``train``: forward and backward under autocast; else the inference path with bf16 weights), and the
+    record of the decision (:func:`jitkit.runtime.choose_precision`). On a CPU ``auto`` measures one block of
+    this model both ways (:func:`bf16_block_speedup`)."""
     from jitkit.runtime import choose_precision
 
-    rows = max(1, int(images)) * (cfg.num_patches + cfg.in_context_len)
+    return choose_precision(precision, device, lambda: bf16_block_speedup(cfg, images, train=train))
 
-    def probe() -> dict:
-        return bf16_linear_speedup(rows, cfg.hidden_size, 2 * cfg.mlp_hidden)
 
-    return choose_precision(precision, device, probe)
+_block_probe: dict[tuple, dict] = {}
+
+
+def bf16_block_speedup(cfg: ModelConfig, images: int, *, train: bool = False, repeats: int = 3) -> dict:
+    """How much faster one JiT block of ``cfg`` (attention, SwiGLU, norms, adaLN: the casts and element-wise
+    work that decide small models included) runs on the CPU under bf16 autocast than in float32, on
+    ``images`` images; ``train`` times forward + backward with float32 master weights (as training runs),
+    otherwise a no-grad forward with the linear weights kept in bf16 (as sampling runs). Also the speed-up of
+    a large product (what the CPU's bf16 units can do at best). Best of ``repeats`` after a warm-up, cached
+    per shape and thread count: ~10 ms for the shapes model, ~1-2 s for JiT-B/16 at batch 8.
+
+    Returns ``{"speedup", "peak_speedup", "fp32_ms", "bf16_ms", "probe"}``. ``JITKIT_BF16_PROBE=off`` skips
+    the measurement (no speed-up: ``auto`` means fp32 on every CPU; the test suite sets it).
+    """
+    import copy
+
+    from jitkit.models.jit import JiTBlock
+    from jitkit.models.layers import rope_tables
+    from jitkit.models.linear import _best_seconds, bf16_linear_speedup, bf16_probe_off
+
+    tokens = cfg.num_patches + cfg.in_context_len
+    images = max(1, int(images))
+    what = (
+        f"one block, {'forward+backward' if train else 'inference'}, [{images}, {tokens}, {cfg.hidden_size}]"
+    )
+    if bf16_probe_off():
+        return {"speedup": 1.0, "peak_speedup": 1.0, "probe": f"{what}: JITKIT_BF16_PROBE=off"}
+    peak = bf16_linear_speedup(1024, 1024, 1024)["peak_speedup"]
+    key = (cfg.hidden_size, cfg.num_heads, cfg.mlp_hidden, cfg.attention, tokens, images, train)
+    key += (torch.get_num_threads(),)
+    if key not in _block_probe:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            block = JiTBlock(cfg, dropout=False)
+            for p in block.parameters():  # adaLN-Zero would zero the gates: give every weight values
+                torch.nn.init.normal_(p, std=0.02)
+            x = torch.randn(images, tokens, cfg.hidden_size)
+            c = torch.randn(images, cfg.hidden_size)
+        cos, sin = rope_tables(cfg.grid_size, cfg.head_dim, tokens - cfg.num_patches)
+        half = copy.deepcopy(block)
+        for m in half.modules():
+            if isinstance(m, nn.Linear):
+                m.to(torch.bfloat16)
+        xg = x.clone().requires_grad_(train)
+
+        def run(net: nn.Module, bf16: bool) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if train:
+                    net(xg, c, cos, sin).float().square().mean().backward()
+                    return
+                with torch.no_grad():
+                    net(x, c, cos, sin)
+
+        f32 = _best_seconds(lambda: run(block, False), repeats)
+        b16 = _best_seconds(lambda: run(block if train else half, True), repeats)
+        _block_probe[key] = {
+            "speedup": round(f32 / b16, 3),
+            "fp32_ms": round(1e3 * f32, 2),
+            "bf16_ms": round(1e3 * b16, 2),
+        }
+    return {**_block_probe[key], "peak_speedup": peak, "probe": what}

@@ -188,7 +188,9 @@ class Trainer:
                     "requested": "auto",
                     "reason": "the resumed run's",
                 }
-        choice = precision_for_model(tc.precision, self.device, self.cfg.model, self.plan.micro_batch)
+        choice = precision_for_model(
+            tc.precision, self.device, self.cfg.model, self.plan.micro_batch, train=True
+        )
         return dist.broadcast_object(choice)  # ranks measure differently; rank 0's decision holds
 
     def _setup_data(self) -> None:
@@ -562,5 +564,5 @@ def _why(record: dict) -> str:
     peak, model = record.get("thresholds", [0, 0])
     return (
         f": auto; bf16 measured {record['peak_speedup']:.2f}× fp32 on large products (needs {peak:g}×) and "
-        f"{record['speedup']:.2f}× on this model's linears (needs {model:g}×)"
+        f"{record['speedup']:.2f}× on a block of this model, training (needs {model:g}×)"
     )
