@@ -351,8 +351,8 @@ def test_cli_serves_a_named_run(tiny, tmp_path, monkeypatch):
     c = served["app"].test_client()
     info = c.get("/api/info").get_json()
     assert info["classes"] == CLASSES and info["steps_range"] == [1, 9] and info["defaults"]["steps"] == 7
-    # the checkpoint's sampler defaults (cfg 3 in the shapes preset) are the page's defaults
-    assert info["defaults"]["cfg"] == 3.0 and info["precision"] == "fp32"  # auto on the CPU
+    # the checkpoint's sampler defaults (cfg 2 in the shapes preset) are the page's defaults
+    assert info["defaults"]["cfg"] == 2.0 and info["precision"] == "fp32"  # auto on the CPU
     req = {"seed": 5, "steps": 3, "cfg": 3.0}
     got = c.post("/api/sample", json=req).get_json()
     # the same run sampled from the in-memory model that was saved
