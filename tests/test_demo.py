@@ -356,7 +356,8 @@ def test_cli_serves_a_named_run(tiny, tmp_path, monkeypatch):
     req = {"seed": 5, "steps": 3, "cfg": 3.0}
     got = c.post("/api/sample", json=req).get_json()
     # the same run sampled from the in-memory model that was saved
-    ref = create_app(den, den.net.cfg, CLASSES).test_client().post("/api/sample", json=req)
+    ref = create_app(den, den.net.cfg, CLASSES, sampler=SamplerConfig(method=info["defaults"]["sampler"]))
+    ref = ref.test_client().post("/api/sample", json=req)
     assert got["final"] == ref.get_json()["final"]
 
 
