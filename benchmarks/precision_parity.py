@@ -25,10 +25,11 @@ def read_jsonl(path: Path) -> list[dict]:
 def summary(run: Path) -> dict:
     log = read_jsonl(run / "log.jsonl")
     ev = [r for r in read_jsonl(run / "eval.jsonl") if r.get("metric") == "shapes"]
-    meta = json.loads((run / "config.json").read_text())
+    asked = json.loads((run / "config.json").read_text())["train"]["precision"]
+    meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
     return {
         "run": str(run),
-        "precision": meta["train"]["precision"],
+        "precision": f"{asked} → {meta.get('precision', '?')}",
         "steps": [r["step"] for r in log],
         "loss": [r["loss"] for r in log],
         "seconds": log[-1]["time"],
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if ref["steps"] != oth["steps"]:
         raise SystemExit("the two runs logged different steps; compare runs of the same recipe")
     gaps = [abs(b - r) / r for r, b in zip(ref["loss"][a.skip :], oth["loss"][a.skip :])]
-    print("| run | precision asked | training s | accuracy | mean IoU | final logged loss |")
+    print("| run | precision (asked → ran) | training s | accuracy | mean IoU | final logged loss |")
     print("|---|---|---|---|---|---|")
     for s in (ref, oth):
         print(

@@ -42,3 +42,19 @@ def test_text_npz_and_figure_round_trip(tmp_path: Path) -> None:
     plt.close(fig)
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "sub", "x.npz"]
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from jitkit.fileio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "a.json", "{}")
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644  # mkstemp alone gives 0o600
+        os.umask(0o077)
+        assert stat.S_IMODE(atomic_write_text(tmp_path / "b.json", "{}").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

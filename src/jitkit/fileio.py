@@ -27,6 +27,8 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Pa
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if hasattr(os, "fchmod"):  # not on Windows, where mkstemp's mode is not the issue
+                os.fchmod(f.fileno(), _new_file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -34,6 +36,14 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Pa
             os.unlink(tmp)
         raise
     return path
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 under the umask): mkstemp makes its files 0o600,
+    which would leave outputs unreadable to the rest of a lab's group."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
