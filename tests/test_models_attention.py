@@ -1,4 +1,4 @@
-"""The two attention paths (fused SDPA and the reference's float32 math) agree, forward and backward."""
+"""The attention paths (fused SDPA, the math form, the reference's float32 math) agree, forward and backward."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from jitkit.config import ModelConfig
 from jitkit.models.jit import JiT
-from jitkit.models.layers import attention_math_fp32
+from jitkit.models.layers import attention_math, attention_math_fp32
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -53,11 +53,31 @@ def test_math_fp32_keeps_input_dtype_and_computes_in_fp32():
     assert (out.float() - exact).abs().max() <= 2**-7 * exact.abs().max()
 
 
-@pytest.mark.parametrize("grad_checkpoint", [False, True])
-def test_network_paths_agree_forward_and_gradients(grad_checkpoint):
+def test_math_products_in_the_input_dtype_softmax_in_fp32():
+    """``math``: in float32 the same numbers as the fused kernel, forward and backward; in bf16 the two products
+    run in bf16 (the probabilities rounded to bf16 once), within a bf16-sized error of the exact result."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 20, 8, generator=g, requires_grad=True) for _ in range(3))
+    a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    b = attention_math(q, k, v)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    w = torch.randn(a.shape, generator=g)
+    for x, y in zip(
+        torch.autograd.grad((a * w).sum(), (q, k, v)), torch.autograd.grad((b * w).sum(), (q, k, v))
+    ):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    qb, kb, vb = (u.detach().bfloat16() for u in (q, k, v))
+    out = attention_math(qb, kb, vb)
+    assert out.dtype == torch.bfloat16
+    exact = torch.softmax(qb.float() @ kb.float().transpose(-2, -1) / 8**0.5, -1) @ vb.float()
+    assert 0 < (out.float() - exact).abs().max() <= 2**-5 * exact.abs().max()
+
+
+@pytest.mark.parametrize("kind,grad_checkpoint", [("math-fp32", False), ("math-fp32", True), ("math", False)])
+def test_network_paths_agree_forward_and_gradients(kind, grad_checkpoint):
     torch.manual_seed(0)
     net_a = JiT(_cfg(attention="sdpa", grad_checkpoint=grad_checkpoint))
-    net_b = JiT(_cfg(attention="math-fp32"))
+    net_b = JiT(_cfg(attention=kind))
     # non-zero adaLN / output weights so that every block contributes (zero-init would hide differences)
     with torch.no_grad():
         for p in net_a.parameters():

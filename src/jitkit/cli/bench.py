@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cfg", type=float, default=2.9, help="CFG scale on the interval [0.1, 1] (default 2.9)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--attention", default="sdpa", choices=("sdpa", "math-fp32"))
+    p.add_argument("--attention", default="sdpa", choices=("sdpa", "math", "math-fp32"))
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing of the blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (opt-in)")
     p.add_argument("--channels-last", action="store_true", help="channels-last images and conv weights")

@@ -8,7 +8,7 @@ from typing import Any
 
 from jitkit.config.base import ConfigBase, ConfigError, suggest
 
-ATTENTION_KINDS = ("sdpa", "math-fp32")
+ATTENTION_KINDS = ("sdpa", "math", "math-fp32")
 
 
 @dataclass(frozen=True)

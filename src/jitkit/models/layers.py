@@ -215,10 +215,22 @@ class Attention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         if self.kind == "sdpa":
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        elif self.kind == "math":
+            o = attention_math(q, k, v, drop)
         else:
             o = attention_math_fp32(q, k, v, drop)
         o = o.transpose(1, 2).reshape(B, T, D)  # [B,T,D]
         return self.proj_drop(self.proj(o))
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+    """softmax(q·kᵀ/√h) · v with both products in the inputs' dtype (bf16 matrix units under autocast) and the
+    softmax in float32. Keeps the [T, T] probabilities for backward, which the fused kernels recompute."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B,H,T,T]
+    attn = scores.float().softmax(dim=-1)
+    if drop > 0:
+        attn = F.dropout(attn, p=drop)
+    return attn.to(v.dtype) @ v
 
 
 def attention_math_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
