@@ -12,7 +12,8 @@ Layout (DESIGN, Formats)::
 Modules: ``layout`` (file names, format version, errors), ``store`` (atomic save, numbered copies,
 pruning: a crash or kill at any moment leaves a complete checkpoint), ``load`` (finding the newest
 complete checkpoint, path forms, loading without unpickling, weights → Denoiser), ``reference`` (import of
-the JiT reference release's checkpoints).
+the JiT reference release's checkpoints), ``diffusers`` (export to and import from diffusers-style folders,
+docs/ecosystem.md).
 """
 
 from jitkit.checkpoint.layout import (

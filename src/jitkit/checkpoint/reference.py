@@ -250,11 +250,7 @@ def import_reference(
     from jitkit.diffusion.flow import Denoiser
     from jitkit.models.registry import build_model
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out must be a run folder (new or empty), found a file: {out}")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"out {out} is not empty; choose a new folder or pass overwrite=True")
+    out = check_new_run_folder(out, overwrite)
     ck = load_reference_checkpoint(src)
     cfg = config_from_args(ck["args"])
     model = _clean_state_dict(ck["model"], "model")
@@ -293,16 +289,43 @@ def import_reference(
         "imported_from": str(Path(src).resolve()),
         "reference_args": args_dict,
     }
+    return write_imported_run(
+        out, cfg, classes_list, model, ema1=emas["model_ema1"], ema2=emas["model_ema2"], meta=meta
+    )
+
+
+def check_new_run_folder(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as a Path, after checking it can take an imported run: new, empty, or ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out must be a run folder (new or empty), found a file: {out}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out {out} is not empty; choose a new folder or pass overwrite=True")
+    return out
+
+
+def write_imported_run(
+    out: Path,
+    cfg: RunConfig,
+    classes: list[str],
+    model: dict[str, torch.Tensor],
+    *,
+    ema1: dict[str, torch.Tensor] | None,
+    ema2: dict[str, torch.Tensor] | None,
+    meta: dict[str, Any],
+) -> Path:
+    """Write checked weights as a run folder: ``config.json``, ``classes.json``, ``checkpoints/last`` (atomic
+    files; the checkpoint folder is renamed into place whole). Shared by every importer."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
-    atomic_write_bytes(out / "classes.json", (json.dumps(classes_list) + "\n").encode())
+    atomic_write_bytes(out / "classes.json", (json.dumps(classes) + "\n").encode())
     save_checkpoint(
         out / "checkpoints" / "last",
         config=cfg,
-        classes=classes_list,
+        classes=classes,
         model=model,
-        ema1=emas["model_ema1"],
-        ema2=emas["model_ema2"],
+        ema1=ema1,
+        ema2=ema2,
         state=None,
         meta=meta,
     )

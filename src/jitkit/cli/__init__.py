@@ -29,6 +29,7 @@ _MODULES = (
     "experiment",
     "bench",
     "demo",
+    "export",
 )
 
 

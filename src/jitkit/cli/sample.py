@@ -286,14 +286,16 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
 def _register_import(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import",
-        help="convert a JiT reference checkpoint (checkpoint-last.pth) into a jitkit run folder",
+        help="convert a JiT reference checkpoint (checkpoint-last.pth) or a diffusers folder into a run folder",
         description=(
             "Read a checkpoint of the JiT reference code without executing pickled code (tensors and "
             "argparse.Namespace only), infer the model/diffusion/sampler config from its args, check it against "
-            "the tensor shapes, and write a jitkit run folder usable by jitkit sample / eval / train --resume."
+            "the tensor shapes, and write a jitkit run folder usable by jitkit sample / eval / train --resume. "
+            "A folder holding model_index.json or transformer/config.json (a diffusers-style JiT: jitkit export's "
+            "or the JiT-diffusers port's) is read instead from its JSON configs and safetensors weights."
         ),
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT_PTH")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_PTH_OR_DIR")
     p.add_argument("--out", required=True, metavar="RUN", help="new run folder")
     p.add_argument("--classes", default=None, metavar="FILE", help="class names: JSON list or one per line")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
@@ -305,6 +307,7 @@ def run_import(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from jitkit.checkpoint.diffusers import import_diffusers, is_diffusers_folder
     from jitkit.checkpoint.reference import import_reference
     from jitkit.config import RunConfig
 
@@ -313,7 +316,10 @@ def run_import(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"--out expects a run folder (new or empty), found a file: {out}")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
-    out = import_reference(args.checkpoint, out, classes=args.classes, overwrite=args.overwrite)
+    if is_diffusers_folder(args.checkpoint):
+        out = import_diffusers(args.checkpoint, out, classes=args.classes, overwrite=args.overwrite)
+    else:
+        out = import_reference(args.checkpoint, out, classes=args.classes, overwrite=args.overwrite)
     cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
     m, s = cfg.model, cfg.sampler
     print(
