@@ -76,6 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (0: every epoch)")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument(
+        "--log",
+        default=None,
+        metavar="SINKS",
+        help="where the training scalars and sample grids go besides RUN/log.jsonl: tensorboard (RUN/tb, the "
+        "default, when the package is installed), wandb (Weights & Biases, pip install 'jitkit[wandb]'), "
+        "both joined by a comma, or none; kept in the run's config (a resume continues the wandb run)",
+    )
+    p.add_argument(
         "--resume", default=None, metavar="auto|PATH", help="continue a run ('auto': the latest under --out)"
     )
     p.add_argument("--fsdp", action="store_true", default=None, help="shard with FSDP2 under torchrun")
@@ -360,6 +368,13 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
 
     import torch  # noqa: F401  (after the cheap checks above)
+
+    from jitkit.train.tracking import require_sinks
+
+    try:
+        require_sinks(cfg.train.log_sinks)  # a missing wandb, said before any work
+    except ConfigError as e:
+        raise flag_error(e, {"log": "log"}) from e
 
     from jitkit.checkpoint import DiskFullError
     from jitkit.train import NonFiniteLossError, train

@@ -19,6 +19,7 @@ from jitkit.config.presets import (
 from jitkit.config.schema import (
     ATTENTION_KINDS,
     GRIDS,
+    LOG_SINKS,
     PREDICTIONS,
     SAMPLERS,
     DataConfig,
@@ -32,6 +33,7 @@ from jitkit.config.schema import (
 __all__ = [
     "ATTENTION_KINDS",
     "GRIDS",
+    "LOG_SINKS",
     "MODEL_NAMES",
     "MODEL_SIZES",
     "PREDICTIONS",

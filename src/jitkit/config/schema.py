@@ -175,6 +175,30 @@ class DataConfig(ConfigBase):
             raise ConfigError(f"workers must be >= 0 (or -1: sized from the host), found {self.workers}")
 
 
+# where the training scalars and sample grids go besides log.jsonl (train.log: names joined by commas, or "none")
+LOG_SINKS = ("tensorboard", "wandb")
+
+
+def log_sinks(value: str) -> tuple[str, ...]:
+    """The sinks named by a ``train.log`` value: ``"tensorboard,wandb"`` → ("tensorboard", "wandb"), ``"none"``
+    → (). Raises ``ConfigError`` for a name that is not in :data:`LOG_SINKS`."""
+    names = [n.strip().lower() for n in str(value).split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    valid = ", ".join((*LOG_SINKS, "none"))
+    if not names:
+        raise ConfigError(f"log must name sinks joined by commas (valid: {valid}), found {value!r}")
+    if "none" in names:
+        raise ConfigError(f"log: 'none' stands alone (no sinks), found {value!r}; valid sinks: {valid}")
+    for n in names:
+        if n not in LOG_SINKS:
+            raise ConfigError(
+                f"log: unknown sink {n!r}{suggest(n, [*LOG_SINKS, 'none'])} in {value!r}; valid sinks: {valid} "
+                f"(several joined by commas, e.g. tensorboard,wandb)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
 @dataclass(frozen=True)
 class TrainConfig(ConfigBase):
     """Optimisation, schedule, EMA, logging and checkpointing of a training run."""
@@ -203,6 +227,7 @@ class TrainConfig(ConfigBase):
     device: str = "auto"
     seed: int = 0
     log_every: int = 20
+    log: str = "tensorboard"  # sinks besides log.jsonl: tensorboard | wandb | tensorboard,wandb | none
     sample_every: int = 0  # steps; 0: at the end only
     ckpt_every: int = 0  # steps; 0: at the end of each epoch
     ckpt_min_seconds: float = 60.0  # epoch-end checkpoints (ckpt_every 0) at most this often
@@ -228,6 +253,7 @@ class TrainConfig(ConfigBase):
                 f"epochs must be >= 1, found {self.epochs} (or set max_steps=N, N >= 1, to stop after N steps)"
             )
         self.check_at_least(1, "log_every")
+        log_sinks(self.log)
         self.check_at_least(
             0,
             "global_batch",
@@ -255,6 +281,11 @@ class TrainConfig(ConfigBase):
                 raise ConfigError(f"{name} must lie in [0, 1), found {v}")
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be a positive number of seconds, found {self.dist_timeout}")
+
+    @property
+    def log_sinks(self) -> tuple[str, ...]:
+        """The sinks of ``log`` (see :func:`log_sinks`)."""
+        return log_sinks(self.log)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ device.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
@@ -65,6 +64,7 @@ from jitkit.train.run_folder import (
 from jitkit.train.schedule import lr_schedule, scaled_lr, set_lr
 from jitkit.train.signals import SignalFlag
 from jitkit.train.state import TrainState, resumed_step, run_position, write_checkpoint
+from jitkit.train.tracking import require_sinks
 
 __all__ = ["NonFiniteLossError", "StepResult", "StopTraining", "Trainer", "accumulate_gradients", "train"]
 
@@ -153,6 +153,7 @@ class Trainer:
         self.run_dir_arg = run_dir
         self.sig = signals if signals is not None else SignalFlag()
         self.eval_den: nn.Module | None = None
+        self.report: Reporter | None = None
 
     # setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -164,6 +165,7 @@ class Trainer:
 
     def _setup_runtime(self) -> None:
         tc = self.cfg.train
+        require_sinks(tc.log_sinks)  # a missing wandb is said before any work
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         self.info = dist.init(resolve_device(tc.device), timeout_s=tc.dist_timeout)
@@ -357,6 +359,8 @@ class Trainer:
         if self.main:
             path = self.run_dir / "samples" / f"{step_dir_name(self.step)}.png"
             write_preview(den, self.cfg, self.classes, path, self.precision)
+            if self.report is not None:
+                self.report.image(self.step, "samples/preview", path)
         self._release_eval_denoiser()
         dist.barrier()
         return path
@@ -399,7 +403,10 @@ class Trainer:
         stop = None
         try:
             for cb in self.callbacks:
-                cb(event, info)
+                out = cb(event, info)
+                # an evaluation hook returns its record (the eval.jsonl line) on rank 0: to the sinks too
+                if self.main and self.report is not None and isinstance(out, dict) and "metric" in out:
+                    self.report.evaluation(self.step, out)
         except StopTraining as e:
             stop = f"stopped by a callback: {e}" if str(e) else "stopped by a callback"
         finally:
@@ -415,9 +422,11 @@ class Trainer:
         self.sig.install()
         try:
             self._describe()
-            with contextlib.closing(self._reporter()) as self.report:
+            # the sinks stay open for the final grid and evaluations; closed on every way out
+            with self._reporter() as self.report:
                 stop = self._loop()
-            return self._finish(stop)
+                self.report.end_progress()
+                return self._finish(stop)
         finally:
             self.sig.restore()
 
@@ -431,7 +440,9 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             effective_batch=self.plan.effective_batch,
             log_every=self.cfg.train.log_every,
-            tb_dir=self.run_dir / "tb",
+            sinks=self.cfg.train.log_sinks,
+            run_dir=self.run_dir,
+            config=self.cfg.to_dict(),
         )
 
     def train_step(self, batches: Iterator[tuple[int, torch.Tensor, torch.Tensor]]) -> StepResult:

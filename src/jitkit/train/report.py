@@ -1,7 +1,8 @@
-"""What a run reports while it trains: log.jsonl records, TensorBoard scalars, the progress bar and the sample
-grids (previews).
+"""What a run reports while it trains: log.jsonl records, the tracking sinks (TensorBoard, Weights & Biases:
+``train.log``, see :mod:`jitkit.train.tracking`), the progress bar and the sample grids (previews).
 
-Every ``log_every`` steps (and at the last step) rank 0 appends one record to RUN/log.jsonl:
+Every ``log_every`` steps (and at the last step) rank 0 appends one record to RUN/log.jsonl and hands the
+same record to each sink:
 
     {"step", "epoch" (fractional), "loss" (mean over the steps since the last record), "lr", "img_per_s",
      "time" (seconds since the loop started), "grad_norm" (when clipping)}
@@ -12,11 +13,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from jitkit.config import RunConfig
+from jitkit.train.tracking import open_sinks
 
 __all__ = ["Reporter", "preview_labels", "write_preview"]
 
@@ -24,8 +28,10 @@ __all__ = ["Reporter", "preview_labels", "write_preview"]
 class Reporter:
     """Writes the log records of rank 0 (``main``); on other ranks it only counts.
 
-    ``progress``: a tqdm bar with the smoothed loss, img/s and LR. ``tb_dir``: TensorBoard events there when
-    the optional ``tensorboard`` package is installed.
+    ``progress``: a tqdm bar with the smoothed loss, img/s and LR. ``sinks``: the tracking sinks to open for
+    the run in ``run_dir`` (``train.log``'s names, see :mod:`jitkit.train.tracking`); ``config``: the resolved
+    run config as a dict, for the sinks that keep it. Use it as a context manager (or call :meth:`close`):
+    the sinks are closed also when an exception ends the run, and told so.
     """
 
     def __init__(
@@ -39,14 +45,17 @@ class Reporter:
         steps_per_epoch: int,
         effective_batch: int,
         log_every: int,
-        tb_dir: Path | None = None,
+        sinks: Sequence[str] = (),
+        run_dir: Path | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.main, self.total_steps, self.steps_per_epoch = main, total_steps, steps_per_epoch
         self.effective_batch, self.log_every = effective_batch, log_every
         self.smooth: float | None = None
         self.t_start = time.perf_counter()
         self._reset_window()
-        self.tb = _tensorboard(tb_dir) if main and tb_dir is not None else None
+        run_dir = Path(run_dir) if run_dir is not None else Path(log_path).parent
+        self.sinks = open_sinks(sinks, run_dir, config or {}) if main else []
         self.log_f = open(log_path, "a") if main else None  # noqa: SIM115 - closed in close()
         self.bar = None
         if main and progress:
@@ -84,36 +93,45 @@ class Reporter:
             rec["grad_norm"] = grad_norm
         self.log_f.write(json.dumps(rec) + "\n")
         self.log_f.flush()
-        if self.tb is not None:
-            self.tb.add_scalar("train/loss", rec["loss"], step)
-            self.tb.add_scalar("train/lr", lr, step)
-            self.tb.add_scalar("train/img_per_s", ips, step)
+        for sink in self.sinks:
+            sink.scalars(step, rec)
         if self.bar is not None:
             self.bar.set_postfix_str(
                 f"ep {epoch} loss {self.smooth:.4f} {ips:.0f} img/s lr {lr:.2e}", refresh=False
             )
         self._reset_window()
 
-    def close(self) -> None:
-        if self.log_f is not None:
-            self.log_f.close()
-            self.log_f = None
+    def image(self, step: int, name: str, path: Path) -> None:
+        """Hand the sample grid ``path`` of ``step`` to the sinks (as ``name``, e.g. ``samples/preview``)."""
+        for sink in self.sinks:
+            sink.image(step, name, path)
+
+    def evaluation(self, step: int, record: dict[str, Any]) -> None:
+        """Hand an evaluation hook's record (its eval.jsonl line) of ``step`` to the sinks."""
+        for sink in self.sinks:
+            sink.evaluation(step, record)
+
+    def end_progress(self) -> None:
+        """Close the progress bar (before the run's last messages)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
 
+    def __enter__(self) -> Reporter:
+        return self
 
-def _tensorboard(log_dir: Path):
-    """A SummaryWriter in ``log_dir``, or None without the optional tensorboard package."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(failed=exc_type is not None)
 
-        return SummaryWriter(str(log_dir))
-    except Exception:
-        return None
+    def close(self, failed: bool = False) -> None:
+        """Close log.jsonl, the bar and the sinks (``failed``: an exception ended the run; wandb marks it)."""
+        if self.log_f is not None:
+            self.log_f.close()
+            self.log_f = None
+        self.end_progress()
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close(failed)
 
 
 def preview_labels(num_classes: int) -> list[int]:
