@@ -30,15 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from jitkit.checkpoint.diffusers import export_diffusers
+    from jitkit.cli.flags import checked_out
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out expects a folder (new or empty), found a file: {out}")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+    out = checked_out(args)
     out = export_diffusers(args.checkpoint, out, ema=args.ema, overwrite=args.overwrite)
     print(
         f"jitkit export: wrote {out} (diffusers layout, EMA {args.ema} weights: transformer/, scheduler/, "

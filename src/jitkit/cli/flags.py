@@ -58,3 +58,14 @@ def call_with_flags(fn: Callable[..., Any], args: argparse.Namespace, **more: An
         return fn(**{**given, **more})
     except (ValueError, OSError) as e:
         raise flag_error(e, {k: k for k in given}) from e
+
+
+def checked_out(args: argparse.Namespace) -> Any:
+    """``args.out`` as a Path that can take a new run or export (new, empty, or ``--overwrite``); the check of
+    :func:`jitkit.checkpoint.reference.check_new_run_folder`, its errors naming the flags."""
+    from jitkit.checkpoint.reference import check_new_run_folder
+
+    try:
+        return check_new_run_folder(args.out, args.overwrite)
+    except (NotADirectoryError, FileExistsError) as e:
+        raise flag_error(e, {"out": "out", "overwrite": "overwrite"}) from e

@@ -305,17 +305,13 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from jitkit.checkpoint.diffusers import import_diffusers, is_diffusers_folder
     from jitkit.checkpoint.reference import import_reference
+    from jitkit.cli.flags import checked_out
     from jitkit.config import RunConfig
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out expects a run folder (new or empty), found a file: {out}")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+    out = checked_out(args)
     if is_diffusers_folder(args.checkpoint):
         out = import_diffusers(args.checkpoint, out, classes=args.classes, overwrite=args.overwrite)
     else:
