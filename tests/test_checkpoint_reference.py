@@ -166,12 +166,12 @@ def test_output_folder_errors_name_parameters_and_the_cli_names_flags(tmp_path, 
     with pytest.raises(FileExistsError, match=r"not empty.*overwrite=True") as e:
         import_reference(tmp_path / "any.pth", tmp_path / "full")
     assert "--" not in str(e.value)
-    with pytest.raises(NotADirectoryError, match="out must be a run folder"):
+    with pytest.raises(NotADirectoryError, match="out expects a folder"):
         import_reference(tmp_path / "any.pth", tmp_path / "afile")
     assert main(["import", str(tmp_path / "any.pth"), "--out", str(tmp_path / "full")]) == 2
     assert "--out" in (err := capsys.readouterr().err) and "--overwrite" in err
     assert main(["import", str(tmp_path / "any.pth"), "--out", str(tmp_path / "afile")]) == 2
-    assert "--out expects a run folder" in capsys.readouterr().err
+    assert "--out expects a folder" in capsys.readouterr().err
 
 
 def test_files_that_are_not_checkpoints_say_what_they_are(shared_dir, tmp_path):

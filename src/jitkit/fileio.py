@@ -60,3 +60,14 @@ def atomic_save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Pat
     """``fig.savefig`` to ``path`` atomically; the format comes from the suffix of ``path`` (e.g. ``.png``)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     return atomic_write_with(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 4 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

@@ -5,6 +5,8 @@ Shared by the writer (``store``) and the reader (``load``); see the package docs
 
 from __future__ import annotations
 
+from jitkit.fileio import file_sha256  # the weight files' checksums (in __all__)
+
 __all__ = [
     "FORMAT_VERSION",
     "META_FILE",
@@ -13,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "DiskFullError",
+    "file_sha256",
     "step_dir_name",
 ]
 
@@ -20,6 +23,7 @@ FORMAT_VERSION = 1
 WEIGHT_FILES = {"model": "model.safetensors", "ema1": "ema1.safetensors", "ema2": "ema2.safetensors"}
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+SHA256_KEY = "sha256"  # meta.json: {weight file name: hex sha256}, written at save, verified at load
 STEP_PREFIX = "step-"
 BACKUP_PREFIX = ".old-"  # a replaced ``last``, kept until its successor is in place
 TMP_PREFIX = ".tmp-"  # a checkpoint being written

@@ -18,11 +18,13 @@ from jitkit.checkpoint.layout import (
     BACKUP_PREFIX,
     FORMAT_VERSION,
     META_FILE,
+    SHA256_KEY,
     STATE_FILE,
     TMP_PREFIX,
     WEIGHT_FILES,
     CheckpointError,
     CheckpointMismatchError,
+    file_sha256,
 )
 from jitkit.config import ModelConfig, RunConfig, diff_table
 
@@ -127,7 +129,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """Map a run folder, checkpoints folder, checkpoint folder or a file inside one to a checkpoint folder."""
+    """Map a run folder, checkpoints folder, checkpoint folder or a file inside one to a checkpoint folder.
+
+    ``hf://ORG/REPO[@REVISION][/SUBFOLDER]`` is downloaded first (safetensors and JSON only; a diffusers-style
+    repository becomes a cached run folder): see :mod:`jitkit.checkpoint.hub`.
+    """
+    if str(path).startswith("hf:/"):
+        from jitkit.checkpoint.hub import hub_checkpoint_folder
+
+        path = hub_checkpoint_folder(path)
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; {_EXPECTED}")
@@ -240,6 +250,8 @@ def load_checkpoint(
         f = ckpt / fname
         if f.is_file():
             weights[key] = LazyWeights(f) if lazy else _load_weights(f, map_location)
+            if not lazy:  # a lazy load (resume on many ranks) reads each tensor once and skips the hash
+                _verify_sha256(f, meta)
         else:
             weights[key] = None
     state = None
@@ -262,6 +274,19 @@ def load_checkpoint(
         meta=meta,
         path=ckpt,
     )
+
+
+def _verify_sha256(f: Path, meta: dict[str, Any]) -> None:
+    """Raise CheckpointError if meta.json records a sha256 for weight file ``f`` and the file has another."""
+    expected = (meta.get(SHA256_KEY) or {}).get(f.name)
+    if not expected:
+        return  # written before hashes were recorded
+    found = file_sha256(f)
+    if found != expected:
+        raise CheckpointError(
+            f"weights {f} do not match their recorded sha256 (expected {expected}, found {found}): the file "
+            "was damaged or replaced after saving; use another checkpoint or download it again"
+        )
 
 
 def check_state_dict(

@@ -298,7 +298,7 @@ def check_new_run_folder(out: str | Path, overwrite: bool) -> Path:
     """``out`` as a Path, after checking it can take an imported run: new, empty, or ``overwrite``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out must be a run folder (new or empty), found a file: {out}")
+        raise NotADirectoryError(f"out expects a folder (new or empty), found a file: {out}")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"out {out} is not empty; choose a new folder or pass overwrite=True")
     return out

@@ -24,12 +24,14 @@ from jitkit.checkpoint.layout import (
     BACKUP_PREFIX,
     FORMAT_VERSION,
     META_FILE,
+    SHA256_KEY,
     STATE_FILE,
     STEP_PREFIX,
     TMP_PREFIX,
     WEIGHT_FILES,
     CheckpointError,
     DiskFullError,
+    file_sha256,
 )
 from jitkit.config import RunConfig
 
@@ -74,6 +76,7 @@ def save_checkpoint(
             "config": config.to_dict(),
             "classes": list(classes),
             "files": [],
+            SHA256_KEY: {},
         }
     )
     full_meta.setdefault("step", 0)
@@ -88,6 +91,7 @@ def save_checkpoint(
             save_file(_plain_tensors(sd, key), str(path), metadata=st_meta)
             _fsync_path(path)
             full_meta["files"].append(path.name)
+            full_meta[SHA256_KEY][path.name] = file_sha256(path)
         if state is not None:
             path = tmp / STATE_FILE
             with open(path, "wb") as f:

@@ -30,6 +30,7 @@ _MODULES = (
     "bench",
     "demo",
     "export",
+    "hub",
 )
 
 

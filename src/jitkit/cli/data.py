@@ -25,6 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--strict", action="store_true", help="unreadable images are an error instead of skipped")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+    p.add_argument(
+        "--format",
+        choices=("cache", "webdataset"),
+        default="cache",
+        help="cache: one memory-mapped file (default); webdataset: tar shards + manifest.json for multi-node",
+    )
+    p.add_argument("--shard-size", type=int, default=None, help="webdataset: images per shard (default 1000)")
+    p.add_argument(
+        "--image-format",
+        choices=("png", "jpeg"),
+        default=None,
+        help="webdataset: png (default, lossless) or jpeg",
+    )
+    p.add_argument("--quality", type=int, default=None, help="webdataset: JPEG quality (default 95)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run_prepare)
 
@@ -58,6 +72,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from jitkit.cli.flags import call_with_flags
+
+    wds_only = [
+        f"--{k.replace('_', '-')}"
+        for k in ("shard_size", "image_format", "quality")
+        if getattr(args, k) is not None
+    ]
+    if args.format == "webdataset":
+        from jitkit.data.webdataset_write import prepare_shards
+
+        given = {k: v for k, v in vars(args).items() if v is not None}
+        call_with_flags(prepare_shards, argparse.Namespace(**given))  # flags named after its parameters
+        return 0
+    if wds_only:
+        raise ValueError(f"{', '.join(wds_only)} apply to --format webdataset only; add --format webdataset")
     from jitkit.data.cache import prepare_cache
 
     call_with_flags(prepare_cache, args)  # the flags are named after prepare_cache's parameters

@@ -63,6 +63,13 @@ def data_classes(cfg: DataConfig, split: str = "train") -> list[str] | None:
         from jitkit.data.shapes import class_names
 
         return list(class_names())
+    from jitkit.data.webdataset import is_shards, shards_classes
+
+    if is_shards(name):
+        try:
+            return shards_classes(name)
+        except (OSError, ValueError):
+            return None  # opening the shards explains
     from jitkit.data.cache import is_cache
     from jitkit.data.swissroll import parse_swissroll_name
 
@@ -89,6 +96,8 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
     * ``shapes``: rendered in memory (``cfg.per_class`` per class at ``cfg.img_size``, seed ``cfg.seed``;
       the val/test splits use a fixed seed offset so they are held out).
     * ``swissroll-D``: a ``SwissRoll`` (items are float vectors [D], not images).
+    * WebDataset shards (a folder with the manifest.json of ``jitkit prepare --format webdataset``, or a
+      brace pattern / .tar path of shards beside it): a ``ShardDataset`` streamed per epoch and rank.
     * a prepared cache (a folder with ``manifest.json`` written by ``jitkit prepare``): memory-mapped,
       verified against its manifest.
     * an image folder: PATH/train/<class> (ImageNet layout; split 'val' reads PATH/val), PATH/<class>, or
@@ -111,6 +120,17 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
         # P depends on the seed only; held-out splits draw other points under the same P
         return SwissRoll(D, n=max(1, cfg.per_class), seed=cfg.seed, point_seed=_split_seed(cfg.seed, split))
 
+    from jitkit.data.webdataset import is_shards, open_shards
+
+    if is_shards(name):
+        ds = open_shards(name)
+        if ds.img_size != cfg.img_size:
+            raise ValueError(
+                f"shards {name} hold {ds.img_size}px images but img_size={cfg.img_size} was requested; "
+                f"re-run `jitkit prepare --format webdataset --size {cfg.img_size}` or set img_size {ds.img_size}"
+            )
+        ds.hflip = hflip
+        return ds
     path = Path(name).expanduser()
     if not path.exists():
         raise _no_such_data(name)

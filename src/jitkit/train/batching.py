@@ -264,6 +264,9 @@ class Batches:
         self, epoch: int, start_step: int, end_step: int
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """The chunks of steps ``start_step`` … ``end_step − 1`` of ``epoch``, in the order they are used."""
+        if getattr(self.ds, "streaming", False):
+            yield from self._stream_epoch(epoch, start_step, end_step)
+            return
         perm = epoch_permutation(len(self.ds), self.seed, epoch)
         chunks = [
             (c, idx) for _, c, idx in rank_chunk_indices(perm, self.plan, self.rank, start_step, end_step)
@@ -282,6 +285,32 @@ class Batches:
             if skipped and report is not None:
                 report(skipped)  # once for all workers (each would otherwise print its own first one)
             yield c, x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _stream_epoch(
+        self, epoch: int, start_step: int, end_step: int
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Streamed data (WebDataset shards): this rank's chunks come in the order its share of the epoch
+        is read (``data.webdataset``), not from the epoch permutation; chunk ids and seeds are as above."""
+        k, W = self.plan.accum_steps, self.plan.world_size
+        ids = [a * W + self.rank for _ in range(start_step, end_step) for a in range(k)]
+        if not ids:
+            return
+        chunks = self.ds.chunks(
+            epoch,
+            self.seed,
+            rank=self.rank,
+            world=W,
+            micro=self.plan.micro_batch,
+            workers=self.worker_plan(),
+            start=start_step * k,
+            count=len(ids),
+            device=self.device,
+        )
+        try:
+            for c, (x, y, _) in zip(ids, chunks):
+                yield c, x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        finally:
+            chunks.close()  # shuts the epoch's DataLoader workers down
 
     def loader(self) -> torch.utils.data.DataLoader:
         """The DataLoader of the streaming path (made on first use): ``IndexView`` keyed by this pass's chunks."""

@@ -1,0 +1,278 @@
+"""WebDataset shards (data/webdataset.py): prepare → shards + manifest, resume, pixels equal to the cache's, the
+exactly-once rule over 2 gloo ranks × 2 DataLoader workers, training on shards, and bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_ranks
+from PIL import Image
+
+from jitkit.cli import main
+from jitkit.data.cache import open_cache, prepare_cache
+from jitkit.data.folder import scan_folder
+from jitkit.data.webdataset import ShardMismatch, epoch_slots, open_shards
+from jitkit.data.webdataset_write import prepare_shards
+
+CLASSES = ["ant", "bee", "cat"]
+
+
+def _images(root: Path, per_class: int = 5, bad: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            # odd sizes: the crop resizes and cuts
+            Image.fromarray(rng.integers(0, 256, (19 + i, 23, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    if bad:
+        (root / "bee" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def _prepare(src: Path, out: Path, **kw) -> Path:
+    return prepare_shards(src, 8, out, shard_size=4, workers=1, progress=False, **kw)
+
+
+def _all_samples(ds) -> dict[str, tuple[np.ndarray, int]]:
+    got = {}
+    for x, y, keys in ds.stream(0, 0, rank=0, world=1, micro=3, workers=0):
+        for img, label, k in zip(x.numpy(), y.tolist(), keys):
+            assert k not in got
+            got[k] = (img, label)
+    return got
+
+
+def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path):
+    src = _images(tmp_path / "img")
+    out = _prepare(src, tmp_path / "sh")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["format"] == "jitkit-webdataset" and man["count"] == 15 and man["classes"] == CLASSES
+    assert man["size"] == 8 and man["image_format"] == "png"
+    assert [e["name"] for e in man["shards"]] == [f"shard-{i:06d}.tar" for i in range(4)]  # 16 files / 4
+    assert sum(e["count"] for e in man["shards"]) == 15 and man["skipped"][0][0] == os.path.join(
+        "bee", "broken.png"
+    )
+    for e in man["shards"]:
+        data = (out / e["name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == e["sha256"] and len(data) == e["bytes"]
+    assert not (out / "manifest.partial.json").exists()
+    # each sample: KEY.png + KEY.cls, every class spread over the shards
+    import tarfile
+
+    with tarfile.open(out / "shard-000000.tar") as t:
+        names = t.getnames()
+    assert all(n.endswith((".png", ".cls")) for n in names) and len(names) == 2 * man["shards"][0]["count"]
+
+    # an interrupted prepare: manifest.json not yet written, shard 2 missing, shard 3 damaged
+    partial = {
+        "plan_id": man["plan_id"],
+        "source": man["source"],
+        "size": 8,
+        "shards": {str(i): dict(e, skipped=[]) for i, e in enumerate(man["shards"])},
+    }
+    partial["shards"]["1"]["skipped"] = [[os.path.join("bee", "broken.png"), "not an image"]]
+    (out / "manifest.partial.json").write_text(json.dumps(partial))
+    (out / "manifest.json").unlink()
+    (out / "shard-000002.tar").unlink()
+    (out / "shard-000003.tar").write_bytes(b"\0" * 512)
+    kept = {i: (out / f"shard-{i:06d}.tar").stat().st_mtime_ns for i in (0, 1)}
+    os.utime(out / "shard-000000.tar", ns=(1, 1))  # a rewrite would change these times
+    os.utime(out / "shard-000001.tar", ns=(1, 1))
+    _prepare(src, out)
+    man2 = json.loads((out / "manifest.json").read_text())
+    assert [e["sha256"] for e in man2["shards"]] == [e["sha256"] for e in man["shards"]]
+    assert all((out / f"shard-{i:06d}.tar").stat().st_mtime_ns == 1 for i in kept)  # skipped, not rewritten
+    assert man2["count"] == 15 and len(man2["skipped"]) == 1
+
+
+def test_shards_hold_the_same_pixels_as_the_cache(tmp_path):
+    src = _images(tmp_path / "img")
+    ds = open_shards(_prepare(src, tmp_path / "sh"))
+    cache = open_cache(prepare_cache(src, 8, tmp_path / "cache", workers=1, progress=False))
+    rel = [os.path.relpath(f, scan_folder(src).root) for f in scan_folder(src).files]
+    row_of = {
+        r.decode(): i for i, r in enumerate((tmp_path / "cache" / "sources.txt").read_bytes().splitlines())
+    }
+    got = _all_samples(ds)
+    assert len(got) == len(cache) == len(ds) == 15
+    for key, (img, label) in got.items():
+        row = row_of[rel[int(key)]]  # KEY is the index in the folder's sorted file list
+        assert np.array_equal(img, cache.images[row].numpy()) and label == int(cache.labels[row])
+
+
+def test_jpeg_shards_decode_close_to_the_crop(tmp_path):
+    src = _images(tmp_path / "img", bad=False)
+    ds = open_shards(
+        prepare_shards(
+            src, 8, tmp_path / "sh", shard_size=8, image_format="jpeg", quality=95, workers=1, progress=False
+        )
+    )
+    png = _all_samples(open_shards(_prepare(src, tmp_path / "png")))
+    for key, (img, label) in _all_samples(ds).items():
+        assert label == png[key][1]
+        assert np.abs(img.astype(int) - png[key][0].astype(int)).mean() < 20  # lossy but the same image
+
+
+def test_epoch_slots_cover_every_sample_once():
+    counts = [4, 4, 3, 0, 5]
+    for world, workers in [(1, 1), (2, 2), (3, 2), (4, 3)]:
+        for epoch in (0, 1):
+            seen = [
+                (i, j)
+                for slot in epoch_slots(counts, 7, epoch, world, workers)
+                for i, lo, hi in slot
+                for j in range(lo, hi)
+            ]
+            assert sorted(seen) == [(i, j) for i, c in enumerate(counts) for j in range(c)]
+    orders = [epoch_slots(counts, 7, e, 2, 2) for e in range(4)]
+    # the shard order changes with the epoch (5 shards have 120 orders: two epochs may share one)
+    assert len({repr(o) for o in orders}) > 1
+    assert orders[0] == epoch_slots(counts, 7, 0, 2, 2)  # and is the same when asked again
+
+
+_RANK = textwrap.dedent(
+    """
+    import datetime, json, sys, torch
+    import torch.distributed as tdist
+    from jitkit.data.webdataset import open_shards
+    from jitkit.runtime import dist
+    torch.set_num_threads(1)
+    rank, world, _ = dist.env_world()
+    tdist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    ds = open_shards(sys.argv[1])
+    epochs = []
+    for epoch in (0, 1):
+        keys = [k for _, _, ks in ds.stream(epoch, 3, rank=rank, world=world, micro=2, workers=2) for k in ks]
+        every = [None] * world
+        tdist.all_gather_object(every, keys)
+        epochs.append(every)
+    if rank == 0:
+        print("KEYS " + json.dumps(epochs))
+    tdist.destroy_process_group()
+    """
+)
+
+
+def test_two_ranks_two_workers_see_every_sample_once_per_epoch(tmp_path):
+    sh = _prepare(_images(tmp_path / "img", per_class=6, bad=False), tmp_path / "sh")  # 18 in shards of 4
+    (tmp_path / "logs").mkdir()
+    res = run_ranks(lambda r: [sys.executable, "-c", _RANK, str(sh)], 2, tmp_path / "logs", timeout=90)
+    for r, (rc, _, err) in enumerate(res):
+        assert rc == 0, f"rank {r} failed:\n{err[-3000:]}"
+    epochs = json.loads(next(ln for ln in res[0][1].splitlines() if ln.startswith("KEYS "))[5:])
+    everything = sorted(f"{i:08d}" for i in range(18))
+    for ranks in epochs:
+        assert sorted(k for keys in ranks for k in keys) == everything  # each sample exactly once
+        assert abs(len(ranks[0]) - len(ranks[1])) <= 1  # balanced
+    assert epochs[0] != epochs[1]  # another order (and split) in the next epoch
+
+
+def _quiet_main(*argv: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(list(argv))
+    return rc, err.getvalue()
+
+
+def test_jitkit_train_on_shards(tmp_path, tiny):
+    src = _images(tmp_path / "img", per_class=6, bad=False)
+    rc, err = _quiet_main(
+        "prepare",
+        "--data",
+        str(src),
+        "--format",
+        "webdataset",
+        "--shard-size",
+        "5",
+        "--size",
+        "8",
+        "--out",
+        str(tmp_path / "sh"),
+        "--workers",
+        "1",
+    )
+    assert rc == 0, err
+    model = [f"model.{k}={v}" for k, v in tiny.MODEL.items() if k not in ("name", "num_classes", "img_size")]
+    sets = [a for kv in model + ["sampler.steps=2", "train.ema_decay1=0.9"] for a in ("--set", kv)]
+    rc, err = _quiet_main(
+        "train",
+        "--data",
+        str(tmp_path / "sh"),
+        "--img-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--accum-steps",
+        "2",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--no-eval",
+        *sets,
+    )
+    assert rc == 0, err
+    from jitkit.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck.step == 18 // 8 and ck.classes == CLASSES
+
+
+def test_tampered_shard_is_refused_naming_it(tmp_path, monkeypatch):
+    sh = _prepare(_images(tmp_path / "img", bad=False), tmp_path / "sh")
+    p = sh / "shard-000001.tar"
+    data = bytearray(p.read_bytes())
+    data[600] ^= 0xFF  # inside the first image, same size
+    p.write_bytes(bytes(data))
+    with pytest.raises(ShardMismatch, match="shard-000001.tar: sha256 does not match"):
+        open_shards(sh)
+    # large shard sets are checked lazily: each shard when a worker has read it
+    import jitkit.data.webdataset as wd
+
+    monkeypatch.setattr(wd, "FULL_VERIFY_BYTES", 0)
+    ds = open_shards(sh)
+    with pytest.raises(Exception, match="shard-000001.tar: sha256 does not match"):
+        _all_samples(ds)
+    (sh / "shard-000002.tar").write_bytes(b"short")
+    with pytest.raises(ShardMismatch, match="shard-000002.tar.*holds 5 bytes"):
+        open_shards(sh)
+
+
+def test_bad_shard_input(tmp_path, monkeypatch):
+    sh = _prepare(_images(tmp_path / "img", bad=False), tmp_path / "sh")
+    two = open_shards(str(sh / "shard-{000000..000001}.tar"))  # a brace pattern beside the manifest
+    assert len(two) == 8
+    with pytest.raises(ShardMismatch, match="shard-000009.tar not listed"):
+        open_shards(str(sh / "shard-{000008..000009}.tar"))
+    bare = tmp_path / "bare"  # shards without their manifest
+    bare.mkdir()
+    (bare / "shard-000000.tar").write_bytes((sh / "shard-000000.tar").read_bytes())
+    with pytest.raises(FileNotFoundError, match="expected a manifest.json beside them"):
+        open_shards(bare)
+    rc, err = _quiet_main("train", "--data", str(bare), "--out", str(tmp_path / "run"), "--no-progress")
+    assert rc == 2 and "manifest.json" in err
+    man = json.loads((sh / "manifest.json").read_text())
+    (sh / "manifest.json").write_text(json.dumps(dict(man, shards=[])))
+    with pytest.raises(ShardMismatch, match="found no shards"):
+        open_shards(sh)
+    monkeypatch.setitem(sys.modules, "webdataset", None)
+    with pytest.raises(ImportError, match=r"pip install 'jitkit\[wds\]'"):
+        open_shards(str(sh / "shard-000000.tar"))
+    rc, err = _quiet_main(
+        "prepare", "--data", str(tmp_path / "img"), "--out", str(tmp_path / "c"), "--shard-size", "3"
+    )
+    assert rc == 2 and "--format webdataset" in err
