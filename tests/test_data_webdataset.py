@@ -183,6 +183,34 @@ def _quiet_main(*argv: str) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
+def _train_tiny(tiny, data: str, out: Path) -> tuple[int, str]:
+    """One epoch of the tiny model on 8 px shards ``data`` (batch 4 × 2, 2 DataLoader workers)."""
+    model = [f"model.{k}={v}" for k, v in tiny.MODEL.items() if k not in ("name", "num_classes", "img_size")]
+    sets = [a for kv in model + ["sampler.steps=2", "train.ema_decay1=0.9"] for a in ("--set", kv)]
+    return _quiet_main(
+        "train",
+        "--data",
+        data,
+        "--img-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--accum-steps",
+        "2",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-eval",
+        *sets,
+    )
+
+
 def test_jitkit_train_on_shards(tmp_path, tiny):
     src = _images(tmp_path / "img", per_class=6, bad=False)
     rc, err = _quiet_main(
@@ -201,30 +229,7 @@ def test_jitkit_train_on_shards(tmp_path, tiny):
         "1",
     )
     assert rc == 0, err
-    model = [f"model.{k}={v}" for k, v in tiny.MODEL.items() if k not in ("name", "num_classes", "img_size")]
-    sets = [a for kv in model + ["sampler.steps=2", "train.ema_decay1=0.9"] for a in ("--set", kv)]
-    rc, err = _quiet_main(
-        "train",
-        "--data",
-        str(tmp_path / "sh"),
-        "--img-size",
-        "8",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--accum-steps",
-        "2",
-        "--workers",
-        "2",
-        "--threads",
-        "1",
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "--no-eval",
-        *sets,
-    )
+    rc, err = _train_tiny(tiny, str(tmp_path / "sh"), tmp_path / "run")
     assert rc == 0, err
     from jitkit.checkpoint import load_checkpoint
 
@@ -276,3 +281,151 @@ def test_bad_shard_input(tmp_path, monkeypatch):
         "prepare", "--data", str(tmp_path / "img"), "--out", str(tmp_path / "c"), "--shard-size", "3"
     )
     assert rc == 2 and "--format webdataset" in err
+
+
+# --- shards over HTTP, file:// URLs and shard lists ---------------------------------------------------
+
+
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """A threaded stdlib HTTP server on 127.0.0.1 serving the folder tmp_path/www: (that folder, its URL)."""
+    import functools
+    import http.server
+    import threading
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _ordered(ds, epoch: int = 1, seed: int = 5, **kw) -> list[tuple[str, int, bytes]]:
+    """(key, label, pixels) in the order rank 0 of ``world`` reads them in ``epoch``."""
+    kw = {"rank": 0, "world": 1, "workers": 0, **kw}
+    return [
+        (k, label, img.tobytes())
+        for x, y, keys in ds.stream(epoch, seed, micro=3, **kw)
+        for img, label, k in zip(x.numpy(), y.tolist(), keys)
+    ]
+
+
+def test_shards_over_http_and_lists_read_as_the_local_folder(tmp_path, http_root):
+    from jitkit.data.webdataset import is_shards
+
+    root, url = http_root
+    sh = _prepare(_images(tmp_path / "img", bad=False), root / "sh")  # 15 images in 4 shards
+    local = open_shards(sh)
+    want = _ordered(local)
+    assert len(want) == 15
+    urls = tmp_path / "urls.txt"  # a list of URLs, with a comment and a blank line
+    urls.write_text("# the shards over HTTP\n\n" + "".join(f"{url}/sh/shard-{i:06d}.tar\n" for i in range(4)))
+    rel = root / "rel.txt"  # a local list: relative to its own folder, brace patterns expanded
+    rel.write_text("sh/shard-{000000..000001}.tar\n  sh/shard-000002.tar\n# last:\nsh/shard-000003.tar\n")
+    names = [f"{url}/sh/", f"{url}/sh/shard-{{000000..000003}}.tar", str(urls), sh.as_uri() + "/", str(rel)]
+    for name in names:
+        assert is_shards(name)
+        ds = open_shards(name)
+        assert ds.remote == name.startswith("http") or name == str(urls)
+        assert len(ds) == 15 and ds.classes == CLASSES and ds.img_size == 8
+        assert _ordered(ds) == want, name  # same keys, labels and pixels in the same order
+    # two ranks' shares through DataLoader workers: the same split over HTTP as on disk
+    remote = open_shards(f"{url}/sh/")
+    for rank in (0, 1):
+        assert _ordered(remote, rank=rank, world=2, workers=2) == _ordered(
+            local, rank=rank, world=2, workers=2
+        )
+
+
+def test_http_errors_are_one_line_naming_the_url(tmp_path, http_root):
+    import re
+
+    root, url = http_root
+    sh = _prepare(_images(tmp_path / "img", bad=False), root / "sh")
+    gone = f"cannot read {url}/nowhere/manifest.json: HTTP 404 Not Found"
+    with pytest.raises(FileNotFoundError, match=re.escape(gone)):
+        open_shards(f"{url}/nowhere/")
+    rc, err = _quiet_main(
+        "train", "--data", f"{url}/nowhere/", "--out", str(tmp_path / "run"), "--no-progress"
+    )
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert rc == 2 and len(errors) == 1 and gone in errors[0], err
+    with pytest.raises(ValueError, match=re.escape(f"did you mean {url}/sh/ ?")):
+        open_shards(f"{url}/sh")  # a folder URL without its final /
+    (sh / "shard-000002.tar").unlink()
+    ds = open_shards(f"{url}/sh/")  # remote shards are not fetched when opening
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"cannot read {url}/sh/shard-000002.tar: HTTP 404 Not Found")
+    ):
+        _all_samples(ds)
+
+
+def test_tampered_shard_over_http_is_refused_naming_it(tmp_path, http_root):
+    import re
+
+    root, url = http_root
+    sh = _prepare(_images(tmp_path / "img", bad=False), root / "sh")
+    p = sh / "shard-000001.tar"
+    data = bytearray(p.read_bytes())
+    data[600] ^= 0xFF  # inside the first image, same size: only the checksum can tell
+    p.write_bytes(bytes(data))
+    ds = open_shards(f"{url}/sh/")  # not downloaded up front, even under 1 GiB
+    assert ds.remote and ds.verify_lazily
+    bad = f"shard {url}/sh/shard-000001.tar: sha256 does not match {url}/sh/manifest.json"
+    with pytest.raises(ShardMismatch, match=re.escape(bad)):
+        _all_samples(ds)
+    with pytest.raises(ShardMismatch, match=re.escape(bad)):
+        open_shards(f"{url}/sh/", verify="full")  # asked for: every shard downloaded and hashed once
+    p.write_bytes(b"short")  # the server's Content-Length refuses it before reading
+    with pytest.raises(ShardMismatch, match="shard-000001.tar.*holds 5 bytes"):
+        _all_samples(open_shards(f"{url}/sh/"))
+
+
+def test_a_list_naming_shards_its_manifest_does_not_list_is_refused(tmp_path, http_root):
+    import re
+
+    root, url = http_root
+    _prepare(_images(tmp_path / "img", bad=False), root / "sh")
+    lst = tmp_path / "shards.txt"
+    lst.write_text(f"{url}/sh/shard-000000.tar\n{url}/sh/shard-000009.tar\n")
+    with pytest.raises(
+        ShardMismatch, match=r"shard-000009.tar not listed in .*/sh/manifest.json.*first entry"
+    ):
+        open_shards(str(lst))
+    other = f"{url}/other/shard-000001.tar"  # listed by name, but beside another manifest
+    lst.write_text(f"{url}/sh/shard-000000.tar\n{other}\n")
+    with pytest.raises(ShardMismatch, match=re.escape(f"{other} not listed in {url}/sh/manifest.json")):
+        open_shards(str(lst))
+    lst.write_text(f"{url}/sh/shard-000000.tar\n{url}/sh/shard-000000.tar\n")
+    with pytest.raises(ValueError, match="shard-000000.tar named more than once"):
+        open_shards(str(lst))
+    lst.write_text(f"{url}/none/shard-000000.tar\n")  # the manifest is looked for beside the first entry
+    with pytest.raises(FileNotFoundError, match=re.escape(f"cannot read {url}/none/manifest.json: HTTP 404")):
+        open_shards(str(lst))
+    lst.write_text("# nothing yet\n\n")
+    with pytest.raises(ShardMismatch, match="names no shards"):
+        open_shards(str(lst))
+    with pytest.raises(FileNotFoundError, match="shard list .*missing.txt: no such file"):
+        open_shards(str(tmp_path / "missing.txt"))
+
+
+def test_jitkit_train_on_shards_over_http(tmp_path, tiny, http_root):
+    from jitkit.checkpoint import load_checkpoint
+
+    root, url = http_root
+    src = _images(tmp_path / "img", per_class=6, bad=False)
+    prepare_shards(src, 8, root / "sh", shard_size=5, workers=1, progress=False)
+    rc, err = _train_tiny(tiny, f"{url}/sh/", tmp_path / "run")
+    assert rc == 0, err
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck.step == 18 // 8 and ck.classes == CLASSES

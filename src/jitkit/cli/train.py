@@ -46,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="'shapes', an image folder (PATH/<class>/*, PATH/train/<class>/* or one folder: one class) or a "
-        "cache from jitkit prepare; the class count and names come from it",
+        help="'shapes', an image folder (PATH/<class>/*, PATH/train/<class>/* or one folder: one class), a "
+        "cache from jitkit prepare, or WebDataset shards (their folder, a brace pattern, http(s):// or "
+        "file:// URLs of either, or a .txt list); the class count and names come from it",
     )
     p.add_argument(
         "--hflip",

@@ -96,8 +96,9 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
     * ``shapes``: rendered in memory (``cfg.per_class`` per class at ``cfg.img_size``, seed ``cfg.seed``;
       the val/test splits use a fixed seed offset so they are held out).
     * ``swissroll-D``: a ``SwissRoll`` (items are float vectors [D], not images).
-    * WebDataset shards (a folder with the manifest.json of ``jitkit prepare --format webdataset``, or a
-      brace pattern / .tar path of shards beside it): a ``ShardDataset`` streamed per epoch and rank.
+    * WebDataset shards (a folder with the manifest.json of ``jitkit prepare --format webdataset``, a
+      brace pattern / .tar path of shards beside it, the same as http(s):// or file:// URLs, or a .txt list of
+      shard paths / URLs): a ``ShardDataset`` streamed per epoch and rank (``data.webdataset``).
     * a prepared cache (a folder with ``manifest.json`` written by ``jitkit prepare``): memory-mapped,
       verified against its manifest.
     * an image folder: PATH/train/<class> (ImageNet layout; split 'val' reads PATH/val), PATH/<class>, or

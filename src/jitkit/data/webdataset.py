@@ -11,6 +11,13 @@ Layout of SHARDS/ (written by ``jitkit prepare --format webdataset``):
 
 Every shard is written to a temporary name and renamed; manifest.json is written last.
 
+Naming shards (``data``): the folder, a brace pattern ``SHARDS/shard-{000000..000003}.tar`` or one .tar
+beside its manifest; the same as ``http(s)://`` or ``file://`` URLs (a base URL ending in ``/`` holds
+BASE/manifest.json; a pattern's manifest is in the pattern's folder); or a list, a local ``*.txt`` file with
+one shard path or URL a line (blank lines and ``#`` comments ignored, relative paths from the list's folder),
+whose manifest is the one beside its first entry. Only shards that manifest lists are read, each once.
+Locations are opened by :func:`jitkit.data.locations.open_shard`; everything after it is the same code.
+
 Streaming (the exactly-once rule). Epoch e orders the shards by a permutation seeded by (seed, e) and reads
 their samples as one sequence of N positions. Rank r of W takes positions [r·N/W, (r+1)·N/W) (integer
 division), and DataLoader worker w of n of that rank takes the same kind of contiguous part of the rank's
@@ -22,9 +29,11 @@ the indexed data sets drop the last partial batch. A run resumed inside an epoch
 epoch's samples it already used; it continues in the same order when the number of ranks and of DataLoader
 workers is unchanged.
 
-Checksums: opening checks that every shard exists with its manifest size, and its sha256 when all shards
-together are at most 1 GiB (or ``verify="full"``); otherwise each worker hashes a shard as it reads it and
-refuses it, naming it, at its end (lazily).
+Checksums: opening checks that every local shard exists with its manifest size, and its sha256 when all
+shards together are at most 1 GiB (or ``verify="full"``); otherwise each worker hashes a shard as it reads it
+and refuses it, naming it, at its end (lazily). Remote shards are always checked lazily (unless
+``verify="full"``, which downloads them all once up front), their size against the Content-Length the
+server sends, when it sends one, before the shard is read.
 
 Shape key: B batch, S image side; images [B, 3, S, S] uint8.
 """
@@ -32,16 +41,29 @@ Shape key: B batch, S image side; images [B, 3, S, S] uint8.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from jitkit.fileio import file_sha256
+from jitkit.data.locations import (
+    UnreadableLocation,
+    basename,
+    child,
+    is_remote,
+    is_url,
+    location,
+    open_shard,
+    parent,
+    read_bytes,
+    stream_size,
+)
 
 FORMAT = "jitkit-webdataset"
 VERSION = 1
@@ -80,9 +102,10 @@ def _expand(name: str) -> list[str]:
 def is_shards(name: str | Path) -> bool:
     """True for what :func:`open_shards` reads (or refuses with its own message): a folder with a shard
     manifest (or an unfinished one, or shard-*.tar files and no manifest), a brace pattern such as
-    ``SHARDS/shard-{000000..000003}.tar``, or a path ending in .tar."""
+    ``SHARDS/shard-{000000..000003}.tar``, a path ending in .tar, an ``http(s)://`` or ``file://`` URL, or a
+    shard list (a path ending in .txt)."""
     name = str(name).strip()
-    if ("{" in name and ".." in name) or name.endswith(".tar"):
+    if is_url(name) or ("{" in name and ".." in name) or name.lower().endswith((".tar", ".txt")):
         return True
     p = Path(name).expanduser()
     if not p.is_dir():
@@ -97,8 +120,10 @@ def is_shards(name: str | Path) -> bool:
     return any(p.glob("shard-*.tar"))
 
 
-def _read_manifest(folder: Path) -> dict:
-    if not (folder / MANIFEST).is_file():
+def _read_manifest(folder) -> dict:
+    """The manifest in the folder location ``folder`` (a local Path or a URL ending in /)."""
+    at = child(folder, MANIFEST)
+    if not is_remote(folder) and not at.is_file():
         if (folder / PARTIAL).is_file():
             raise ShardMismatch(
                 f"shards {folder} are unfinished (no {MANIFEST}, only {PARTIAL}); re-run the same "
@@ -109,14 +134,16 @@ def _read_manifest(folder: Path) -> dict:
             f"webdataset`), found none; jitkit needs it for the counts, classes and checksums"
         )
     try:
-        man = json.loads((folder / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
-        raise ShardMismatch(f"shards {folder}: {MANIFEST} is not valid JSON ({e})") from e
-    if man.get("format") != FORMAT or man.get("version") != VERSION:
-        raise ShardMismatch(
-            f"{folder}/{MANIFEST}: expected format {FORMAT} v{VERSION}, found {man.get('format')} "
-            f"v{man.get('version')}"
-        )
+        man = json.loads(read_bytes(at))
+    except UnreadableLocation as e:
+        raise UnreadableLocation(
+            f"{e} (the shards' {MANIFEST}, written by `jitkit prepare --format webdataset`, must sit beside them)"
+        ) from None
+    except ValueError as e:
+        raise ShardMismatch(f"shards {folder}: {at} is not valid JSON ({e})") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT or man.get("version") != VERSION:
+        found = f"{man.get('format')} v{man.get('version')}" if isinstance(man, dict) else type(man).__name__
+        raise ShardMismatch(f"{at}: expected format {FORMAT} v{VERSION}, found {found}")
     return man
 
 
@@ -125,26 +152,66 @@ def shards_classes(name: str | Path) -> list[str]:
     return list(_select(str(name))[0]["classes"])
 
 
-def _select(name: str) -> tuple[dict, Path, list[dict]]:
-    """(manifest, folder, the manifest entries of the shards ``name`` names, in its order)."""
-    p = Path(name).expanduser()
-    if p.is_dir():
-        man = _read_manifest(p)
-        return man, p, list(man.get("shards", []))
-    paths = [Path(s).expanduser() for s in _expand(name)]
-    folders = {q.parent for q in paths}
-    if len(folders) != 1:
+def _read_list(path: Path) -> list:
+    """The shard locations of a list file: one path or URL a line (blank lines and ``#`` comments ignored,
+    relative paths taken from the list's folder, brace patterns expanded)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"shard list {path}: no such file (expected one shard path or URL a line)"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"shard list {path}: not a text file ({e})") from None
+    lines = (ln.strip() for ln in text.splitlines())
+    locs = [
+        location(u, relative_to=path.parent)
+        for ln in lines
+        if ln and not ln.startswith("#")
+        for u in _expand(ln)
+    ]
+    if not locs:
+        raise ShardMismatch(f"shard list {path}: names no shards (expected one shard path or URL a line)")
+    return locs
+
+
+def _select(name: str) -> tuple[dict, object, list[tuple]]:
+    """(manifest, its location, [(shard location, manifest entry)] of the shards ``name`` names, in order)."""
+    listed = name.lower().endswith(".txt") and not is_url(name)
+    if listed:
+        locs = _read_list(Path(name).expanduser())
+    else:
+        whole = location(name)
+        if is_remote(whole) and whole.endswith("/") or not is_remote(whole) and whole.is_dir():
+            man = _read_manifest(whole)
+            return man, child(whole, MANIFEST), [(child(whole, e["name"]), e) for e in man.get("shards", [])]
+        if not is_remote(whole) and name.endswith("/"):
+            raise FileNotFoundError(f"data {name!r}: no such folder ({whole})")
+        if is_remote(whole) and "{" not in name and not name.endswith(".tar"):
+            raise ValueError(
+                f"data {name!r}: expected a base URL ending in / (BASE/{MANIFEST} inside), a brace pattern "
+                f"of shards or a .tar URL; did you mean {name}/ ?"
+            )
+        locs = [location(u) for u in _expand(name)]
+    folder = parent(locs[0])
+    if not listed and any(parent(q) != folder for q in locs):
         raise ValueError(f"data {name!r}: the shards must sit in one folder (beside their {MANIFEST})")
-    folder = folders.pop()
-    man = _read_manifest(folder)
+    man, at = _read_manifest(folder), child(folder, MANIFEST)
     by_name = {e["name"]: e for e in man.get("shards", [])}
-    missing = [q.name for q in paths if q.name not in by_name]
-    if missing:
+    bad = [str(q) if parent(q) != folder else basename(q) for q in locs]
+    bad = [b for q, b in zip(locs, bad) if parent(q) != folder or b not in by_name]
+    if bad:
+        rule = "; a list's manifest is the one beside its first entry" if listed else ""
         raise ShardMismatch(
-            f"data {name!r}: {', '.join(missing[:5])} not listed in {folder / MANIFEST} "
-            f"(it lists {len(by_name)} shards)"
+            f"data {name!r}: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''} not listed in {at} "
+            f"(it lists {len(by_name)} shards{rule})"
         )
-    return man, folder, [by_name[q.name] for q in paths]
+    twice = [str(q) for q, c in Counter(locs).items() if c > 1]
+    if twice:
+        raise ValueError(
+            f"data {name!r}: {', '.join(twice[:5])} named more than once (each shard is read once an epoch)"
+        )
+    return man, at, [(q, by_name[basename(q)]) for q in locs]
 
 
 def epoch_slots(counts: list[int], seed: int, epoch: int, world: int, workers: int) -> list[list[tuple]]:
@@ -191,8 +258,9 @@ class _EpochStream(torch.utils.data.IterableDataset):
     """One rank's samples of one epoch, read by DataLoader workers: batches (images [b, 3, S, S] uint8,
     labels [b], keys) of at most ``micro`` samples (a worker's last batch may be smaller)."""
 
-    def __init__(self, shards, slots, seed, epoch, rank, micro, verify_lazily, buffer) -> None:
-        self.shards, self.slots, self.seed, self.epoch, self.rank = shards, slots, seed, epoch, rank
+    def __init__(self, shards, manifest_at, slots, seed, epoch, rank, micro, verify_lazily, buffer) -> None:
+        self.shards, self.manifest_at, self.slots = shards, manifest_at, slots
+        self.seed, self.epoch, self.rank = seed, epoch, rank
         self.micro, self.verify_lazily, self.buffer = micro, verify_lazily, buffer
 
     def _raw(self, pieces) -> Iterator[dict]:
@@ -200,21 +268,29 @@ class _EpochStream(torch.utils.data.IterableDataset):
         from webdataset.tariterators import group_by_keys, tar_file_iterator
 
         for i, lo, hi in pieces:
-            path, entry = self.shards[i]
-            with open(path, "rb", buffering=0) as raw:
-                f = _HashingReader(raw)
-                stream = io.BufferedReader(f, 1 << 20)
-                files = (dict(s, __url__=str(path)) for s in tar_file_iterator(stream))
-                for j, sample in enumerate(group_by_keys(files)):
-                    if lo <= j < hi:
-                        yield sample
-                    elif j >= hi and not self.verify_lazily:
-                        break
-                if self.verify_lazily:
-                    while stream.read(1 << 20):
-                        pass
-                    if f.h.hexdigest() != entry["sha256"]:
-                        raise ShardMismatch(_tampered(path))
+            loc, entry = self.shards[i]
+            try:
+                with open_shard(loc) as raw:  # the only place a local shard and a URL differ
+                    size = stream_size(raw)
+                    if size is not None and size != int(entry["bytes"]):
+                        raise ShardMismatch(_tampered(loc, self.manifest_at, size, entry))
+                    f = _HashingReader(raw)
+                    stream = io.BufferedReader(f, 1 << 20)
+                    files = (dict(s, __url__=str(loc)) for s in tar_file_iterator(stream))
+                    for j, sample in enumerate(group_by_keys(files)):
+                        if lo <= j < hi:
+                            yield sample
+                        elif j >= hi and not self.verify_lazily:
+                            break
+                    if self.verify_lazily:
+                        while stream.read(1 << 20):
+                            pass
+                        if f.h.hexdigest() != entry["sha256"]:
+                            raise ShardMismatch(_tampered(loc, self.manifest_at))
+            except UnreadableLocation:
+                raise
+            except (OSError, http.client.HTTPException) as e:  # e.g. a connection lost inside a shard
+                raise UnreadableLocation(f"cannot read {loc}: {type(e).__name__}: {e}") from None
 
     def __iter__(self):
         from PIL import Image
@@ -237,17 +313,27 @@ class _EpochStream(torch.utils.data.IterableDataset):
             yield torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), keys
 
 
-def _tampered(path: Path) -> str:
+def _tampered(loc, manifest_at, size: int | None = None, entry: dict | None = None) -> str:
+    held = "" if size is None else f" (it holds {size:,} bytes, expected {int(entry['bytes']):,})"
     return (
-        f"shard {path}: sha256 does not match {path.parent / MANIFEST} (the file changed or is damaged); "
-        f"re-run `jitkit prepare --format webdataset` for it or restore it"
+        f"shard {loc}: sha256 does not match {manifest_at} (the file changed or is damaged); "
+        f"re-run `jitkit prepare --format webdataset` for it or restore it{held}"
     )
 
 
+def _sha256(loc) -> str:
+    h = hashlib.sha256()
+    with open_shard(loc) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class ShardDataset(torch.utils.data.IterableDataset):
-    """WebDataset shards named by a folder, a brace pattern or a .tar path, streamed per epoch
-    (:meth:`chunks`). ``len`` is the number of images (from the manifest); ``.classes``, ``.img_size``,
-    ``.manifest``, ``.streaming`` = True (training reads it in stream order, not by index)."""
+    """WebDataset shards named by a folder, a brace pattern, a .tar path, their URLs or a list (see the
+    module docstring), streamed per epoch (:meth:`chunks`). ``len`` is the number of images (from the
+    manifest); ``.classes``, ``.img_size``, ``.manifest``, ``.streaming`` = True (training reads it in stream
+    order, not by index)."""
 
     streaming = True
 
@@ -255,28 +341,30 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if verify not in ("auto", "full", "size"):
             raise ValueError(f"verify must be auto|full|size, found {verify!r}")
         require_webdataset()
-        man, folder, entries = _select(str(name))
-        if not entries:
+        man, at, self.shards = _select(str(name))
+        if not self.shards:
             raise ShardMismatch(f"data {name}: found no shards (the manifest lists none)")
-        self.name, self.manifest, self.folder, self.hflip = str(name), man, folder, hflip
+        self.name, self.manifest, self.manifest_at, self.hflip = str(name), man, at, hflip
+        self.folder = parent(at)
         self.classes, self.img_size = list(man["classes"]), int(man["size"])
-        self.shards = [(folder / e["name"], e) for e in entries]
-        self.counts = [int(e["count"]) for e in entries]
+        self.counts = [int(e["count"]) for _, e in self.shards]
+        self.remote = any(is_remote(loc) for loc, _ in self.shards)
         total = 0
-        for path, e in self.shards:
-            have = path.stat().st_size if path.is_file() else None
+        for loc, e in self.shards:
+            if is_remote(loc):  # checked as it is read: Content-Length first, sha256 at its end
+                continue
+            have = loc.stat().st_size if loc.is_file() else None
             if have is None:
-                raise FileNotFoundError(f"shard {path} is listed in {folder / MANIFEST} but missing")
+                raise FileNotFoundError(f"shard {loc} is listed in {at} but missing")
             if have != int(e["bytes"]):
-                raise ShardMismatch(
-                    _tampered(path) + f" (it holds {have:,} bytes, expected {int(e['bytes']):,})"
-                )
+                raise ShardMismatch(_tampered(loc, at, have, e))
             total += have
-        self.verify_lazily = not (verify == "full" or (verify == "auto" and total <= FULL_VERIFY_BYTES))
+        small = verify == "auto" and total <= FULL_VERIFY_BYTES and not self.remote
+        self.verify_lazily = not (verify == "full" or small)
         if not self.verify_lazily:
-            for path, e in self.shards:
-                if file_sha256(path) != e["sha256"]:
-                    raise ShardMismatch(_tampered(path))
+            for loc, e in self.shards:
+                if _sha256(loc) != e["sha256"]:
+                    raise ShardMismatch(_tampered(loc, at))
         if sum(self.counts) == 0:
             raise ShardMismatch(f"data {name}: the shards hold no images")
 
@@ -310,7 +398,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         )
         n = max(1, plan.workers)
         slots = epoch_slots(self.counts, seed, epoch, world, n)[rank * n : (rank + 1) * n]
-        ds = _EpochStream(self.shards, slots, seed, epoch, rank, micro, self.verify_lazily, buffer)
+        ds = _EpochStream(
+            self.shards, self.manifest_at, slots, seed, epoch, rank, micro, self.verify_lazily, buffer
+        )
         kw = {"prefetch_factor": plan.prefetch_factor} if plan.workers > 0 else {}
         return torch.utils.data.DataLoader(
             ds,
