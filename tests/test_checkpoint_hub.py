@@ -361,3 +361,27 @@ def test_push_uploads_checkpoint_and_model_card(run, monkeypatch, capsys, fmt):
 def test_push_refuses_bad_repo_id(run, capsys):
     assert main(["push", str(run), "not-a-repo"]) == 2
     assert "repo_id must be ORG/REPO" in capsys.readouterr().err
+
+
+def test_resume_from_the_hub_trains_into_a_local_run(hub, tiny, tmp_path):
+    """``jitkit train --resume hf://…`` continues from the Hub's checkpoint in a new local run under OUT; the
+    download cache is never written to (training into it would corrupt the cached snapshot)."""
+    from jitkit.train import train
+
+    src = train(tiny.run_config(tmp_path / "src", epochs=1), progress=False)
+    staged = tmp_path / "staged-trained"
+    staged.mkdir()
+    stage_push(src, staged, "org/trained")
+    hub.add_folder("org/trained", staged)
+    cache = tmp_path / "hf" / "hub"
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*")) if cache.exists() else []
+    out = train(tiny.run_config(tmp_path / "cont", epochs=2), resume="hf://org/trained", progress=False)
+    assert out == tmp_path / "cont"
+    ck = load_checkpoint(out)
+    first = load_checkpoint(src)
+    assert ck.step == 2 * first.step and ck.meta["step"] == 2 * first.step
+    logged = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert logged[0] == first.step + 1 and logged[-1] == ck.step  # continued, not restarted
+    after = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    snapshot = [p for p in after if p not in before]
+    assert snapshot and not any("checkpoints" in p.parts or p.name == "log.jsonl" for p in snapshot)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from jitkit.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, step_dir_name
+from jitkit.checkpoint.hub import is_hub_spec
 from jitkit.checkpoint.load import checkpoint_meta
 from jitkit.config import RunConfig
 from jitkit.diffusion.generate import cast_for_inference
@@ -268,7 +269,10 @@ class Trainer:
             print(f"[jitkit] resume='auto': {note}")
         if ckpt is not None:
             self.load_state(load_checkpoint(ckpt, lazy=True))  # each tensor read when it is copied in
-            self.run_dir = Path(self.run_dir_arg) if self.run_dir_arg else run_dir_of(ckpt)
+            if self.run_dir_arg or not is_hub_spec(self.resume):
+                self.run_dir = Path(self.run_dir_arg) if self.run_dir_arg else run_dir_of(ckpt)
+            else:  # never train into the Hub's download cache: continue in a new local run under OUT
+                self.run_dir = Path(dist.broadcast_object(str(fresh_run_dir(self.cfg.train.out))))
         else:
             out = Path(self.run_dir_arg or restart or fresh_run_dir(self.cfg.train.out))
             self.run_dir = Path(dist.broadcast_object(str(out)))  # rank 0 chose OUT or OUT-N
