@@ -7,7 +7,7 @@ import torch
 from jitkit.cli import main
 from jitkit.config import ConfigError
 from jitkit.experiments.shapes_config import ShapesStudyConfig, quick_config
-from jitkit.experiments.shapes_study import DiTDDPM, JiTFlow, fit
+from jitkit.experiments.shapes_study import DiTDDPM, JiTFlow, UNetDDPM, fit
 
 
 def test_study_models_match_the_spec():
@@ -20,6 +20,26 @@ def test_study_models_match_the_spec():
     assert jit.sampler.method == "heun"
     assert dit.schedule.T == 200 and dit.nfe == 200
     assert jit.nfe == 2 * cfg.heun_steps - 1
+
+
+def test_study_unet_shares_the_dit_ddpm_and_matches_its_size():
+    """(d): a U-Net within 5 % of the DiT's 323,696 parameters in the DiT's own DDPM (same T, β, sampler)."""
+    from jitkit.models.unet import UNet
+
+    cfg = ShapesStudyConfig()
+    assert cfg.runs == ("dit", "jit", "jit_long", "unet")
+    torch.manual_seed(cfg.seed)
+    dit = DiTDDPM(cfg)
+    unet = UNetDDPM(cfg)
+    assert isinstance(unet.net, UNet) and sum(p.numel() for p in unet.net.parameters()) == 320_091
+    assert abs(sum(p.numel() for p in unet.net.parameters()) / 323_696 - 1) < 0.05
+    assert unet.schedule.T == dit.schedule.T == 200 and unet.nfe == 200
+    assert torch.equal(unet.schedule.betas, dit.schedule.betas)
+    assert unet.sampler_name == dit.sampler_name == "DDPM ancestral"
+    # passing the network in leaves the DiT path untouched: the same seed builds the same DiT weights
+    torch.manual_seed(cfg.seed)
+    again = DiTDDPM(cfg)
+    assert all(torch.equal(a, b) for a, b in zip(dit.state_dict().values(), again.state_dict().values()))
 
 
 def test_fit_decreases_the_loss_on_a_tiny_set():
@@ -110,6 +130,7 @@ def test_quick_shapes_cli_writes_every_file(tmp_path):
         "grid_dit.png",
         "grid_jit.png",
         "grid_jit_long.png",
+        "grid_unet.png",
         "trajectory.png",
         "losses.png",
         "report.md",
@@ -118,14 +139,29 @@ def test_quick_shapes_cli_writes_every_file(tmp_path):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     res = json.loads((out / "results.json").read_text())
     cfg = quick_config()
-    assert set(res["runs"]) == {"dit", "jit", "jit_long"}
-    for k in ("dit", "jit"):
+    assert set(res["runs"]) == {"dit", "jit", "jit_long", "unet"}
+    for k in ("dit", "jit", "unet"):
         r = res["runs"][k]
         assert len(r["epoch_losses"]) == cfg.epochs
+        assert all(math.isfinite(v) for v in r["epoch_losses"])
         assert r["metrics"]["n"] == 16 * cfg.samples_per_class
         assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
-    assert res["runs"]["dit"]["nfe"] == cfg.ddpm_T
+        assert math.isfinite(r["metrics"]["mean_iou"]) and math.isfinite(r["metrics"]["color_accuracy"])
+    assert res["runs"]["dit"]["nfe"] == res["runs"]["unet"]["nfe"] == cfg.ddpm_T
+    assert res["runs"]["unet"]["sampler"] == "DDPM ancestral"
     assert res["runs"]["jit_long"]["epochs"] <= cfg.long_max_epochs
     report = (out / "report.md").read_text()
-    for f in ("grid_dit.png", "grid_jit.png", "trajectory.png"):
+    for f in ("grid_dit.png", "grid_jit.png", "grid_unet.png", "trajectory.png"):
         assert f in report
+    assert "(d) U-Net ε-pred DDPM" in report
+    header = next(line for line in report.splitlines() if line.startswith("| | (a)"))
+    assert header.index("(a)") < header.index("(b)") < header.index("(c)") < header.index("(d)")
+
+
+def test_quick_cli_runs_only_the_unet(tmp_path):
+    out = tmp_path / "u"
+    args = ["experiment", "shapes", "--quick", "--runs", "unet", "--out", str(out), "--no-progress"]
+    assert main([*args, "--threads", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["runs"]) == ["unet"]
+    assert (out / "grid_unet.png").is_file() and not (out / "grid_dit.png").exists()

@@ -8,7 +8,7 @@ from typing import Any
 
 from jitkit.config import ConfigBase, ConfigError, ModelConfig, SamplerConfig
 
-RUN_KEYS = ("dit", "jit", "jit_long")
+RUN_KEYS = ("dit", "jit", "jit_long", "unet")
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,13 @@ class ShapesStudyConfig(ConfigBase):
     jit_in_context: int = 4
     jit_in_context_start: int = 2
     heun_steps: int = 20
+    # (d) U-Net: trained and sampled exactly as (a) (same DDPM, recipe and sampler); 320,091 parameters
+    unet_base: int = 24
+    unet_mults: tuple[int, ...] = (1, 1, 2)
+    unet_emb: int = 96
+    unet_attn_heads: int = 4
+    runs: tuple[str, ...] = RUN_KEYS  # which of (a) dit, (b) jit, (c) jit_long, (d) unet to run
     # (c): the long JiT run
-    runs: tuple[str, ...] = ("dit", "jit", "jit_long")  # which of (a), (b), (c) to run
     # the recipe of the `jitkit train` shapes preset (batch 64, lr 3e-3, 2 warm-up epochs, cosine, EMA 0.998
     # warmed up), which reaches crisp shapes with JiT-T/4 in 50 epochs; here with the study's narrower JiT
     long_max_epochs: int = 100
@@ -63,6 +68,8 @@ class ShapesStudyConfig(ConfigBase):
             raise ConfigError(f"runs must be a non-empty subset of {RUN_KEYS}, found {list(self.runs)}")
         if "jit_long" in self.runs:
             self.check_at_least(1, "long_max_epochs", "long_check_every")
+        if "unet" in self.runs:
+            self.check_at_least(1, "unet_base", "unet_emb")
 
     def jit_model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -75,6 +82,19 @@ class ShapesStudyConfig(ConfigBase):
             bottleneck_dim=self.jit_bottleneck,
             in_context_len=self.jit_in_context,
             in_context_start=min(self.jit_in_context_start, self.dit_depth),
+            num_classes=16,
+        )
+
+    def unet_config(self) -> Any:
+        """(d)'s ``jitkit.models.unet.UNetConfig`` (imported here: this module stays free of torch)."""
+        from jitkit.models.unet import UNetConfig
+
+        return UNetConfig(
+            img_size=self.img_size,
+            base_channels=self.unet_base,
+            channel_mults=self.unet_mults,
+            emb_dim=self.unet_emb,
+            attn_heads=self.unet_attn_heads,
             num_classes=16,
         )
 
@@ -98,6 +118,10 @@ QUICK = dict(
     long_max_epochs=2,
     long_check_every=1,
     long_batch_size=32,
+    unet_base=8,
+    unet_mults=(1, 2),
+    unet_emb=16,
+    unet_attn_heads=2,
     samples_per_class=1,
     trajectory_frames=3,
 )

@@ -14,7 +14,7 @@ import torch
 from jitkit.experiments.common import pyplot, save_figure
 
 LOSS_EPOCHS = (1, 4, 8, 16, 24, 30)  # the epochs of the report's loss table
-_LETTER = {"dit": "a", "jit": "b", "jit_long": "c"}
+_LETTER = {"dit": "a", "jit": "b", "jit_long": "c", "unet": "d"}
 
 
 def save_trajectory_png(runs: list[tuple[str, list, torch.Tensor, torch.Tensor, str]], path: Path) -> Path:
@@ -72,14 +72,14 @@ def _fmt_loss(h: list[float], e: int) -> str:
 def shapes_report(results: dict[str, Any]) -> str:
     """``report.md`` of a results dict (as written to results.json by ``run_shapes_study``)."""
     cfg, runs = results["config"], results["runs"]
-    keys = list(runs)
+    keys = sorted(runs, key=lambda k: _LETTER[k])  # (a), (b), (c), (d) whatever order they ran in
     pub = results["published_dit"]
     epochs_shown = [e for e in LOSS_EPOCHS if e <= cfg["epochs"]] or [cfg["epochs"]]
     lines = [
-        "# Shapes study: DiT ε-prediction DDPM vs JiT x-prediction (16×16, 16 classes)",
+        "# Shapes study: DiT ε-prediction DDPM vs JiT x-prediction vs U-Net DDPM (16×16, 16 classes)",
         "",
         f"Data: built-in `shapes`, {cfg['per_class']} images per class at {cfg['img_size']}×{cfg['img_size']}. "
-        f"(a) and (b): AdamW lr {cfg['lr']}, wd {cfg['weight_decay']}, grad clip {cfg['grad_clip']}, cosine, "
+        f"(a), (b) and (d): AdamW lr {cfg['lr']}, wd {cfg['weight_decay']}, grad clip {cfg['grad_clip']}, cosine, "
         f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, raw weights sampled. Metrics: "
         f"{cfg['samples_per_class']} samples per class, shapes accuracy (colour and shape right) and mean best IoU. "
         f"{results['torch_threads']} torch threads; load average at the end "

@@ -10,12 +10,15 @@ Runs (all on the same 3,200 images, 16 classes, same batches order given the see
     (``jitkit.diffusion.flow.Denoiser``), Heun sampling (``jitkit.diffusion.generate.sample_denoiser``).
 (c) ``jit_long``: the same JiT trained for as long as it takes to draw crisp shapes (shapes accuracy
     ≥ 0.95 and mean IoU ≥ 0.9 on 16 samples per class), checked every ``long_check_every`` epochs.
+(d) ``unet``: the study's untested claim that "a U-Net of the same parameter count would produce sharper
+    samples" (issue #20) — ``jitkit.models.unet.UNet`` (320,091 parameters, −1.1 % of the DiT's) in place
+    of the DiT inside the very same DDPM, recipe and ancestral sampler as (a).
 
-(a) and (b) share the optimisation recipe of the study: AdamW (β = (0.9, 0.999)) lr 5e-4, weight decay 0,
+(a), (b) and (d) share the optimisation recipe of the study: AdamW (β = (0.9, 0.999)) lr 5e-4, weight decay 0,
 gradient clipping at 1.0, cosine decay over the run updated every step (no warm-up), batch 128, 30 epochs,
 random horizontal flips. The loop is ``fit`` below — a minimal loop over library pieces (the model's loss,
-``jitkit.train.optim.make_optimizer``, ``jitkit.train.schedule.lr_at``); both models go through the same
-code, and samples are drawn from the raw weights (no EMA).
+``jitkit.train.optim.make_optimizer``, ``jitkit.train.schedule.lr_at``); all three models go through the
+same code, and samples are drawn from the raw weights (no EMA).
 
 (c) goes through the library's trainer ``jitkit.train.train`` with the `jitkit train` shapes preset's recipe
 (AdamW β = (0.9, 0.95), batch 64, lr 3e-3, 2 warm-up epochs, cosine over ``long_max_epochs``, clip 1.0, EMA
@@ -51,26 +54,36 @@ TRAJECTORY_CLASS = 10  # blue_triangle
 PUBLISHED = {"params": 323_696, "loss_epoch1": 0.9147, "loss_epoch30": 0.1228, "wall_seconds": 42.7}
 
 
-# --- the two models as (loss, sampler) pairs --------------------------------------------------------------
+# --- the models as (loss, sampler) pairs ------------------------------------------------------------------
 
 
 class DiTDDPM(nn.Module):
-    """The DiT baseline with its DDPM: ``loss(x, y)`` and ``sample(noise, y)``."""
+    """The DiT baseline with its DDPM: ``loss(x, y)`` and ``generate(noise, y, seed)``.
 
-    def __init__(self, cfg: ShapesStudyConfig) -> None:
+    ``net``: any ε-network (x_t, t, y) → ε̂ to train and sample with this DDPM instead of the study's DiT
+    (the U-Net of :class:`UNetDDPM`); None builds the DiT from ``cfg``.
+    """
+
+    sampler_name = "DDPM ancestral"
+    trajectory_unit = "step"  # trajectory frames are DDPM steps (−1: the output)
+
+    def __init__(self, cfg: ShapesStudyConfig, net: nn.Module | None = None) -> None:
         super().__init__()
         from jitkit.diffusion.ddpm import DDPMSchedule
-        from jitkit.models.dit import DiT, DiTConfig
 
-        self.net = DiT(
-            DiTConfig(
-                img_size=cfg.img_size,
-                hidden_size=cfg.dit_hidden,
-                depth=cfg.dit_depth,
-                num_heads=cfg.dit_heads,
-                num_classes=16,
+        if net is None:
+            from jitkit.models.dit import DiT, DiTConfig
+
+            net = DiT(
+                DiTConfig(
+                    img_size=cfg.img_size,
+                    hidden_size=cfg.dit_hidden,
+                    depth=cfg.dit_depth,
+                    num_heads=cfg.dit_heads,
+                    num_classes=16,
+                )
             )
-        )
+        self.net = net
         self.schedule = DDPMSchedule(cfg.ddpm_T, cfg.beta_start, cfg.beta_end)
 
     def loss(
@@ -90,8 +103,19 @@ class DiTDDPM(nn.Module):
         return self.schedule.T
 
 
+class UNetDDPM(DiTDDPM):
+    """(d): the study's U-Net (``cfg.unet_config()``) in the DiT's DDPM — same loss, schedule and sampler."""
+
+    def __init__(self, cfg: ShapesStudyConfig) -> None:
+        from jitkit.models.unet import UNet
+
+        super().__init__(cfg, net=UNet(cfg.unet_config()))
+
+
 class JiTFlow(nn.Module):
     """JiT + the flow objective (x-prediction, v-loss) and the Heun sampler."""
+
+    trajectory_unit = "t"  # trajectory frames are flow times
 
     def __init__(self, cfg: ShapesStudyConfig) -> None:
         super().__init__()
@@ -104,6 +128,10 @@ class JiTFlow(nn.Module):
     @property
     def net(self) -> nn.Module:
         return self.denoiser.net
+
+    @property
+    def sampler_name(self) -> str:
+        return f"Heun {self.sampler.steps} steps"
 
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
@@ -257,16 +285,19 @@ def run_shapes_study(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Train and compare (a) DiT-DDPM, (b) JiT, (c) JiT until crisp; write figures, report.md, results.json.
+    """Train and compare (a) DiT-DDPM, (b) JiT, (c) JiT until crisp, (d) U-Net-DDPM (those in ``cfg.runs``);
+    write figures, report.md, results.json.
 
-    Files: ``grid_dit.png``, ``grid_jit.png``, ``grid_jit_long.png`` (one row per class), ``trajectory.png``,
-    ``losses.png``, ``report.md``, ``results.json``.
+    Files: ``grid_<run>.png`` for each run (one row per class), ``trajectory.png``, ``losses.png``,
+    ``report.md``, ``results.json``.
     """
     from jitkit.data import build_dataset
     from jitkit.images import save_grid
     from jitkit.models.registry import count_params
 
     cfg.validate()
+    if "unet" in cfg.runs:
+        cfg.unet_config()  # an impossible U-Net fails here, before any training
     say = log or (lambda s: None)
     out = start_run(out, cfg.threads)
     ds = build_dataset(
@@ -277,7 +308,11 @@ def run_shapes_study(
 
     runs: dict[str, dict[str, Any]] = {}
     models: dict[str, nn.Module] = {}
-    for key, ctor, title in (("dit", DiTDDPM, "DiT ε-pred DDPM"), ("jit", JiTFlow, "JiT x-pred v-loss")):
+    for key, ctor, title in (
+        ("dit", DiTDDPM, "DiT ε-pred DDPM"),
+        ("jit", JiTFlow, "JiT x-pred v-loss"),
+        ("unet", UNetDDPM, "U-Net ε-pred DDPM"),
+    ):
         if key not in cfg.runs:
             continue
         torch.manual_seed(cfg.seed)
@@ -291,7 +326,7 @@ def run_shapes_study(
             "epoch_losses": res.epoch_losses,
             "train_seconds": round(res.seconds, 1),
             "steps": res.steps,
-            "sampler": "DDPM ancestral" if key == "dit" else f"Heun {cfg.heun_steps} steps",
+            "sampler": model.sampler_name,
             "nfe": model.nfe,
             "sample_seconds": round(secs, 2),
             "metrics": metrics,
@@ -312,8 +347,7 @@ def run_shapes_study(
         ts, states, preds = trajectory_frames(
             models[key], ex, cfg.seed + 5, cfg.img_size, cfg.trajectory_frames
         )
-        unit = "step" if key == "dit" else "t"
-        traj_runs.append((key, ts, states, preds, unit))
+        traj_runs.append((key, ts, states, preds, models[key].trajectory_unit))
     save_trajectory_png(traj_runs, out / "trajectory.png")
     save_loss_png({f"{k} ({v['title']})": v["epoch_losses"] for k, v in runs.items()}, out / "losses.png")
 
