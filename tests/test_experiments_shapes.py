@@ -150,6 +150,14 @@ def test_quick_shapes_cli_writes_every_file(tmp_path):
     assert res["runs"]["dit"]["nfe"] == res["runs"]["unet"]["nfe"] == cfg.ddpm_T
     assert res["runs"]["unet"]["sampler"] == "DDPM ancestral"
     assert res["runs"]["jit_long"]["epochs"] <= cfg.long_max_epochs
+    # every run's scored samples as a standard sample folder that jitkit eval scores to the same numbers
+    for k, r in res["runs"].items():
+        folder = out / r["samples"]
+        assert r["samples"] == f"samples/{k}" and (folder / "labels.csv").is_file()
+        assert main(["eval", str(folder), "--metric", "shapes", "--json", str(tmp_path / f"{k}.json")]) == 0
+        again = json.loads((tmp_path / f"{k}.json").read_text())["shapes"]
+        assert again["n"] == r["metrics"]["n"] == 16 * cfg.samples_per_class
+        assert again["accuracy"] == r["metrics"]["accuracy"] and again["mean_iou"] == r["metrics"]["mean_iou"]
     report = (out / "report.md").read_text()
     for f in ("grid_dit.png", "grid_jit.png", "grid_unet.png", "trajectory.png"):
         assert f in report

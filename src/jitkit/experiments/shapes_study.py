@@ -269,6 +269,15 @@ def trajectory_frames(model: nn.Module, classes: list[int], seed: int, img_size:
     return ts, states, preds
 
 
+def _keep_samples(out: Path, key: str, imgs: torch.Tensor, y: torch.Tensor, classes: list[str]) -> str:
+    """A run's scored samples as a standard sample folder OUT/samples/<key>/ (PNGs + labels.csv), so that
+    ``jitkit eval --metric shapes`` or any other judge can score them again; returns its path under OUT."""
+    from jitkit.eval.sample_folder import write_sample_folder
+
+    write_sample_folder(out / "samples" / key, imgs, y, classes, overwrite=True, progress=False)
+    return f"samples/{key}"
+
+
 def _score(
     model, cfg: ShapesStudyConfig, seed: int
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, float]:
@@ -320,7 +329,9 @@ def run_shapes_study(
         res, _ = fit(model, images, labels, cfg, desc=key, progress=progress)
         metrics, imgs, y, secs = _score(model, cfg, cfg.seed + 99)
         save_grid(imgs, y, out / f"grid_{key}.png", classes)
+        samples = _keep_samples(out, key, imgs, y, classes)
         runs[key] = {
+            "samples": samples,
             "title": title,
             "params": count_params(model.net),
             "epoch_losses": res.epoch_losses,
@@ -486,8 +497,10 @@ def _long_run(
         check.score(den, epochs, epochs * (n_images // cfg.long_batch_size))
     metrics, imgs, y, flow = check.last
     save_grid(imgs, y, out / "grid_jit_long.png", classes)
+    samples = _keep_samples(out, "jit_long", imgs, y, classes)
     last = check.checks[-1]
     info = {
+        "samples": samples,
         "title": f"JiT until crisp (jitkit train, batch {cfg.long_batch_size}, lr {cfg.long_lr}, EMA {cfg.ema_decay})",
         "params": count_params(flow.net),
         "epoch_losses": check.losses,
