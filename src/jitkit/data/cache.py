@@ -33,7 +33,7 @@ import torch
 
 from jitkit.data.crop import UnreadableImage, load_cropped
 from jitkit.data.datasets import InMemoryDataset
-from jitkit.data.folder import info, scan_folder, small_images_note, summarize_bad
+from jitkit.data.folder import info, resume_prepare, scan_folder, small_images_note, summarize_bad
 from jitkit.fileio import atomic_write_bytes, atomic_write_with
 
 FORMAT = "jitkit-cache"
@@ -163,37 +163,11 @@ def prepare_cache(
     count = len(scan.files)
     rowb = _row_bytes(size)
 
-    state = None
-    if out.exists():
-        if not out.is_dir():
-            raise NotADirectoryError(f"out {out} exists and is not a folder")
-        man_p, state_p = out / MANIFEST, out / STATE
-        if man_p.exists():
-            man = json.loads(man_p.read_text())
-            if man.get("plan_id") == plan_id and not overwrite:
-                info(f"{out} already holds this cache ({man['count']:,} images at {size}px); nothing to do")
-                return out
-            if not overwrite:
-                raise FileExistsError(
-                    f"{out} already holds a cache of {man.get('source')} at {man.get('size')}px; "
-                    f"choose another out folder or set overwrite=True"
-                )
-            _remove_cache_files(out)
-        elif state_p.exists():
-            st = json.loads(state_p.read_text())
-            if st.get("plan_id") == plan_id and not overwrite:
-                state = st
-            elif not overwrite:
-                raise FileExistsError(
-                    f"{out} holds an unfinished prepare of {st.get('source')} at {st.get('size')}px (or of a "
-                    f"folder whose files changed since); set overwrite=True to start again"
-                )
-            else:
-                _remove_cache_files(out)
-        elif any(out.iterdir()):
-            raise FileExistsError(
-                f"out {out} is a non-empty folder that is not a jitkit cache; choose another"
-            )
+    finished, state = resume_prepare(
+        out, plan_id, overwrite, manifest=MANIFEST, partial=STATE, kind="cache", remove=_remove_cache_files
+    )
+    if finished:
+        return out
     out.mkdir(parents=True, exist_ok=True)
 
     images_p = out / IMAGES

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -375,3 +375,58 @@ class ImageFolderDataset(ImageDataset):
         self._reported += len(skipped)
         if first:
             self._warn_skipped(*skipped[0])
+
+
+def resume_prepare(
+    out: Path,
+    plan_id: str,
+    overwrite: bool,
+    *,
+    manifest: str,
+    partial: str,
+    kind: str,
+    remove: Callable[[Path], None],
+) -> tuple[bool, dict | None]:
+    """Where a resumable ``prepare`` into ``out`` stands: ``(finished, partial_state)``.
+
+    ``out/manifest`` of the same ``plan_id`` → ``(True, None)``: nothing to do. ``out/partial`` of the same
+    plan → ``(False, its dict)``: continue it. No ``out`` or an empty one → ``(False, None)``. Anything else is
+    refused unless ``overwrite`` (then ``remove(out)`` clears the earlier files); a folder holding neither
+    file is never cleared. ``kind`` names what is prepared ("cache", "shards") in the messages.
+    """
+    import json
+
+    if not out.exists():
+        return False, None
+    if not out.is_dir():
+        raise NotADirectoryError(f"out {out} exists and is not a folder")
+    man_p, part_p = out / manifest, out / partial
+    if man_p.exists():
+        man = json.loads(man_p.read_text())
+        if man.get("plan_id") == plan_id and not overwrite:
+            info(
+                f"{out} already holds this {kind} ({man['count']:,} images at {man.get('size')}px); nothing to do"
+            )
+            return True, None
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already holds prepared data ({man.get('format', 'cache')}) of {man.get('source')} at "
+                f"{man.get('size')}px; choose another out folder or set overwrite=True"
+            )
+        remove(out)
+        return False, None
+    if part_p.exists():
+        st = json.loads(part_p.read_text())
+        if st.get("plan_id") == plan_id and not overwrite:
+            return False, st
+        if not overwrite:
+            at = f" at {st['size']}px" if st.get("size") else ""
+            raise FileExistsError(
+                f"{out} holds an unfinished prepare of {st.get('source')}{at} (other settings, or a folder whose "
+                "files changed since); set overwrite=True to start again"
+            )
+        remove(out)
+        return False, None
+    if any(out.iterdir()):
+        raise FileExistsError(f"out {out} is a non-empty folder that is not a jitkit {kind}; choose another")
+    return False, None

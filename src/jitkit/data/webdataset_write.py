@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from jitkit.data.crop import UnreadableImage, load_cropped
-from jitkit.data.folder import info, scan_folder, small_images_note, summarize_bad
+from jitkit.data.folder import info, resume_prepare, scan_folder, small_images_note, summarize_bad
 from jitkit.data.webdataset import FORMAT, IMAGE_EXT, MANIFEST, PARTIAL, VERSION, shard_name
 from jitkit.fileio import atomic_write_bytes, file_sha256
 
@@ -132,37 +132,18 @@ def prepare_shards(
     order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed))).tolist()
     groups = [order[i : i + shard_size] for i in range(0, count, shard_size)]
 
-    done: dict = {}
-    if out.exists():
-        if not out.is_dir():
-            raise NotADirectoryError(f"out {out} exists and is not a folder")
-        man_p, part_p = out / MANIFEST, out / PARTIAL
-        if man_p.exists():
-            man = json.loads(man_p.read_text())
-            if man.get("plan_id") == plan_id and not overwrite:
-                info(f"{out} already holds these shards ({man['count']:,} images at {size}px); nothing to do")
-                return out
-            if not overwrite:
-                raise FileExistsError(
-                    f"{out} already holds shards or a cache of {man.get('source')} at {man.get('size')}px; "
-                    f"choose another out folder or set overwrite=True"
-                )
-            _remove_shard_files(out)
-        elif part_p.exists():
-            part = json.loads(part_p.read_text())
-            if part.get("plan_id") == plan_id and not overwrite:
-                done = {int(k): v for k, v in part["shards"].items()}
-            elif not overwrite:
-                raise FileExistsError(
-                    f"{out} holds an unfinished prepare of {part.get('source')} (other settings, or a folder "
-                    f"whose files changed since); set overwrite=True to start again"
-                )
-            else:
-                _remove_shard_files(out)
-        elif any(out.iterdir()):
-            raise FileExistsError(
-                f"out {out} is a non-empty folder that holds no jitkit shards; choose another"
-            )
+    finished, part = resume_prepare(
+        out,
+        plan_id,
+        overwrite,
+        manifest=MANIFEST,
+        partial=PARTIAL,
+        kind="set of shards",
+        remove=_remove_shard_files,
+    )
+    if finished:
+        return out
+    done: dict = {int(k): v for k, v in part["shards"].items()} if part else {}
     out.mkdir(parents=True, exist_ok=True)
 
     kept = {
