@@ -227,3 +227,20 @@ def test_bf16_block_probe_times_the_model_as_it_will_run(monkeypatch):
     assert len(R._block_probe) == 2  # cached per shape and mode
     choice, rec = R.precision_for_model("auto", "cpu", cfg, 4, train=True)
     assert choice == ("bf16" if rec["speedup"] >= 1.2 and rec["peak_speedup"] >= 2 else "fp32")
+
+
+def test_block_not_timed_without_fast_bf16_units(monkeypatch):
+    """Where the large product rules bf16 out, ``auto`` is fp32 whatever the model: the block is not timed."""
+    from conftest import tiny_model_config
+
+    from jitkit.models import linear as L
+    from jitkit.models import registry as R
+
+    monkeypatch.delenv("JITKIT_BF16_PROBE")
+    monkeypatch.setattr(R, "_block_probe", {})
+    monkeypatch.setattr(L, "_bf16_peak", {torch.get_num_threads(): 1.4})
+    rec = R.bf16_block_speedup(tiny_model_config(), 4, train=True)
+    assert rec["speedup"] is None and rec["peak_speedup"] == 1.4 and "not timed" in rec["probe"]
+    assert R._block_probe == {}
+    choice, rec = R.precision_for_model("auto", "cpu", tiny_model_config(), 4, train=True)
+    assert choice == "fp32" and rec["reason"] == "measured"

@@ -93,14 +93,16 @@ def bf16_block_speedup(cfg: ModelConfig, images: int, *, train: bool = False, re
     a large product (what the CPU's bf16 units can do at best). Best of ``repeats`` after a warm-up, cached
     per shape and thread count: ~10 ms for the shapes model, ~1-2 s for JiT-B/16 at batch 8.
 
-    Returns ``{"speedup", "peak_speedup", "fp32_ms", "bf16_ms", "probe"}``. ``JITKIT_BF16_PROBE=off`` skips
+    Returns ``{"speedup", "peak_speedup", "fp32_ms", "bf16_ms", "probe"}``; ``speedup`` is None (the block not
+    timed) where the large product already rules bf16 out. ``JITKIT_BF16_PROBE=off`` skips
     the measurement (no speed-up: ``auto`` means fp32 on every CPU; the test suite sets it).
     """
     import copy
 
     from jitkit.models.jit import JiTBlock
     from jitkit.models.layers import rope_tables
-    from jitkit.models.linear import _best_seconds, bf16_linear_speedup, bf16_probe_off
+    from jitkit.models.linear import _best_seconds, bf16_peak_speedup, bf16_probe_off
+    from jitkit.runtime.device import CPU_BF16_PEAK_RATIO
 
     tokens = cfg.num_patches + cfg.in_context_len
     images = max(1, int(images))
@@ -109,7 +111,9 @@ def bf16_block_speedup(cfg: ModelConfig, images: int, *, train: bool = False, re
     )
     if bf16_probe_off():
         return {"speedup": 1.0, "peak_speedup": 1.0, "probe": f"{what}: JITKIT_BF16_PROBE=off"}
-    peak = bf16_linear_speedup(1024, 1024, 1024)["peak_speedup"]
+    peak = bf16_peak_speedup()
+    if peak < CPU_BF16_PEAK_RATIO:  # no fast bf16 units: auto is fp32 whatever the model, so it is not timed
+        return {"speedup": None, "peak_speedup": peak, "probe": f"{what}: not timed (no fast bf16 units)"}
     key = (cfg.hidden_size, cfg.num_heads, cfg.mlp_hidden, cfg.attention, tokens, images, train)
     key += (torch.get_num_threads(),)
     if key not in _block_probe:

@@ -577,7 +577,7 @@ def _why(record: dict) -> str:
     if record.get("reason") != "measured":
         return f": auto, {record.get('reason')}"
     peak, model = record.get("thresholds", [0, 0])
-    return (
-        f": auto; bf16 measured {record['peak_speedup']:.2f}× fp32 on large products (needs {peak:g}×) and "
-        f"{record['speedup']:.2f}× on a block of this model, training (needs {model:g}×)"
-    )
+    large = f": auto; bf16 measured {record['peak_speedup']:.2f}× fp32 on large products (needs {peak:g}×)"
+    if record.get("speedup") is None:
+        return large
+    return f"{large} and {record['speedup']:.2f}× on a block of this model, training (needs {model:g}×)"
