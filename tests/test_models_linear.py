@@ -206,6 +206,7 @@ def test_bf16_block_probe_times_the_model_as_it_will_run(monkeypatch):
     for training, the bf16-weight forward for sampling; it draws no random numbers from the caller's stream."""
     from conftest import tiny_model_config
 
+    from jitkit.models import linear as L
     from jitkit.models import registry as R
 
     cfg = tiny_model_config()
@@ -213,6 +214,8 @@ def test_bf16_block_probe_times_the_model_as_it_will_run(monkeypatch):
     assert off["speedup"] == 1.0 and "JITKIT_BF16_PROBE=off" in off["probe"]
     monkeypatch.delenv("JITKIT_BF16_PROBE")
     monkeypatch.setattr(R, "_block_probe", {})
+    # fast bf16 units, as on AMX (the peak itself is measured in the test above): the block is timed
+    monkeypatch.setattr(L, "_bf16_peak", {torch.get_num_threads(): 7.0})
     torch.manual_seed(5)
     before = torch.random.get_rng_state()
     tr = R.bf16_block_speedup(cfg, 4, train=True, repeats=1)
