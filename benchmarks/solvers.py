@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-SOLVERS = ("euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-lambda")
+SOLVERS = ("euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-pc", "dpm++3m-pc", "dpm++2m-lambda")
 NFES = (4, 5, 6, 8, 10, 12, 16, 20, 22, 30, 40)
 
 
@@ -202,7 +202,15 @@ def plot(res: dict[str, Any], path: str, grids: tuple[str, ...] = ("uniform", "l
     from jitkit.fileio import atomic_save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=110)
-    colours = {"euler": "C0", "heun": "C1", "dpm++2m": "C2", "dpm++3m": "C3", "dpm++2m-lambda": "C4"}
+    colours = {
+        "euler": "C0",
+        "heun": "C1",
+        "dpm++2m": "C2",
+        "dpm++3m": "C3",
+        "dpm++2m-lambda": "C4",
+        "dpm++2m-pc": "C5",
+        "dpm++3m-pc": "C6",
+    }
     styles = {"uniform": "-", "logsnr": "--", "edm": ":"}
     rows = [r for r in res["rows"] if r["solver"] != "reference" and r["time_grid"] in grids]
     panels = (

@@ -110,7 +110,7 @@ class DiffusionConfig(ConfigBase):
 
 
 # the solvers of jitkit.diffusion (sampling.py: Euler, Heun; solvers.py: the multistep DPM-Solver++ family)
-SAMPLERS = ("heun", "euler", "dpm++2m", "dpm++3m")
+SAMPLERS = ("heun", "euler", "dpm++2m", "dpm++3m", "dpm++2m-pc", "dpm++3m-pc")
 # the time grids t_0 = 0 < t_1 < … < t_K = 1 of jitkit.diffusion.grids ("uniform": the reference's k/K)
 GRIDS = ("uniform", "logsnr", "edm")
 

@@ -38,7 +38,7 @@ import torch
 from jitkit.config import SamplerConfig
 from jitkit.diffusion.grids import time_grid
 from jitkit.diffusion.sampling import VelocityFn, guidance_scale, guided_velocity, make_stepper
-from jitkit.diffusion.solvers import MULTISTEP_ORDER
+from jitkit.diffusion.solvers import CORRECTED, MULTISTEP_ORDER
 
 __all__ = ["default_sweeps", "invert", "inversion_evaluations"]
 
@@ -102,6 +102,12 @@ def invert(
     ``iters``: fixed-point iterations per step (each one velocity evaluation, two for a Heun step);
     ``sweeps``: backward passes (default :func:`default_sweeps`). ``on_step(k, total)`` after each step.
     """
+    if cfg.method in CORRECTED:
+        raise ValueError(
+            f"sampler {cfg.method} cannot be inverted step by step (its corrector redoes each step with the "
+            f"evaluation at the next state); invert with {CORRECTED[cfg.method]}, the same solver without the "
+            "corrector, and sample from the noise with it"
+        )
     if iters < 1:
         raise ValueError(f"iters must be >= 1, found {iters}")
     sweeps = default_sweeps(cfg.method) if sweeps is None else int(sweeps)

@@ -21,7 +21,7 @@ import torch
 
 from jitkit.config import SAMPLERS, SamplerConfig
 from jitkit.diffusion.grids import time_grid
-from jitkit.diffusion.solvers import FINAL_ORDER, MULTISTEP_ORDER, multistep_update, order_note
+from jitkit.diffusion.solvers import CORRECTED, FINAL_ORDER, MULTISTEP_ORDER, multistep_update, order_note
 
 # velocity_fn(z [B',...], t [B'], y [B']) -> v [B',...]
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -74,6 +74,8 @@ def make_stepper(
     ``vel(z, t)``: the (guided) velocity. ``preds``: the x̂ of the earlier steps, newest first (used by the
     multistep solvers only). x̂ = z + max(1 − t, t_eps)·v is the clean-image prediction the velocity came from.
     Euler and Heun are the reference's: Heun for k = 0 … K−2, then one Euler step into t = 1.
+    The ``-pc`` solvers correct the state a step starts from before stepping on (the stepper keeps the state
+    of the step before: one stepper per integration, steps in order).
     """
     K = len(ts) - 1
     if method in ("euler", "heun"):
@@ -94,10 +96,17 @@ def make_stepper(
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, found {method!r}")
     order = MULTISTEP_ORDER[method]
     update = multistep_update
+    corrected = method in CORRECTED
+    before: list[torch.Tensor] = []  # the corrector's: the (corrected) state at ts[k − 1]
 
     def mstep(k: int, z: torch.Tensor, preds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         t = ts[k]
         x = z + max(1.0 - t, t_eps) * vel(z, t)
+        if corrected:
+            if k > 0 and before:  # redo step k − 1 through x̂ at its end (jitkit.diffusion.solvers, Corrector)
+                q = min(order, k + 1, len(preds) + 1)
+                z = update(before[0], [x, *preds], [ts[k - j] for j in range(q)], t, t_eps, q, start=ts[k - 1])
+            before[:] = [z]
         p = min(order, FINAL_ORDER) if k == K - 1 else order  # a stable last step (jitkit.diffusion.solvers)
         p = min(p, k + 1, len(preds) + 1)
         times = [ts[k - j] for j in range(p)]

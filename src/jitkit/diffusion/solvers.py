@@ -59,6 +59,19 @@ extrapolation cannot overshoot like a parabola over the widest step, which keeps
 reference's last step is first order). Globally every multistep solver here is second order, since the first
 step's local error is O(h²); 3M lowers the constant.
 
+Corrector (``dpm++2m-pc``, ``dpm++3m-pc``)
+------------------------------------------
+The predictor above extrapolates x̂ over [s, t] from nodes at and before s. Once the network has been
+evaluated at the predicted state, x̂_t = x̂(z_t^pred, t) — the evaluation the next step needs anyway — the
+step s → t is redone from z_s with (2) through the nodes t, s (and the one before s for 3M): an
+interpolation instead of an extrapolation, the exponential-integrator form of an Adams–Moulton step, in
+the spirit of UniC (Zhao et al., "UniPC", 2023). The corrected z_t replaces the predicted one as the start
+of the next step; the next step reuses x̂_t, evaluated at the predicted state (no second evaluation), so the
+corrector costs no network evaluation. The last step (into t = 1) is not corrected: nothing is evaluated at
+t = 1. Its gain is largest on the first step, which the predictor takes at first order (x̂ at t = 0 has no
+history) and the corrector redoes at second order. On a trained shapes model at 10 steps (10 evaluations)
+the corrector lowers the RMS error against a 500-step Heun solution by a fifth to a quarter (docs/sampling.md).
+
 All step weights are Python floats (float64) from the grid; the state stays float32.
 
 Shape key: z, x̂ [B, C, S, S].
@@ -72,6 +85,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "CORRECTED",
     "FINAL_ORDER",
     "MULTISTEP_ORDER",
     "clamp_weight",
@@ -83,7 +97,9 @@ __all__ = [
 ]
 
 # the order of each multistep solver (SamplerConfig.method → p), and the most nodes the last step uses
-MULTISTEP_ORDER = {"dpm++2m": 2, "dpm++3m": 3}
+MULTISTEP_ORDER = {"dpm++2m": 2, "dpm++3m": 3, "dpm++2m-pc": 2, "dpm++3m-pc": 3}
+# the predictor-corrector solvers (see "Corrector" above): method → its predictor
+CORRECTED = {"dpm++2m-pc": "dpm++2m", "dpm++3m-pc": "dpm++3m"}
 FINAL_ORDER = 2
 
 
@@ -111,15 +127,20 @@ def multistep_update(
     t_next: float,
     t_eps: float,
     order: int,
+    start: float | None = None,
 ) -> torch.Tensor:
-    """One step of (2) from ``times[0]`` to ``t_next`` through the first ``order`` predictions.
+    """One step of (2) from ``start`` (default ``times[0]``) to ``t_next`` through the first ``order``
+    predictions.
 
-    ``preds``: x̂ at ``times``, newest first (``preds[0]`` = x̂(z, times[0])). Returns z at ``t_next``.
+    ``preds``: x̂ at ``times``, newest first (``preds[0]`` = x̂(z, times[0])); ``z`` is the state at ``start``.
+    Returns z at ``t_next``. The corrector passes ``start`` = the previous step's time and ``times[0]`` =
+    ``t_next``: the step redone through the new prediction at its end.
     """
     if order < 1:
         raise ValueError(f"order must be >= 1, found {order}")
     p = min(order, len(preds), len(times))
-    a, weights = lagrange_weights(list(times[:p]), times[0], t_next, t_eps)
+    s = times[0] if start is None else start
+    a, weights = lagrange_weights(list(times[:p]), s, t_next, t_eps)
     z_next = a * z
     for w, x in zip(weights, preds[:p]):
         z_next = z_next + w * x
