@@ -111,5 +111,7 @@ def test_bad_arguments_name_the_parameter():
         invert(field, x, y, SamplerConfig(), 1, iters=0)
     with pytest.raises(ValueError, match="sweeps must be >= 1, found 0"):
         invert(field, x, y, SamplerConfig(), 1, sweeps=0)
-    with pytest.raises(ValueError, match="dpm\\+\\+2m-pc cannot be inverted step by step.*invert with dpm\\+\\+2m"):
+    with pytest.raises(
+        ValueError, match="dpm\\+\\+2m-pc cannot be inverted step by step.*invert with dpm\\+\\+2m"
+    ):
         invert(field, x, y, SamplerConfig(method="dpm++2m-pc"), 1)

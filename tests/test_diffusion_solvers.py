@@ -165,7 +165,14 @@ def test_euler_and_heun_are_exact_on_a_linear_field_without_the_clamp(method):
     assert torch.allclose(out, c, atol=1e-12)
 
 
-NOMINAL = {"euler": 1, "heun": 2, "dpm++2m": 2, "dpm++3m": 2, "dpm++2m-pc": 2, "dpm++3m-pc": 2}  # global (3M below)
+NOMINAL = {
+    "euler": 1,
+    "heun": 2,
+    "dpm++2m": 2,
+    "dpm++3m": 2,
+    "dpm++2m-pc": 2,
+    "dpm++3m-pc": 2,
+}  # global (3M below)
 
 
 @pytest.mark.parametrize("method", list(NOMINAL))

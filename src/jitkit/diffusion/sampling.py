@@ -105,7 +105,9 @@ def make_stepper(
         if corrected:
             if k > 0 and before:  # redo step k − 1 through x̂ at its end (jitkit.diffusion.solvers, Corrector)
                 q = min(order, k + 1, len(preds) + 1)
-                z = update(before[0], [x, *preds], [ts[k - j] for j in range(q)], t, t_eps, q, start=ts[k - 1])
+                z = update(
+                    before[0], [x, *preds], [ts[k - j] for j in range(q)], t, t_eps, q, start=ts[k - 1]
+                )
             before[:] = [z]
         p = min(order, FINAL_ORDER) if k == K - 1 else order  # a stable last step (jitkit.diffusion.solvers)
         p = min(p, k + 1, len(preds) + 1)
