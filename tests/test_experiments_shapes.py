@@ -7,7 +7,7 @@ import torch
 from jitkit.cli import main
 from jitkit.config import ConfigError
 from jitkit.experiments.shapes_config import ShapesStudyConfig, quick_config
-from jitkit.experiments.shapes_study import DiTDDPM, JiTFlow, UNetDDPM, fit
+from jitkit.experiments.shapes_study import DiTDDPM, DiTFlow, JiTDDPM, JiTFlow, UNetDDPM, _score, fit
 
 
 def test_study_models_match_the_spec():
@@ -27,7 +27,7 @@ def test_study_unet_shares_the_dit_ddpm_and_matches_its_size():
     from jitkit.models.unet import UNet
 
     cfg = ShapesStudyConfig()
-    assert cfg.runs == ("dit", "jit", "jit_long", "unet")
+    assert cfg.runs == ("dit", "jit", "jit_long", "unet", "dit_xpred", "jit_eps")
     torch.manual_seed(cfg.seed)
     dit = DiTDDPM(cfg)
     unet = UNetDDPM(cfg)
@@ -40,6 +40,73 @@ def test_study_unet_shares_the_dit_ddpm_and_matches_its_size():
     torch.manual_seed(cfg.seed)
     again = DiTDDPM(cfg)
     assert all(torch.equal(a, b) for a, b in zip(dit.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_two_by_two_swaps_only_the_objective_or_only_the_network():
+    """(e) = (a)'s DiT in (b)'s objective and sampler; (f) = (b)'s JiT in (a)'s DDPM; outputs zero at init."""
+    from jitkit.models.dit import DiT
+    from jitkit.models.jit import JiT
+
+    cfg = ShapesStudyConfig()
+    dit, jit, e, f = DiTDDPM(cfg), JiTFlow(cfg), DiTFlow(cfg), JiTDDPM(cfg)
+    assert isinstance(e.net, DiT) and isinstance(f.net, JiT)
+    # the DiT gains only the null-class row label drop needs; the JiT is (b)'s network
+    assert sum(p.numel() for p in e.net.parameters()) == 323_696 + cfg.dit_hidden
+    assert sum(p.numel() for p in f.net.parameters()) == sum(p.numel() for p in jit.net.parameters())
+    assert e.denoiser.cfg == jit.denoiser.cfg and e.sampler == jit.sampler and e.nfe == jit.nfe
+    assert torch.equal(f.schedule.betas, dit.schedule.betas) and f.nfe == dit.nfe == 200
+    x, y = torch.randn(3, 3, 16, 16), torch.tensor([0, 5, 15])
+    for net, t in ((e.net, torch.rand(3)), (f.net, torch.tensor([0, 100, 199]))):
+        out = net(x, t, y)
+        assert out.shape == x.shape and torch.count_nonzero(out) == 0  # zero-initialised final layers
+    assert torch.isfinite(e.loss(x, y)) and torch.isfinite(f.loss(x, y))
+
+
+def test_report_verdicts_follow_the_numbers():
+    from jitkit.experiments.shapes_report import claims, per_shape_accuracy
+
+    def met(acc, col, shape, iou, cross=0.0):
+        per = {
+            f"{c}_{s}": (cross if s == "cross" else shape)
+            for c in ("red", "blue")
+            for s in ("circle", "square", "triangle", "cross")
+        }
+        return {
+            "accuracy": acc,
+            "color_accuracy": col,
+            "shape_accuracy": shape,
+            "mean_iou": iou,
+            "per_class": per,
+        }
+
+    losses = [0.92] + [0.2] * 28 + [0.13]
+    runs = {
+        "dit": {"metrics": met(0.25, 0.99, 0.25, 0.54), "epoch_losses": losses, "params": 323_696},
+        "unet": {"metrics": met(0.34, 1.0, 0.34, 0.80), "epoch_losses": losses, "params": 320_091},
+        "jit": {"metrics": met(0.40, 1.0, 0.40, 0.75), "epoch_losses": losses, "params": 337_344},
+        "dit_xpred": {"metrics": met(0.30, 1.0, 0.30, 0.60), "epoch_losses": losses, "params": 323_760},
+        "jit_eps": {"metrics": met(0.60, 1.0, 0.60, 0.70), "epoch_losses": losses, "params": 337_344},
+    }
+    res = {"runs": runs, "published_dit": {"loss_epoch1": 0.9147, "loss_epoch30": 0.1228}}
+    text = "\n".join(claims(res))
+    assert (
+        'right": **held**' in text
+        and 'blurry shapes" (recognisable shapes, shape accuracy ≥ 0.5): **did not' in text
+    )
+    assert 'sharper samples": **held**' in text and "The larger share: **the architecture**" in text
+    assert 'hardest": **held**' in text and "loss curve 0.9147 → 0.1228: **held**" in text
+    assert per_shape_accuracy(runs["dit"]["metrics"]) == {
+        "circle": 0.25,
+        "square": 0.25,
+        "triangle": 0.25,
+        "cross": 0.0,
+    }
+    runs["unet"]["metrics"] = met(0.2, 1.0, 0.2, 0.5, cross=0.5)
+    runs["jit"]["metrics"] = met(0.9, 1.0, 0.9, 0.9)
+    runs["dit_xpred"]["metrics"] = met(0.7, 1.0, 0.7, 0.8)
+    runs["jit_eps"]["metrics"] = met(0.3, 1.0, 0.3, 0.6)
+    text = "\n".join(claims(res))
+    assert 'sharper samples": **did not hold**' in text and "The larger share: **the objective**" in text
 
 
 def test_fit_decreases_the_loss_on_a_tiny_set():
@@ -131,6 +198,8 @@ def test_quick_shapes_cli_writes_every_file(tmp_path):
         "grid_jit.png",
         "grid_jit_long.png",
         "grid_unet.png",
+        "grid_dit_xpred.png",
+        "grid_jit_eps.png",
         "trajectory.png",
         "losses.png",
         "report.md",
@@ -139,8 +208,21 @@ def test_quick_shapes_cli_writes_every_file(tmp_path):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     res = json.loads((out / "results.json").read_text())
     cfg = quick_config()
-    assert set(res["runs"]) == {"dit", "jit", "jit_long", "unet"}
-    for k in ("dit", "jit", "unet"):
+    assert set(res["runs"]) == {"dit", "jit", "jit_long", "unet", "dit_xpred", "jit_eps"}
+    ctors = {"dit": DiTDDPM, "jit": JiTFlow, "unet": UNetDDPM, "dit_xpred": DiTFlow, "jit_eps": JiTDDPM}
+    keys = ("accuracy", "color_accuracy", "mean_iou")
+    gain = {}
+    for k, ctor in ctors.items():
+        # the same model untrained (same seed, same scoring): a trained run must score differently
+        torch.manual_seed(cfg.seed)
+        untrained, *_ = _score(ctor(cfg), cfg, cfg.seed + 99)
+        trained = res["runs"][k]["metrics"]
+        assert [trained[m] for m in keys] != [untrained[m] for m in keys], k
+        assert res["runs"][k]["epoch_losses"][-1] < 0.8 * res["runs"][k]["epoch_losses"][0], k
+        gain[k] = trained["color_accuracy"] - untrained["color_accuracy"]
+    # the flow runs learn the colours within the quick budget (untrained: 0.25)
+    assert (gain["jit"] + gain["dit_xpred"]) / 2 >= 0.2, gain
+    for k in ctors:
         r = res["runs"][k]
         assert len(r["epoch_losses"]) == cfg.epochs
         assert all(math.isfinite(v) for v in r["epoch_losses"])
@@ -161,9 +243,17 @@ def test_quick_shapes_cli_writes_every_file(tmp_path):
     report = (out / "report.md").read_text()
     for f in ("grid_dit.png", "grid_jit.png", "grid_unet.png", "trajectory.png"):
         assert f in report
-    assert "(d) U-Net ε-pred DDPM" in report
+    assert "(d) U-Net ε-pred DDPM" in report and "(e) DiT x-pred v-loss" in report
+    assert "| DiT (the study's) | (a) " in report and "## The study's claims here" in report
+    assert "U-Net of the same parameter count would produce sharper samples" in report
     header = next(line for line in report.splitlines() if line.startswith("| | (a)"))
-    assert header.index("(a)") < header.index("(b)") < header.index("(c)") < header.index("(d)")
+    assert (
+        header.index("(a)")
+        < header.index("(b)")
+        < header.index("(c)")
+        < header.index("(d)")
+        < header.index("(f)")
+    )
 
 
 def test_quick_cli_runs_only_the_unet(tmp_path):

@@ -45,18 +45,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = es.add_parser(
         "shapes",
         help="the toy-scale DiT study: DiT eps-pred DDPM vs JiT x-pred on shapes 16x16, JiT until crisp, "
-        "and a U-Net DDPM",
+        "a U-Net DDPM, and the architecture x objective 2x2",
         description="(a) DiT eps-prediction DDPM baseline, (b) JiT of the same width/depth, same recipe and epochs, "
         "(c) JiT trained until shapes accuracy >= 0.95 and mean IoU >= 0.9, (d) a U-Net of the DiT's parameter "
-        "count in (a)'s DDPM, recipe and sampler.",
+        "count in (a)'s DDPM, recipe and sampler, (e) dit_xpred: (a)'s DiT with (b)'s objective, (f) jit_eps: (b)'s "
+        "JiT with (a)'s DDPM.",
     )
     s.add_argument("--out", default="runs/experiments/shapes", help="output folder")
     s.add_argument("--quick", action="store_true", help="a miniature run (seconds), for tests")
-    s.add_argument("--epochs", type=int, default=None, help="epochs of (a), (b) and (d) (30)")
+    s.add_argument("--epochs", type=int, default=None, help="epochs of (a), (b), (d), (e), (f) (30)")
     s.add_argument("--max-epochs", type=int, default=None, help="epoch budget of (c) (100)")
     s.add_argument("--check-every", type=int, default=None, help="(c) checks the targets every N epochs (10)")
     s.add_argument("--no-long", action="store_true", help="skip run (c)")
-    s.add_argument("--runs", default=None, help="which runs, subset of dit,jit,jit_long,unet (all)")
+    s.add_argument(
+        "--runs", default=None, help="which runs, subset of dit,jit,jit_long,unet,dit_xpred,jit_eps (all)"
+    )
     s.add_argument("--beta-start", type=float, default=None, help="DDPM linear beta schedule start (1e-4)")
     s.add_argument("--beta-end", type=float, default=None, help="DDPM linear beta schedule end (0.02)")
     s.add_argument("--heun-steps", type=int, default=None, help="JiT sampler steps (20)")

@@ -8,7 +8,7 @@ from typing import Any
 
 from jitkit.config import ConfigBase, ConfigError, ModelConfig, SamplerConfig
 
-RUN_KEYS = ("dit", "jit", "jit_long", "unet")
+RUN_KEYS = ("dit", "jit", "jit_long", "unet", "dit_xpred", "jit_eps")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class ShapesStudyConfig(ConfigBase):
     unet_mults: tuple[int, ...] = (1, 1, 2)
     unet_emb: int = 96
     unet_attn_heads: int = 4
-    runs: tuple[str, ...] = RUN_KEYS  # which of (a) dit, (b) jit, (c) jit_long, (d) unet to run
+    # which of (a) dit, (b) jit, (c) jit_long, (d) unet, (e) dit_xpred, (f) jit_eps to run
+    runs: tuple[str, ...] = RUN_KEYS
     # (c): the long JiT run
     # the recipe of the `jitkit train` shapes preset (batch 64, lr 3e-3, 2 warm-up epochs, cosine, EMA 0.998
     # warmed up), which reaches crisp shapes with JiT-T/4 in 50 epochs; here with the study's narrower JiT
@@ -106,14 +107,19 @@ class ShapesStudyConfig(ConfigBase):
         return SamplerConfig(method="heun", steps=self.heun_steps, cfg=self.long_cfg)
 
 
+# big enough steps (lr 5e-3, 128 steps) that the quick models measurably learn (the test compares them with
+# untrained ones), and β scaled to the short T (ᾱ_T ≈ 0.1 as with the study's T = 200)
 QUICK = dict(
-    per_class=4,
-    epochs=2,
-    batch_size=32,
+    per_class=8,
+    epochs=16,
+    batch_size=16,
+    lr=5e-3,
     dit_hidden=32,
-    dit_depth=1,
+    dit_depth=2,
     dit_heads=2,
     ddpm_T=10,
+    beta_start=2e-3,
+    beta_end=0.4,
     heun_steps=3,
     long_max_epochs=2,
     long_check_every=1,
@@ -122,7 +128,7 @@ QUICK = dict(
     unet_mults=(1, 2),
     unet_emb=16,
     unet_attn_heads=2,
-    samples_per_class=1,
+    samples_per_class=2,
     trajectory_frames=3,
 )
 

@@ -14,7 +14,9 @@ import torch
 from jitkit.experiments.common import pyplot, save_figure
 
 LOSS_EPOCHS = (1, 4, 8, 16, 24, 30)  # the epochs of the report's loss table
-_LETTER = {"dit": "a", "jit": "b", "jit_long": "c", "unet": "d"}
+_LETTER = {"dit": "a", "jit": "b", "jit_long": "c", "unet": "d", "dit_xpred": "e", "jit_eps": "f"}
+CHANCE_SHAPE = 0.25  # four shapes
+SHAPE_NAMES = ("circle", "square", "triangle", "cross")
 
 
 def save_trajectory_png(runs: list[tuple[str, list, torch.Tensor, torch.Tensor, str]], path: Path) -> Path:
@@ -69,6 +71,77 @@ def _fmt_loss(h: list[float], e: int) -> str:
     return f"{h[e - 1]:.4f}" if len(h) >= e else "—"
 
 
+def per_shape_accuracy(metrics: dict[str, Any]) -> dict[str, float]:
+    """Accuracy per shape (mean over the colours of the per-class accuracies; a class is ``<colour>_<shape>``)."""
+    per: dict[str, list[float]] = {}
+    for name, acc in metrics.get("per_class", {}).items():
+        per.setdefault(name.rsplit("_", 1)[-1], []).append(float(acc))
+    return {sh: float(np.mean(per[sh])) for sh in SHAPE_NAMES if sh in per}
+
+
+def _verdict(ok: bool | None) -> str:
+    return "**held**" if ok else ("not tested here" if ok is None else "**did not hold**")
+
+
+def claims(results: dict[str, Any]) -> list[str]:
+    """The study's claims and the 2×2's answer, each with the numbers that decide it (markdown bullets)."""
+    runs, pub = results["runs"], results["published_dit"]
+    m = {k: r["metrics"] for k, r in runs.items() if "metrics" in r}
+    out: list[str] = []
+    if "dit" in m:
+        a, h = m["dit"], runs["dit"]["epoch_losses"]
+        out.append(
+            f'- "The DiT gets the colours right": {_verdict(a["color_accuracy"] >= 0.9)} — colour accuracy '
+            f"{a['color_accuracy']:.3f}."
+        )
+        blurry = a["shape_accuracy"] >= 0.5
+        out.append(
+            f'- "... but blurry shapes" (recognisable shapes, shape accuracy ≥ 0.5): {_verdict(blurry)} — shape '
+            f"accuracy {a['shape_accuracy']:.3f} (chance {CHANCE_SHAPE}), mean IoU {a['mean_iou']:.3f}"
+            + ("." if blurry else ": the samples are patchwork, not blurry shapes (docs/experiments.md).")
+        )
+        if len(h) >= 30:
+            close = abs(h[0] / pub["loss_epoch1"] - 1) < 0.1 and abs(h[29] / pub["loss_epoch30"] - 1) < 0.2
+            out.append(
+                f"- The published loss curve {pub['loss_epoch1']} → {pub['loss_epoch30']}: {_verdict(close)} "
+                f"(within 10 % at epoch 1 and 20 % at epoch 30) — here {h[0]:.4f} → {h[29]:.4f}."
+            )
+        ps = per_shape_accuracy(a)
+        if ps:
+            worst = min(ps, key=ps.get)
+            out.append(
+                f'- "Crosses are the hardest": {_verdict(worst == "cross")} — the DiT\'s hardest shape is {worst}; '
+                + ", ".join(f"{k} {v:.2f}" for k, v in ps.items())
+                + "."
+            )
+    if "dit" in m and "unet" in m:
+        a, d = m["dit"], m["unet"]
+        sharper = d["mean_iou"] > a["mean_iou"] and d["shape_accuracy"] >= a["shape_accuracy"]
+        out.append(
+            f'- "A U-Net of the same parameter count would produce sharper samples": {_verdict(sharper)} — '
+            f"mean IoU {d['mean_iou']:.3f} vs {a['mean_iou']:.3f}, shape accuracy {d['shape_accuracy']:.3f} vs "
+            f"{a['shape_accuracy']:.3f} ({runs['unet']['params']:,} vs {runs['dit']['params']:,} parameters, "
+            "same DDPM, recipe and sampler)."
+        )
+    if all(k in m for k in ("dit", "jit", "dit_xpred", "jit_eps")):
+        acc = {k: m[k]["accuracy"] for k in ("dit", "jit", "dit_xpred", "jit_eps")}
+        iou = {k: m[k]["mean_iou"] for k in acc}
+        obj = ((acc["dit_xpred"] - acc["dit"]) + (acc["jit"] - acc["jit_eps"])) / 2
+        arch = ((acc["jit_eps"] - acc["dit"]) + (acc["jit"] - acc["dit_xpred"])) / 2
+        obj_iou = ((iou["dit_xpred"] - iou["dit"]) + (iou["jit"] - iou["jit_eps"])) / 2
+        arch_iou = ((iou["jit_eps"] - iou["dit"]) + (iou["jit"] - iou["dit_xpred"])) / 2
+        bigger = "the objective" if abs(obj) > abs(arch) else "the architecture"
+        out.append(
+            f"- Where JiT's lead comes from (2×2, accuracy): the objective (x-prediction, v-loss, Heun vs ε-DDPM) "
+            f"moves accuracy by {obj:+.3f} on average over the two architectures (DiT {acc['dit']:.3f} → "
+            f"{acc['dit_xpred']:.3f}, JiT {acc['jit_eps']:.3f} → {acc['jit']:.3f}), the architecture (JiT vs DiT) "
+            f"by {arch:+.3f} over the two objectives (ε-DDPM {acc['dit']:.3f} → {acc['jit_eps']:.3f}, flow "
+            f"{acc['dit_xpred']:.3f} → {acc['jit']:.3f}); mean IoU {obj_iou:+.3f} and {arch_iou:+.3f}. The larger "
+            f"share: **{bigger}**."
+        )
+    return out
+
+
 def shapes_report(results: dict[str, Any]) -> str:
     """``report.md`` of a results dict (as written to results.json by ``run_shapes_study``)."""
     cfg, runs = results["config"], results["runs"]
@@ -76,10 +149,10 @@ def shapes_report(results: dict[str, Any]) -> str:
     pub = results["published_dit"]
     epochs_shown = [e for e in LOSS_EPOCHS if e <= cfg["epochs"]] or [cfg["epochs"]]
     lines = [
-        "# Shapes study: DiT ε-prediction DDPM vs JiT x-prediction vs U-Net DDPM (16×16, 16 classes)",
+        "# Shapes study: DiT vs JiT vs U-Net, ε-prediction DDPM vs x-prediction flow (16×16, 16 classes)",
         "",
         f"Data: built-in `shapes`, {cfg['per_class']} images per class at {cfg['img_size']}×{cfg['img_size']}. "
-        f"(a), (b) and (d): AdamW lr {cfg['lr']}, wd {cfg['weight_decay']}, grad clip {cfg['grad_clip']}, cosine, "
+        f"(a), (b), (d), (e), (f): AdamW lr {cfg['lr']}, wd {cfg['weight_decay']}, grad clip {cfg['grad_clip']}, cosine, "
         f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, raw weights sampled. Metrics: "
         f"{cfg['samples_per_class']} samples per class, shapes accuracy (colour and shape right) and mean best IoU. "
         f"{results['torch_threads']} torch threads; load average at the end "
@@ -103,6 +176,15 @@ def shapes_report(results: dict[str, Any]) -> str:
         )
         + " |",
         "| mean IoU | " + " | ".join(f"{runs[k]['metrics']['mean_iou']:.3f}" for k in keys) + " |",
+        "| per shape: circle / square / triangle / **cross** | "
+        + " | ".join(
+            " / ".join(
+                (f"**{v:.2f}**" if sh == "cross" else f"{v:.2f}")
+                for sh, v in per_shape_accuracy(runs[k]["metrics"]).items()
+            )
+            for k in keys
+        )
+        + " |",
         "",
         "Training loss per epoch (each model's own objective: ε-MSE for the DDPM, v-MSE for JiT — the two "
         "scales are not comparable with each other):",
@@ -121,6 +203,23 @@ def shapes_report(results: dict[str, Any]) -> str:
         f"{pub['wall_seconds']} s on a CPU, blurry shapes with correct colours.",
         "",
     ]
+    two = [k for k in ("dit", "dit_xpred", "jit_eps", "jit") if k in runs]
+    if len(two) == 4:
+        cell = {
+            k: f"{runs[k]['metrics']['accuracy']:.3f} / {runs[k]['metrics']['mean_iou']:.3f}" for k in two
+        }
+        lines += [
+            "Architecture × objective (accuracy / mean IoU):",
+            "",
+            "| | ε-prediction DDPM (the study's) | x-prediction, v-loss, Heun (JiT's) |",
+            "|---|---:|---:|",
+            f"| DiT (the study's) | (a) {cell['dit']} | (e) {cell['dit_xpred']} |",
+            f"| JiT (same width and depth) | (f) {cell['jit_eps']} | (b) {cell['jit']} |",
+            "",
+        ]
+    verdicts = claims(results)
+    if verdicts:
+        lines += ["## The study's claims here", "", *verdicts, ""]
     if "jit_long" in runs:
         r = runs["jit_long"]
         status = "reached" if r["reached_target"] else "did NOT reach"

@@ -10,11 +10,14 @@ Runs (all on the same 3,200 images, 16 classes, same batches order given the see
     (``jitkit.diffusion.flow.Denoiser``), Heun sampling (``jitkit.diffusion.generate.sample_denoiser``).
 (c) ``jit_long``: the same JiT trained for as long as it takes to draw crisp shapes (shapes accuracy
     ≥ 0.95 and mean IoU ≥ 0.9 on 16 samples per class), checked every ``long_check_every`` epochs.
+(e) ``dit_xpred`` and (f) ``jit_eps``: architecture × objective (issue #20) — (a)'s DiT with (b)'s objective
+    and sampler (:class:`DiTFlow`), and (b)'s JiT with (a)'s DDPM (:class:`JiTDDPM`); with (a) and (b) a
+    2×2 that separates what the architecture does from what the objective does.
 (d) ``unet``: the study's untested claim that "a U-Net of the same parameter count would produce sharper
     samples" (issue #20) — ``jitkit.models.unet.UNet`` (320,091 parameters, −1.1 % of the DiT's) in place
     of the DiT inside the very same DDPM, recipe and ancestral sampler as (a).
 
-(a), (b) and (d) share the optimisation recipe of the study: AdamW (β = (0.9, 0.999)) lr 5e-4, weight decay 0,
+(a), (b), (d), (e) and (f) share the optimisation recipe of the study: AdamW (β = (0.9, 0.999)) lr 5e-4, weight decay 0,
 gradient clipping at 1.0, cosine decay over the run updated every step (no warm-up), batch 128, 30 epochs,
 random horizontal flips. The loop is ``fit`` below — a minimal loop over library pieces (the model's loss,
 ``jitkit.train.optim.make_optimizer``, ``jitkit.train.schedule.lr_at``); all three models go through the
@@ -71,19 +74,7 @@ class DiTDDPM(nn.Module):
         super().__init__()
         from jitkit.diffusion.ddpm import DDPMSchedule
 
-        if net is None:
-            from jitkit.models.dit import DiT, DiTConfig
-
-            net = DiT(
-                DiTConfig(
-                    img_size=cfg.img_size,
-                    hidden_size=cfg.dit_hidden,
-                    depth=cfg.dit_depth,
-                    num_heads=cfg.dit_heads,
-                    num_classes=16,
-                )
-            )
-        self.net = net
+        self.net = study_dit(cfg) if net is None else net
         self.schedule = DDPMSchedule(cfg.ddpm_T, cfg.beta_start, cfg.beta_end)
 
     def loss(
@@ -103,6 +94,23 @@ class DiTDDPM(nn.Module):
         return self.schedule.T
 
 
+def study_dit(cfg: ShapesStudyConfig, null_class: bool = False) -> nn.Module:
+    """The study's DiT (323,696 parameters); ``null_class`` adds the classifier-free guidance row that JiT's
+    objective trains with its label drop (+ ``cfg.dit_hidden`` parameters)."""
+    from jitkit.models.dit import DiT, DiTConfig
+
+    return DiT(
+        DiTConfig(
+            img_size=cfg.img_size,
+            hidden_size=cfg.dit_hidden,
+            depth=cfg.dit_depth,
+            num_heads=cfg.dit_heads,
+            num_classes=16,
+            null_class=null_class,
+        )
+    )
+
+
 class UNetDDPM(DiTDDPM):
     """(d): the study's U-Net (``cfg.unet_config()``) in the DiT's DDPM — same loss, schedule and sampler."""
 
@@ -112,17 +120,32 @@ class UNetDDPM(DiTDDPM):
         super().__init__(cfg, net=UNet(cfg.unet_config()))
 
 
+class JiTDDPM(DiTDDPM):
+    """``jit_eps``: (b)'s JiT network trained and sampled with the study's ε-prediction DDPM — the same loss,
+    β schedule, T, recipe and ancestral sampler as (a). The JiT's output (its final linear layer, zero at
+    initialisation like the DiT's) is read as ε̂ instead of x̂, and it receives the DDPM's integer step
+    t ∈ {0 … T−1} through the same sinusoid as the DiT (both embed t with cos|sin of 10000^(−k/128)).
+    The parameterisation allows it fully: only the meaning of the output and of t change."""
+
+    def __init__(self, cfg: ShapesStudyConfig) -> None:
+        from jitkit.models import build_model
+
+        super().__init__(cfg, net=build_model(cfg.jit_model_config()))
+
+
 class JiTFlow(nn.Module):
-    """JiT + the flow objective (x-prediction, v-loss) and the Heun sampler."""
+    """JiT + the flow objective (x-prediction, v-loss) and the Heun sampler; ``net``: another network in
+    the same objective (the DiT of :class:`DiTFlow`)."""
 
     trajectory_unit = "t"  # trajectory frames are flow times
 
-    def __init__(self, cfg: ShapesStudyConfig) -> None:
+    def __init__(self, cfg: ShapesStudyConfig, net: nn.Module | None = None) -> None:
         super().__init__()
         from jitkit.diffusion.flow import Denoiser
         from jitkit.models import build_model
 
-        self.denoiser = Denoiser(build_model(cfg.jit_model_config()), DiffusionConfig(pred="x", loss="v"), 16)
+        net = build_model(cfg.jit_model_config()) if net is None else net
+        self.denoiser = Denoiser(net, DiffusionConfig(pred="x", loss="v"), 16)
         self.sampler = cfg.jit_sampler()
 
     @property
@@ -158,6 +181,15 @@ class JiTFlow(nn.Module):
         from jitkit.diffusion.sampling import network_evaluations
 
         return network_evaluations(self.sampler)
+
+
+class DiTFlow(JiTFlow):
+    """``dit_xpred``: the study's DiT trained and sampled with JiT's objective — x-prediction, the v-loss,
+    logit-normal t, label drop 0.1, Heun — exactly as (b). The DiT gains the null-class row that label drop
+    needs (+64 parameters) and receives the flow time t ∈ [0, 1] through its sinusoid, as the JiT does."""
+
+    def __init__(self, cfg: ShapesStudyConfig) -> None:
+        super().__init__(cfg, net=study_dit(cfg, null_class=True))
 
 
 # --- the minimal training loop ---------------------------------------------------------------------------
@@ -294,7 +326,8 @@ def run_shapes_study(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Train and compare (a) DiT-DDPM, (b) JiT, (c) JiT until crisp, (d) U-Net-DDPM (those in ``cfg.runs``);
+    """Train and compare (a) DiT-DDPM, (b) JiT, (c) JiT until crisp, (d) U-Net-DDPM and the 2×2's other corners
+    (DiT with JiT's objective, JiT with the DDPM) — those in ``cfg.runs``;
     write figures, report.md, results.json.
 
     Files: ``grid_<run>.png`` for each run (one row per class), ``trajectory.png``, ``losses.png``,
@@ -321,6 +354,8 @@ def run_shapes_study(
         ("dit", DiTDDPM, "DiT ε-pred DDPM"),
         ("jit", JiTFlow, "JiT x-pred v-loss"),
         ("unet", UNetDDPM, "U-Net ε-pred DDPM"),
+        ("dit_xpred", DiTFlow, "DiT x-pred v-loss"),
+        ("jit_eps", JiTDDPM, "JiT ε-pred DDPM"),
     ):
         if key not in cfg.runs:
             continue
