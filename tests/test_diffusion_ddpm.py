@@ -70,3 +70,19 @@ def test_loss_is_zero_for_the_true_noise_and_bad_inputs():
         DDPMSchedule(10, 0.5, 0.1)
     with pytest.raises(ValueError, match="variance"):
         s.sample(oracle, x0, None, variance="learned")
+
+
+def test_cosine_schedule_is_nichol_and_dhariwals_alpha_bar():
+    import math
+
+    T, s = 200, 0.008
+    sch = DDPMSchedule(T, kind="cosine")
+
+    def f(t: float) -> float:
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    for t in (1, 50, 100, 150, 190):  # ᾱ after t steps (index t − 1), away from the β ≤ 0.999 clip at the end
+        assert abs(float(sch.alphas_cumprod[t - 1]) - f(t) / f(0)) < 1e-6, t
+    assert float(sch.alphas_cumprod[-1]) < 1e-6 and float(sch.betas.max()) <= 0.999 + 1e-7
+    with pytest.raises(ValueError, match="linear or cosine, found 'sigmoid'"):
+        DDPMSchedule(T, kind="sigmoid")

@@ -23,6 +23,7 @@ Shape key: B batch; x0, eps, x_t are [B, ...]; t is [B] int64 in [0, T).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -39,13 +40,15 @@ def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 
 
 class DDPMSchedule(nn.Module):
-    """The tables of a linear-β DDPM as (non-persistent, float64-computed, float32-stored) buffers.
+    """The tables of a linear-β (or, ``kind="cosine"``, Nichol & Dhariwal's cosine) DDPM as (non-persistent, float64-computed, float32-stored) buffers.
 
     ``betas``, ``alphas``, ``alphas_cumprod`` (ᾱ_t), ``alphas_cumprod_prev`` (ᾱ_{t−1}, with ᾱ_{−1} = 1),
     ``posterior_variance`` (β̃_t) — all of length T.
     """
 
-    def __init__(self, T: int = 200, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+    def __init__(
+        self, T: int = 200, beta_start: float = 1e-4, beta_end: float = 0.02, kind: str = "linear"
+    ) -> None:
         super().__init__()
         if T < 1:
             raise ValueError(f"DDPM needs T >= 1 steps, found T={T}")
@@ -53,10 +56,18 @@ class DDPMSchedule(nn.Module):
             raise ValueError(
                 f"DDPM betas must satisfy 0 < beta_start <= beta_end < 1, found {beta_start} and {beta_end}"
             )
+        if kind not in ("linear", "cosine"):
+            raise ValueError(f"DDPM schedule kind must be linear or cosine, found {kind!r}")
         self.T = T
         self.beta_start = beta_start
         self.beta_end = beta_end
-        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        self.kind = kind
+        if kind == "linear":
+            betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        else:  # Nichol & Dhariwal (2021): ᾱ(t) = cos²((t/T + s)/(1 + s)·π/2)/ᾱ(0), s = 0.008, β ≤ 0.999
+            s = 0.008
+            f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+            betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
         alphas = 1.0 - betas
         abar = torch.cumprod(alphas, 0)
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])

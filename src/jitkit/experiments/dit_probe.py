@@ -193,6 +193,48 @@ def _zero_pos_copy(net: nn.Module) -> None:
     net.pos_embed.data.zero_()
 
 
+def _qkv_split_init(model: nn.Module) -> None:
+    """q, k and v each initialised as its own D×D xavier-uniform matrix (bound √(6/2D)) instead of one 3D×D
+    matrix (bound √(6/4D): DiT's init of the fused layer gives q and k √2 smaller weights, so q·k starts 2×
+    smaller). Drawn from its own generator; the other weights stay the same."""
+    from jitkit.models.dit import DiTAttention
+
+    g = torch.Generator().manual_seed(11)
+    for m in model.net.modules():
+        if isinstance(m, DiTAttention):
+            D = m.qkv.weight.shape[1]
+            bound = math.sqrt(6.0 / (2 * D))
+            with torch.no_grad():
+                m.qkv.weight.copy_((torch.rand(m.qkv.weight.shape, generator=g) * 2 - 1) * bound)
+
+
+def _attention_scale(factor: float) -> Callable[[], contextlib.AbstractContextManager]:
+    """Attention logits multiplied by ``factor`` (SDPA's scale factor/√h instead of 1/√h): a sharper softmax
+    at the same weights, so that q·k differences reach the attention pattern sooner."""
+    import jitkit.models.dit as dit
+
+    class _F:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(torch.nn.functional, name)
+
+        @staticmethod
+        def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, scale=factor / math.sqrt(q.shape[-1])
+            )
+
+    return lambda: mock.patch.object(dit, "F", _F())
+
+
+def _cosine_schedule(model: nn.Module) -> None:
+    """Nichol & Dhariwal's cosine ᾱ over the same T in place of the linear β (ᾱ_T ≈ 0: every noise level up
+    to pure noise is trained, and more of the steps sit at high noise than with the linear β)."""
+    from jitkit.diffusion.ddpm import DDPMSchedule
+
+    old = model.schedule
+    model.schedule = DDPMSchedule(old.T, old.beta_start, old.beta_end, kind="cosine")
+
+
 def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
     """The probe's variants, keyed by name (the study's recipe is ``baseline``)."""
     T = cfg.ddpm_T
@@ -222,6 +264,21 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
         ),
         Variant("t_unit", "timestep fed as t/T ∈ [0, 1)", patch=_timestep_times(1.0 / T)),
         Variant("lr_per_epoch", "cosine learning rate stepped per epoch, not per step", patch=_lr_per_epoch),
+        Variant(
+            "qkv_split_init",
+            "q, k, v initialised as three xavier matrices (√2 larger)",
+            setup=_qkv_split_init,
+        ),
+        Variant("attn_scale_x4", "attention logits × 4 (SDPA scale 4/√h)", patch=_attention_scale(4.0)),
+        Variant(
+            "cosine_beta",
+            f"cosine ᾱ schedule (Nichol & Dhariwal) over the same T = {T}",
+            setup=_cosine_schedule,
+        ),
+        Variant(
+            "seed_1", "the baseline with seed 1 (data, init, batches, noise)", cfg={"seed": cfg.seed + 1}
+        ),
+        Variant("seed_2", "the baseline with seed 2", cfg={"seed": cfg.seed + 2}),
         Variant(
             "lr_x4",
             f"peak learning rate {4 * cfg.lr:g} instead of {cfg.lr:g} (diagnostic: not the recipe)",
