@@ -80,6 +80,7 @@ def _fit_order(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def solver_table(args: argparse.Namespace) -> dict[str, Any]:
+    from jitkit.bench.hardware import cpu_name
     from jitkit.checkpoint import load_denoiser
     from jitkit.diffusion.generate import balanced_labels, image_shape, indexed_noise
     from jitkit.diffusion.sampling import network_evaluations, to_uint8
@@ -183,6 +184,7 @@ def solver_table(args: argparse.Namespace) -> dict[str, Any]:
         "reference": f"heun {args.ref_steps} steps, uniform grid",
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "load_start": os.getloadavg()[0],
         "rows": rows,
