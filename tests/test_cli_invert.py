@@ -93,7 +93,10 @@ def test_sample_takes_the_new_solvers_and_time_grids(run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["--sampler", "dpm++9m"], "invalid choice: dpm++9m (choose from heun, euler, dpm++2m, dpm++3m)"),
+        (
+            ["--sampler", "dpm++9m"],
+            "invalid choice: dpm++9m (choose from heun, euler, dpm++2m, dpm++3m, dpm++2m-pc, dpm++3m-pc)",
+        ),
         (["--time-grid", "karras"], "invalid choice: karras (choose from uniform, logsnr, edm)"),
         (["--cfg", "nan"], "--cfg"),
         (["--cfg", "inf"], "--cfg"),
@@ -174,3 +177,18 @@ def test_invert_needs_the_class_of_unlabelled_images(run, tmp_path, capsys):
     assert load_noise(tmp_path / "n.npz").noise.shape == (1, 3, 16, 16)
     assert main([*argv, "--class", "purple_blob"]) == 2
     assert "neither a class index nor a class name" in capsys.readouterr().err
+
+
+def test_a_run_sampling_with_a_corrector_is_inverted_with_its_predictor(run, tmp_path, capsys):
+    # the shapes preset samples with dpm++2m-pc: invert (no --sampler) uses its predictor, says so and
+    # records it in the noise file, so that sample --noise regenerates with the solver that was inverted
+    assert json.loads((run / "config.json").read_text())["sampler"]["method"] == "dpm++2m-pc"
+    noise = tmp_path / "noise.npz"
+    argv = ["invert", str(run), "--images", "data", "--limit", "2", "--iters", "2", "--device", "cpu"]
+    assert main([*argv, "--out", str(noise)]) == 0
+    out = capsys.readouterr().out
+    assert "cannot be inverted step by step; inverting with dpm++2m" in out
+    assert load_noise(noise, (3, 16, 16)).sampler["method"] == "dpm++2m"
+    # asked for explicitly, the corrector's solver is refused with the one to use
+    assert main([*argv, "--sampler", "dpm++2m-pc", "--out", str(tmp_path / "n2.npz")]) != 0
+    assert "invert with dpm++2m" in capsys.readouterr().err

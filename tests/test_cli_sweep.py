@@ -79,7 +79,10 @@ def test_sweep_writes_table_plot_grids_and_applies_the_best(run, tmp_path, capsy
     [
         (["--cfgs", "1,nan"], "--cfgs: expected finite numbers"),
         (["--cfgs", "1,inf"], "--cfgs: expected finite numbers"),
-        (["--cfgs", "1", "--samplers", "dpm3"], "--samplers must be one of heun, euler, dpm++2m, dpm++3m"),
+        (
+            ["--cfgs", "1", "--samplers", "dpm3"],
+            "--samplers must be one of heun, euler, dpm++2m, dpm++3m, dpm++2m-pc, dpm++3m-pc",
+        ),
         (["--cfgs", "1", "--time-grids", "karras"], "--time-grids must be one of uniform, logsnr, edm"),
         (["--cfgs", "1", "--intervals", "0.5"], "--intervals: expected LO-HI pairs"),
         (["--cfgs", "1", "--intervals", "0.9-0.1"], "--intervals must satisfy 0 <= LOW < HIGH <= 1"),

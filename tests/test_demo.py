@@ -62,7 +62,7 @@ def test_info(client):
     assert info["classes"] == CLASSES
     assert (info["img_size"], info["patch_size"], info["grid_size"]) == (16, 4, 4)
     assert info["steps_range"] == [1, 30]
-    assert info["samplers"] == ["heun", "euler", "dpm++2m", "dpm++3m"]  # jitkit.config.SAMPLERS
+    assert info["samplers"] == ["heun", "euler", "dpm++2m", "dpm++3m", "dpm++2m-pc", "dpm++3m-pc"]  # SAMPLERS
     assert info["data_images"] == []  # no data images given: the page offers noise only
     assert info["defaults"]["steps"] == 8 and info["defaults"]["class"] == CLASSES[0]
 
@@ -540,6 +540,15 @@ def test_a_run_from_a_data_image_starts_at_its_inversion(data_client, model):
         "/api/sample", json={"image": 1, "class": "red_circle", "steps": 6, "sampler": "dpm++2m"}
     ).get_json()
     assert e["z"][0] == d["z"][0] and e["final"] != d["final"]
+
+
+def test_a_run_from_a_data_image_with_a_corrector_solver_uses_its_predictor(data_client):
+    c, _ = data_client
+    kw = {"image": 1, "class": "blue_triangle", "steps": 6}
+    pc = c.post("/api/sample", json={**kw, "sampler": "dpm++2m-pc"})
+    assert pc.status_code == 200
+    # inverted and regenerated with dpm++2m: the very frames of a dpm++2m request
+    assert pc.get_json()["z"] == c.post("/api/sample", json={**kw, "sampler": "dpm++2m"}).get_json()["z"]
 
 
 @pytest.mark.parametrize(

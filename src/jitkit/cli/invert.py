@@ -117,7 +117,7 @@ def run_invert(args: argparse.Namespace) -> int:
     from jitkit.checkpoint.load import checkpoint_meta
     from jitkit.cli.flags import flag_error
     from jitkit.config import RunConfig
-    from jitkit.diffusion.inversion import inversion_evaluations
+    from jitkit.diffusion.inversion import inversion_evaluations, invertible_method
     from jitkit.diffusion.sampling import sampling_cost
     from jitkit.eval.inversion import invert_images, reconstruction_error, reconstruction_study, save_noise
     from jitkit.runtime import resolve_device, resolve_precision
@@ -132,7 +132,15 @@ def run_invert(args: argparse.Namespace) -> int:
     names = list(meta.get("classes") or [])
     names = names if len(names) == n_cls else [str(i) for i in range(n_cls)]
     try:
-        scfg = cfg.sampler.replace(**sampler_overrides(args))
+        overrides = sampler_overrides(args)
+        scfg = cfg.sampler.replace(**overrides)
+        if "method" not in overrides and invertible_method(scfg.method) != scfg.method:
+            print(
+                f"invert: the run samples with {scfg.method}, whose corrector cannot be inverted step by step; "
+                f"inverting with {invertible_method(scfg.method)} (recorded in the noise file, so that "
+                "`jitkit sample --noise` regenerates with it)"
+            )
+            scfg = scfg.replace(method=invertible_method(scfg.method))
         study = [int(s) for s in args.study.split(",") if s.strip()] if args.study else []
         if any(s < 1 for s in study):
             raise ValueError(f"steps must be >= 1, found {args.study!r}")

@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 from jitkit.config import SAMPLERS, ModelConfig, SamplerConfig
 from jitkit.demo.trajectory import record_run
 from jitkit.diffusion.generate import invert_denoiser
-from jitkit.diffusion.inversion import inversion_evaluations
+from jitkit.diffusion.inversion import inversion_evaluations, invertible_method
 from jitkit.runtime import resolve_precision
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -330,7 +330,8 @@ def create_app(
         )
         t0 = time.perf_counter()
         start = None
-        if p["image"] is not None:
+        if p["image"] is not None:  # inverted and regenerated with one invertible solver (a -pc's predictor)
+            scfg = scfg.replace(method=invertible_method(scfg.method))
             assert data_images is not None
             src_u8 = data_images[0][p["image"]]  # [C,S,S]
             src_class = int(data_images[1][p["image"]])

@@ -40,7 +40,13 @@ from jitkit.diffusion.grids import time_grid
 from jitkit.diffusion.sampling import VelocityFn, guidance_scale, guided_velocity, make_stepper
 from jitkit.diffusion.solvers import CORRECTED, MULTISTEP_ORDER
 
-__all__ = ["default_sweeps", "invert", "inversion_evaluations"]
+__all__ = ["default_sweeps", "invert", "invertible_method", "inversion_evaluations"]
+
+
+def invertible_method(method: str) -> str:
+    """The solver to invert with where ``method`` is a run's default: a ``-pc`` solver's predictor (the corrector
+    is not invertible step by step), else ``method`` itself."""
+    return CORRECTED.get(method, method)
 
 
 def default_sweeps(method: str) -> int:
