@@ -139,6 +139,67 @@ def issue_table() -> list[str]:
     return rows
 
 
+def auto_table() -> list[str]:
+    """The default (``--precision auto``) beside the fp32 rows of the same settings."""
+    rows = [
+        "| setting | precision auto → ran (probe speedup) | img/s auto | img/s fp32 | auto / fp32 | MFU (bf16 peak where bf16) |",
+        "|---|---|---|---|---|---|",
+    ]
+    pairs = (
+        ("JiT-B/16, batch 2, training", "b16_bs2_auto", "b16_bs2", "train_img_per_s", "mfu_train"),
+        ("JiT-B/16, batch 2, forward", "b16_bs2_auto", "b16_bs2", "forward_img_per_s", "mfu_forward"),
+        (
+            "JiT-B/16, batch 8, training, `--compile --attention math`",
+            "b16_bs8_auto_compile_math",
+            "b16_bs8_compile",
+            "train_img_per_s",
+            "mfu_train",
+        ),
+        (
+            "JiT-B/16, batch 8, forward, `--compile`",
+            "b16_bs8_forward_auto_compile",
+            "b16_bs8_compile",
+            "forward_img_per_s",
+            "mfu_forward",
+        ),
+        (
+            "JiT-B/16, Heun 10, CFG 2.9, batch 4, sampling",
+            "b16_sample_bs4_heun10_auto",
+            "b16_sample_bs4_heun10",
+            "sample_img_per_s",
+            None,
+        ),
+        (
+            "JiT-B/16, Heun 50, CFG 2.9, batch 4, sampling",
+            "b16_sample_bs4_auto",
+            "b16_sample_bs4",
+            "sample_img_per_s",
+            None,
+        ),
+        (
+            "shapes preset JiT-T/4, batch 64, training",
+            "shapes_auto",
+            "shapes",
+            "train_img_per_s",
+            "mfu_train",
+        ),
+    )
+    for what, auto, fp32, key, mfu in pairs:
+        a, b = load(auto), load(fp32)
+        if not a:
+            continue
+        st = a["settings"]
+        choice = st.get("precision_choice") or {}
+        sp = choice.get("speedup")
+        ran = f"{st.get('precision_resolved', '?')}" + (f" ({sp:.2f}×)" if sp is not None else "")
+        va, vb = a.get(key), b.get(key) if b else None
+        rows.append(
+            f"| {what} | {ran} | {f(va, '.3f')} | {f(vb, '.3f')} | {ratio(va, vb)} | "
+            f"{f(a.get(mfu), '.1%') if mfu else '–'} |"
+        )
+    return rows
+
+
 CMPS = [
     (
         "cmp_cpu_linear",
@@ -265,6 +326,10 @@ def main() -> None:
         "### JiT-B/16 and the shapes model (`jitkit bench`)",
         "",
         *issue_table(),
+        "",
+        "### The default, `--precision auto`, beside float32",
+        "",
+        *auto_table(),
         "",
         "### Optimisations, before → after (`jitkit bench --compare`)",
         "",
