@@ -235,6 +235,27 @@ def _cosine_schedule(model: nn.Module) -> None:
     model.schedule = DDPMSchedule(old.T, old.beta_start, old.beta_end, kind="cosine")
 
 
+def _data_unit_range() -> contextlib.AbstractContextManager:
+    """Images in [0, 1] (``ToTensor`` without the usual normalisation) instead of [−1, 1] for training, and the
+    samples mapped back by 2x − 1 for scoring. The background is then 0, not −1: the signal left at t = T
+    (√ᾱ_T·x, ᾱ_T = 0.13) is far closer to the pure noise the sampler starts from."""
+    import jitkit.data as data
+    from jitkit.experiments.shapes_study import DiTDDPM
+
+    orig_range, orig_generate = data.to_model_range, DiTDDPM.generate
+
+    def unit(u8: torch.Tensor) -> torch.Tensor:
+        return (orig_range(u8) + 1.0) / 2.0
+
+    def generate(self, *a: Any, **kw: Any) -> torch.Tensor:
+        return orig_generate(self, *a, **kw) * 2.0 - 1.0
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(data, "to_model_range", unit))
+    stack.enter_context(mock.patch.object(DiTDDPM, "generate", generate))
+    return stack
+
+
 def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
     """The probe's variants, keyed by name (the study's recipe is ``baseline``)."""
     T = cfg.ddpm_T
@@ -274,6 +295,9 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
             "cosine_beta",
             f"cosine ᾱ schedule (Nichol & Dhariwal) over the same T = {T}",
             setup=_cosine_schedule,
+        ),
+        Variant(
+            "data_01", "images in [0, 1] instead of [−1, 1] (samples mapped back)", patch=_data_unit_range
         ),
         Variant(
             "seed_1", "the baseline with seed 1 (data, init, batches, noise)", cfg={"seed": cfg.seed + 1}
