@@ -60,6 +60,19 @@ def test_tiny_probe_writes_a_table_of_finite_numbers(tmp_path):
     assert (tmp_path / "results.json").exists() and (tmp_path / "grid_baseline.png").exists()
 
 
+def test_the_objective_and_data_range_variants_change_what_is_trained(tmp_path):
+    torch.set_num_threads(1)
+    cfg = quick_config(epochs=1, per_class=4, samples_per_class=1)
+    rows = {r["variant"]: r for r in run_probe(cfg, tmp_path, ["baseline", "xpred", "data_01"], log=None)}
+    for name in ("xpred", "data_01"):
+        r = rows[name]
+        assert all(math.isfinite(r[k]) for k in ("loss_first", "accuracy", "mean_iou", "cross_patch")), name
+    # the v-loss of an untrained x-predictor starts near E|x − e|² ≈ 1.4 and the ε-loss near 1: another objective
+    assert rows["xpred"]["loss_first"] > rows["baseline"]["loss_first"] + 0.2
+    assert rows["data_01"]["loss_first"] != rows["baseline"]["loss_first"]
+    assert (tmp_path / "grid_xpred.png").exists()
+
+
 def test_every_variant_names_what_it_changes():
     vs = variants(quick_config())
     assert "baseline" in vs and all(v.what for v in vs.values())

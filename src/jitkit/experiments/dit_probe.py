@@ -124,6 +124,21 @@ def probe_batch(
     return xt, t, labels[idx]
 
 
+def flow_probe_batch(
+    images: torch.Tensor, labels: torch.Tensor, per_class: int = 4, seed: int = 123
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`probe_batch` for the flow objective: (z_t, t, y) with z_t = t·x + (1 − t)·e, t spread evenly
+    over [0.02, 0.98] (the flow's t = 1 is the data)."""
+    from jitkit.data import to_model_range
+
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in labels.unique()])
+    x0 = to_model_range(images[idx])
+    t = torch.linspace(0.02, 0.98, len(idx))
+    e = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    tb = t.view(-1, 1, 1, 1)
+    return tb * x0 + (1 - tb) * e, t, labels[idx]
+
+
 # --- the variants ----------------------------------------------------------------------------------------
 
 
@@ -134,6 +149,9 @@ class Variant:
     ``cfg``: ShapesStudyConfig fields to replace; ``setup(model)``: edits the freshly built DiTDDPM;
     ``patch()``: a context manager active for the whole run (training and sampling); ``extra``: sample-time
     rows scored on the trained weights, name → (variance of the sampler, edit of a copy of the net or None).
+    ``objective``: ``"ddpm"`` (the study's ε-prediction DDPM) or ``"flow"`` (the same DiT with JiT's
+    x-prediction, v-loss and Heun, :class:`~jitkit.experiments.shapes_study.DiTFlow`; its probe batch is
+    z_t = t·x + (1 − t)·e at t spread over [0.02, 0.98], its cross-patch ratio is measured on x̂).
     """
 
     name: str
@@ -142,6 +160,7 @@ class Variant:
     setup: Callable[[nn.Module], None] | None = None
     patch: Callable[[], contextlib.AbstractContextManager] | None = None
     extra: dict[str, tuple[str, Callable[[nn.Module], None] | None]] = field(default_factory=dict)
+    objective: str = "ddpm"
 
 
 def _zero_pos(model: nn.Module) -> None:
@@ -304,6 +323,11 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
         ),
         Variant("seed_2", "the baseline with seed 2", cfg={"seed": cfg.seed + 2}),
         Variant(
+            "xpred",
+            "JiT's objective (x-prediction, v-loss, Heun 20) instead of the ε-DDPM: run (e) of the study",
+            objective="flow",
+        ),
+        Variant(
             "lr_x4",
             f"peak learning rate {4 * cfg.lr:g} instead of {cfg.lr:g} (diagnostic: not the recipe)",
             cfg={"lr": 4 * cfg.lr},
@@ -379,7 +403,7 @@ def run_variant(
 ) -> list[dict[str, Any]]:
     """Train the study's DiT with variant ``v`` through the study's ``fit`` and score it; returns its rows
     (the trained model's, then one per sample-time extra)."""
-    from jitkit.experiments.shapes_study import DiTDDPM, fit
+    from jitkit.experiments.shapes_study import DiTDDPM, DiTFlow, fit
 
     rcfg = cfg.replace(**v.cfg) if v.cfg else cfg
     steps = rcfg.epochs * (len(labels) // rcfg.batch_size)
@@ -387,10 +411,15 @@ def run_variant(
     rows = []
     with v.patch() if v.patch else contextlib.nullcontext():
         torch.manual_seed(rcfg.seed)  # as run_shapes_study: the same initial weights for every variant
-        model = DiTDDPM(rcfg)
+        flow = v.objective == "flow"
+        model = DiTFlow(rcfg) if flow else DiTDDPM(rcfg)
         if v.setup is not None:
             v.setup(model)
-        probe = probe_batch(images, labels, rcfg.ddpm_T, model.schedule)
+        probe = (
+            flow_probe_batch(images, labels)
+            if flow
+            else probe_batch(images, labels, rcfg.ddpm_T, model.schedule)
+        )
         rec = _Recorder(model, probe, at)
         res, _ = fit(model, images, labels, rcfg, desc=v.name, progress=progress)
         del model.loss  # back to the class's method
