@@ -171,7 +171,8 @@ def test_sample_unit_takes_the_sampler_by_name():
     run()
     assert info["network_evaluations"] == 3  # one per step
     with pytest.raises(
-        ConfigError, match=r"sampler must be one of \('heun', 'euler', 'dpm\+\+2m', 'dpm\+\+3m'\)"
+        ConfigError,
+        match=r"sampler must be one of \('heun', 'euler', 'dpm\+\+2m', 'dpm\+\+3m', 'dpm\+\+2m-pc', 'dpm\+\+3m-pc'\)",
     ):
         SMALL.replace(sampler="ddim")
     with pytest.raises(ConfigError, match="cfg_mode 'separate' .* heun only"):

@@ -94,7 +94,10 @@ def test_report_verdicts_follow_the_numbers():
         and 'blurry shapes" (recognisable shapes, shape accuracy ≥ 0.5): **did not' in text
     )
     assert 'sharper samples": **held**' in text and "The larger share: **the architecture**" in text
-    assert 'hardest" (in the runs that draw shapes, shape accuracy 0.3–0.95): **held**' in text and "loss curve 0.9147 → 0.1228: **held**" in text
+    assert (
+        'hardest" (in the runs that draw shapes, shape accuracy 0.3–0.95): **held**' in text
+        and "loss curve 0.9147 → 0.1228: **held**" in text
+    )
     assert per_shape_accuracy(runs["dit"]["metrics"]) == {
         "circle": 0.25,
         "square": 0.25,
