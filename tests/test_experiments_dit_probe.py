@@ -76,3 +76,33 @@ def test_the_objective_and_data_range_variants_change_what_is_trained(tmp_path):
 def test_every_variant_names_what_it_changes():
     vs = variants(quick_config())
     assert "baseline" in vs and all(v.what for v in vs.values())
+
+
+def test_combined_variants_apply_every_change_in_order():
+    import contextlib
+
+    from jitkit.experiments.dit_probe import Variant, combine
+
+    seen: list[str] = []
+
+    @contextlib.contextmanager
+    def entered(tag):
+        seen.append(f"enter {tag}")
+        yield
+        seen.append(f"exit {tag}")
+
+    a = Variant(
+        "a", "A", cfg={"lr": 1e-3}, setup=lambda m: seen.append("setup a"), patch=lambda: entered("a")
+    )
+    b = Variant("b", "B", cfg={"seed": 3}, setup=lambda m: seen.append("setup b"), patch=lambda: entered("b"))
+    c = combine([a, b])
+    assert c.name == "a+b" and c.cfg == {"lr": 1e-3, "seed": 3} and c.objective == "ddpm"
+    with c.patch():
+        c.setup(None)
+    assert seen == ["enter a", "enter b", "setup a", "setup b", "exit b", "exit a"]
+    x = Variant("x", "X", objective="flow")
+    assert combine([a, x]).objective == "flow"
+    with pytest.raises(ValueError, match="unknown probe variants \\['nope'\\]"):
+        run_probe(
+            quick_config(epochs=1, per_class=4), "/nonexistent-never-created", ["data_01+nope"], log=None
+        )

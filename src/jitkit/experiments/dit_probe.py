@@ -336,6 +336,36 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
     return {v.name: v for v in vs}
 
 
+def combine(parts: list[Variant]) -> Variant:
+    """The variants ``parts`` at once (``--variants data_01+qkv_split_init``): their config changes merged,
+    setups run and patches entered in order; the sample-time extras are dropped. At most one may change the
+    objective."""
+    objectives = {p.objective for p in parts} - {"ddpm"}
+    if len(objectives) > 1:
+        raise ValueError(f"a combination can change the objective once, found {sorted(objectives)}")
+    setups = [p.setup for p in parts if p.setup is not None]
+    patches = [p.patch for p in parts if p.patch is not None]
+
+    def setup(model: nn.Module) -> None:
+        for f in setups:
+            f(model)
+
+    def patch() -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        for f in patches:
+            stack.enter_context(f())
+        return stack
+
+    return Variant(
+        "+".join(p.name for p in parts),
+        "; ".join(p.what for p in parts),
+        cfg={k: v for p in parts for k, v in p.cfg.items()},
+        setup=setup if setups else None,
+        patch=patch if patches else None,
+        objective=objectives.pop() if objectives else "ddpm",
+    )
+
+
 # --- one run ---------------------------------------------------------------------------------------------
 
 
@@ -484,16 +514,19 @@ def run_probe(
     from jitkit.data import build_dataset
     from jitkit.experiments.common import machine_record, start_run
 
+    table = variants(cfg)
+    names = names or list(table)
+    bad = [p for n in names for p in n.split("+") if p not in table]
+    if bad:
+        raise ValueError(
+            f"unknown probe variants {bad}; choose from {', '.join(table)} (or join them with +)"
+        )
+    table |= {n: combine([table[p] for p in n.split("+")]) for n in names if "+" in n}
     say = log or (lambda s: None)
     out = start_run(out, cfg.threads)
     ds = build_dataset(
         DataConfig(data="shapes", img_size=cfg.img_size, per_class=cfg.per_class, seed=cfg.seed, hflip=False)
     )
-    table = variants(cfg)
-    names = names or list(table)
-    bad = [n for n in names if n not in table]
-    if bad:
-        raise ValueError(f"unknown probe variants {bad}; choose from {', '.join(table)}")
     rows: list[dict[str, Any]] = []
     for n in names:
         new = run_variant(
