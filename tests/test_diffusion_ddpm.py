@@ -86,3 +86,21 @@ def test_cosine_schedule_is_nichol_and_dhariwals_alpha_bar():
     assert float(sch.alphas_cumprod[-1]) < 1e-6 and float(sch.betas.max()) <= 0.999 + 1e-7
     with pytest.raises(ValueError, match="linear or cosine, found 'sigmoid'"):
         DDPMSchedule(T, kind="sigmoid")
+
+
+def test_ddim_sampler_lands_on_the_data_with_the_exact_eps():
+    # data = one image c: the exact ε̂(x_t) = (x_t − √ᾱ_t c)/√(1 − ᾱ_t); deterministic DDIM then ends on c
+    sch = DDPMSchedule(50)
+    c = torch.linspace(-1, 1, 3 * 4 * 4).view(1, 3, 4, 4)
+
+    def eps(x, t, y):
+        abar = sch.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * c) / (1 - abar).sqrt()
+
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = sch.sample(eps, noise, torch.zeros(2, dtype=torch.long), variance="ddim")
+    assert torch.allclose(out, c.expand(2, -1, -1, -1), atol=1e-4)
+    again = sch.sample(eps, noise, torch.zeros(2, dtype=torch.long), variance="ddim")
+    assert torch.equal(out, again)  # no noise drawn
+    with pytest.raises(ValueError, match="'posterior', 'beta' or 'ddim', found 'x'"):
+        sch.sample(eps, noise, torch.zeros(2, dtype=torch.long), variance="x")

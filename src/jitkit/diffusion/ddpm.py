@@ -135,12 +135,13 @@ class DDPMSchedule(nn.Module):
     ) -> torch.Tensor:
         """Ancestral sampling from x_{T−1} = ``noise`` to x_0 (T network evaluations).
 
-        ``variance``: "posterior" (σ_t² = β̃_t) or "beta" (σ_t² = β_t). ``generator``: the per-step noise.
+        ``variance``: "posterior" (σ_t² = β̃_t), "beta" (σ_t² = β_t) or "ddim" (DDIM with η = 0, Song et al.
+        2021: x_{t−1} = √ᾱ_{t−1}·x̂_0 + √(1 − ᾱ_{t−1})·ε̂, deterministic). ``generator``: the per-step noise.
         ``trajectory``: if a list, receives (t, x_t, x̂_0) for every step, from t = T−1 down to 0, and then
         (−1, x_0, x_0).
         """
-        if variance not in ("posterior", "beta"):
-            raise ValueError(f"variance must be 'posterior' or 'beta', found {variance!r}")
+        if variance not in ("posterior", "beta", "ddim"):
+            raise ValueError(f"variance must be 'posterior', 'beta' or 'ddim', found {variance!r}")
         var_table = self.posterior_variance if variance == "posterior" else self.betas
         x = noise
         B = x.shape[0]
@@ -149,6 +150,12 @@ class DDPMSchedule(nn.Module):
             eps_hat = eps_fn(x, t, y).to(x.dtype)
             if trajectory is not None:
                 trajectory.append((step, x.detach().clone(), self.predict_x0(x, t, eps_hat)))
+            if variance == "ddim":
+                abar_prev = self._at(self.alphas_cumprod_prev, t, x)
+                x = abar_prev.sqrt() * self.predict_x0(x, t, eps_hat) + (1 - abar_prev).sqrt() * eps_hat
+                if on_step is not None:
+                    on_step(i + 1, self.T)
+                continue
             mean = self.p_mean(x, t, eps_hat)
             if step > 0:
                 z = _randn(x, generator)

@@ -286,6 +286,7 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
             "the study's recipe as jitkit runs it",
             extra={
                 "baseline, β_t sampler": ("beta", None),
+                "baseline, DDIM (η = 0) sampler": ("ddim", None),
                 "baseline, position zeroed at sampling": ("posterior", _zero_pos_copy),
             },
         ),
