@@ -204,6 +204,7 @@ def test_quick_shapes_cli_writes_every_file(tmp_path):
         "grid_dit_xpred.png",
         "grid_jit_eps.png",
         "trajectory.png",
+        "grids.png",
         "losses.png",
         "report.md",
         "results.json",
@@ -266,3 +267,19 @@ def test_quick_cli_runs_only_the_unet(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert list(res["runs"]) == ["unet"]
     assert (out / "grid_unet.png").is_file() and not (out / "grid_dit.png").exists()
+
+
+def test_mosaic_puts_each_class_on_its_own_row():
+    import numpy as np
+
+    from jitkit.experiments.shapes_report import mosaic
+
+    imgs = np.zeros((6, 3, 2, 2), dtype=np.uint8)
+    for i in range(6):
+        imgs[i] = 10 * (i + 1)
+    labels = np.array([1, 0, 1, 0, 1, 0])
+    m = mosaic(imgs, labels, per_class=2, pad=1)
+    assert m.shape == (2 * 3 + 1, 2 * 3 + 1, 3)
+    # row 0 = class 0 (images 1, 3), row 1 = class 1 (images 0, 2); the third of each class is left out
+    assert m[1, 1, 0] == 20 and m[1, 4, 0] == 40 and m[4, 1, 0] == 10 and m[4, 4, 0] == 30
+    assert m[0].max() == 0 and m[:, 0].max() == 0  # the gaps stay black

@@ -54,6 +54,38 @@ def save_trajectory_png(runs: list[tuple[str, list, torch.Tensor, torch.Tensor, 
     return save_figure(fig, path, dpi=100)
 
 
+def mosaic(imgs: np.ndarray, labels: np.ndarray, per_class: int, pad: int = 1) -> np.ndarray:
+    """The first ``per_class`` images of every class as one picture, a row per class (uint8 [H, W, C]; the
+    gaps black). ``imgs`` uint8 [N, C, S, S], ``labels`` [N]."""
+    classes = np.unique(labels)
+    C, S = imgs.shape[1], imgs.shape[-1]
+    cell = S + pad
+    out = np.zeros((len(classes) * cell + pad, per_class * cell + pad, C), dtype=np.uint8)
+    for r, c in enumerate(classes):
+        for k, i in enumerate(np.flatnonzero(labels == c)[:per_class]):
+            out[pad + r * cell : pad + r * cell + S, pad + k * cell : pad + k * cell + S] = imgs[i].transpose(
+                1, 2, 0
+            )
+    return out
+
+
+def save_grids_png(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]], titles: dict[str, str], path: Path
+) -> Path:
+    """Every run's samples side by side (``panels``: run → (uint8 [N, C, S, S], labels [N])), 8 per class,
+    a row per class, one panel per run titled ``titles[run]``."""
+    plt = pyplot()
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 5.4), squeeze=False)
+    for ax, (key, (imgs, labels)) in zip(axes[0], panels.items()):
+        ax.imshow(mosaic(imgs, labels, 8), interpolation="nearest")
+        ax.set_title(titles.get(key, key), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.4)
+    return save_figure(fig, path, dpi=110)
+
+
 def save_loss_png(curves: dict[str, list[float]], path: Path) -> Path:
     """One log-scale curve of training loss per epoch for each run (``curves``: label → losses)."""
     fig, ax = pyplot().subplots(figsize=(5.5, 3.2))
@@ -69,6 +101,11 @@ def save_loss_png(curves: dict[str, list[float]], path: Path) -> Path:
 
 def _fmt_loss(h: list[float], e: int) -> str:
     return f"{h[e - 1]:.4f}" if len(h) >= e else "—"
+
+
+def report_order(keys: Any) -> list[str]:
+    """Run names in the report's order (a) … (f), whatever order they ran in."""
+    return sorted(keys, key=lambda k: _LETTER[k])
 
 
 def per_shape_accuracy(metrics: dict[str, Any]) -> dict[str, float]:
@@ -151,7 +188,7 @@ def claims(results: dict[str, Any]) -> list[str]:
 def shapes_report(results: dict[str, Any]) -> str:
     """``report.md`` of a results dict (as written to results.json by ``run_shapes_study``)."""
     cfg, runs = results["config"], results["runs"]
-    keys = sorted(runs, key=lambda k: _LETTER[k])  # (a), (b), (c), (d) whatever order they ran in
+    keys = report_order(runs)
     pub = results["published_dit"]
     epochs_shown = [e for e in LOSS_EPOCHS if e <= cfg["epochs"]] or [cfg["epochs"]]
     lines = [
@@ -241,6 +278,7 @@ def shapes_report(results: dict[str, Any]) -> str:
                 f"| {c['epoch']} | {c['train_seconds']:.0f} | {c['accuracy']:.3f} | {c['mean_iou']:.3f} | {c['loss']:.4f} |"
             )
         lines.append("")
+    lines += ["All runs side by side (8 samples per class, a row per class):", "", "![grids](grids.png)", ""]
     for k in keys:
         lines += [f"({_LETTER[k]}) {runs[k]['title']}, one row per class:", "", f"![{k}](grid_{k}.png)", ""]
     lines += [

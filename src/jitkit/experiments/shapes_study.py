@@ -50,7 +50,13 @@ from torch import nn
 from jitkit.config import DataConfig, DiffusionConfig, RunConfig, SamplerConfig, TrainConfig
 from jitkit.experiments.common import machine_record, start_run
 from jitkit.experiments.shapes_config import ShapesStudyConfig
-from jitkit.experiments.shapes_report import save_loss_png, save_trajectory_png, shapes_report
+from jitkit.experiments.shapes_report import (
+    report_order,
+    save_grids_png,
+    save_loss_png,
+    save_trajectory_png,
+    shapes_report,
+)
 from jitkit.fileio import atomic_write_text
 
 TRAJECTORY_CLASS = 10  # blue_triangle
@@ -396,6 +402,18 @@ def run_shapes_study(
         traj_runs.append((key, ts, states, preds, models[key].trajectory_unit))
     save_trajectory_png(traj_runs, out / "trajectory.png")
     save_loss_png({f"{k} ({v['title']})": v["epoch_losses"] for k, v in runs.items()}, out / "losses.png")
+    # the grids side by side, read back from the sample folders every run wrote (the report's order)
+    from jitkit.eval.sample_folder import read_sample_folder
+
+    order = report_order(runs)
+    save_grids_png(
+        {k: read_sample_folder(out / runs[k]["samples"]) for k in order},
+        {
+            k: f"{k}: acc {runs[k]['metrics']['accuracy']:.2f}, IoU {runs[k]['metrics']['mean_iou']:.2f}"
+            for k in order
+        },
+        out / "grids.png",
+    )
 
     results = {
         "experiment": "shapes",
