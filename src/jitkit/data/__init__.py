@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
 from jitkit.config import DataConfig
 from jitkit.data.datasets import ImageDataset, InMemoryDataset
@@ -90,6 +91,17 @@ def data_classes(cfg: DataConfig, split: str = "train") -> list[str] | None:
     return folder_classes(path, split)
 
 
+def _prepared(ds: Any, img_size: int, hflip: bool, what: str, remedy: str) -> Any:
+    """A prepared data set (cache or shards) checked against the requested image size, flips set."""
+    if ds.img_size != img_size:
+        raise ValueError(
+            f"{what} {ds.img_size}px images but img_size={img_size} was requested; re-run `{remedy}` or set "
+            f"img_size {ds.img_size}"
+        )
+    ds.hflip = hflip
+    return ds
+
+
 def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
     """The data set named by ``cfg.data``.
 
@@ -124,29 +136,26 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> ImageDataset:
     from jitkit.data.webdataset import is_shards, open_shards
 
     if is_shards(name):
-        ds = open_shards(name)
-        if ds.img_size != cfg.img_size:
-            raise ValueError(
-                f"shards {name} hold {ds.img_size}px images but img_size={cfg.img_size} was requested; "
-                f"re-run `jitkit prepare --format webdataset --size {cfg.img_size}` or set img_size {ds.img_size}"
-            )
-        ds.hflip = hflip
-        return ds
+        return _prepared(
+            open_shards(name),
+            cfg.img_size,
+            hflip,
+            f"shards {name} hold",
+            f"jitkit prepare --format webdataset --size {cfg.img_size}",
+        )
     path = Path(name).expanduser()
     if not path.exists():
         raise _no_such_data(name)
     from jitkit.data.cache import is_cache, open_cache
 
     if is_cache(path):
-        ds = open_cache(path)
-        if ds.img_size != cfg.img_size:
-            raise ValueError(
-                f"cache {path} holds {ds.img_size}px images but img_size={cfg.img_size} was requested; "
-                f"re-run `jitkit prepare --data SOURCE --size {cfg.img_size} --out CACHE` or set img_size "
-                f"{ds.img_size}"
-            )
-        ds.hflip = hflip
-        return ds
+        return _prepared(
+            open_cache(path),
+            cfg.img_size,
+            hflip,
+            f"cache {path} holds",
+            f"jitkit prepare --data SOURCE --size {cfg.img_size} --out CACHE",
+        )
     from jitkit.data.folder import ImageFolderDataset
 
     # under torchrun every rank builds the data set; only rank 0 prints the layout line and warnings
