@@ -169,6 +169,12 @@ def _zero_pos(model: nn.Module) -> None:
     model.net.pos_embed.requires_grad_(False)
 
 
+def _fixed_pos(model: nn.Module) -> None:
+    """The 2-D sin-cos position table kept fixed (DiT's own choice: a parameter with requires_grad=False, so
+    the parameter count is the same) instead of learned."""
+    model.net.pos_embed.requires_grad_(False)
+
+
 def _randn_pos(model: nn.Module) -> None:
     """Learned position table started at N(0, 1) (a ViT-style random table, every coordinate position-specific)
     instead of the 2-D sin-cos table. Drawn from its own generator: the other weights stay the same."""
@@ -291,6 +297,7 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
             },
         ),
         Variant("pos_zero", "position table zero and frozen (ablation)", setup=_zero_pos),
+        Variant("pos_fixed", "sin-cos position table fixed, as in DiT (not learned)", setup=_fixed_pos),
         Variant(
             "pos_randn", "learned position table started at N(0, 1) instead of sin-cos", setup=_randn_pos
         ),
