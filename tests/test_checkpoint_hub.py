@@ -385,3 +385,10 @@ def test_resume_from_the_hub_trains_into_a_local_run(hub, tiny, tmp_path):
     after = sorted(p.relative_to(cache) for p in cache.rglob("*"))
     snapshot = [p for p in after if p not in before]
     assert snapshot and not any("checkpoints" in p.parts or p.name == "log.jsonl" for p in snapshot)
+
+
+def test_sample_asks_the_hub_once(hub, run, tmp_path):
+    # jitkit sample reads the checkpoint's meta, then its weights: one resolution of hf:// serves both
+    _sample("hf://org/tiny", tmp_path / "s")
+    revisions = [p for _, p in hub.requests if p.startswith("/api/models/org/tiny/revision/")]
+    assert len(revisions) == 1, hub.requests

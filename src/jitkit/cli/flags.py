@@ -69,3 +69,14 @@ def checked_out(args: argparse.Namespace) -> Any:
         return check_new_run_folder(args.out, args.overwrite)
     except (NotADirectoryError, FileExistsError) as e:
         raise flag_error(e, {"out": "out", "overwrite": "overwrite"}) from e
+
+
+def local_checkpoint(spec: str) -> str:
+    """A command's checkpoint argument with ``hf://…`` resolved once (downloaded, or found in the cache) to its
+    local folder, so that reading the meta and then the weights does not ask the Hub twice; other paths as
+    given."""
+    if str(spec).startswith("hf:/"):
+        from jitkit.checkpoint import resolve_checkpoint_path
+
+        return str(resolve_checkpoint_path(spec))
+    return spec

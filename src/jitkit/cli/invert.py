@@ -115,7 +115,7 @@ def run_invert(args: argparse.Namespace) -> int:
 
     from jitkit.checkpoint import load_denoiser
     from jitkit.checkpoint.load import checkpoint_meta
-    from jitkit.cli.flags import flag_error
+    from jitkit.cli.flags import flag_error, local_checkpoint
     from jitkit.config import RunConfig
     from jitkit.diffusion.inversion import inversion_evaluations, invertible_method
     from jitkit.diffusion.sampling import sampling_cost
@@ -126,6 +126,7 @@ def run_invert(args: argparse.Namespace) -> int:
         raise ValueError(f"--out expects a .npz file name, found {args.out!r}")
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, found {args.limit}")
+    source, args.checkpoint = args.checkpoint, local_checkpoint(args.checkpoint)  # hf://: one download
     meta = checkpoint_meta(args.checkpoint)
     cfg = RunConfig.from_dict(meta["config"], strict=False)
     n_cls = cfg.model.num_classes
@@ -212,7 +213,7 @@ def run_invert(args: argparse.Namespace) -> int:
     if args.out is not None:
         save_noise(args.out, noise, labels, names, scfg, sources)
         print(
-            f"jitkit invert: wrote {args.out}; regenerate with: jitkit sample {args.checkpoint} --noise {args.out} --grid rec.png"
+            f"jitkit invert: wrote {args.out}; regenerate with: jitkit sample {source} --noise {args.out} --grid rec.png"
         )
     if args.json:
         from jitkit.fileio import atomic_write_text

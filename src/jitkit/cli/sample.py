@@ -170,7 +170,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
 
     from jitkit.checkpoint import load_denoiser
     from jitkit.checkpoint.load import checkpoint_meta
-    from jitkit.cli.flags import flag_error
+    from jitkit.cli.flags import flag_error, local_checkpoint
     from jitkit.config import RunConfig
     from jitkit.diffusion.generate import cast_for_inference
     from jitkit.diffusion.sampling import sampling_cost
@@ -187,6 +187,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     # the plan and its outputs are checked from the checkpoint's meta.json, before any weight is read: the
     # labels are a LabelPlan (a few numbers per class, whatever --num is), an npz/grid that cannot fit in memory
     # is refused here
+    source, args.checkpoint = args.checkpoint, local_checkpoint(args.checkpoint)  # hf://: one download
     meta0 = checkpoint_meta(args.checkpoint)
     cfg = RunConfig.from_dict(meta0["config"], strict=False)
     num_classes = cfg.model.num_classes
@@ -232,7 +233,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     cast_for_inference(denoiser, precision)  # half-precision weights when sampling in half precision
     if rank == 0:
         print(
-            f"jitkit sample: {len(plan)} images from {args.checkpoint} ({cfg.model.name}, {cfg.model.img_size}px, "
+            f"jitkit sample: {len(plan)} images from {source} ({cfg.model.name}, {cfg.model.img_size}px, "
             f"EMA {args.ema}) on {device}{f' x {world} ranks' if world > 1 else ''}; {sampling_cost(scfg)}, "
             f"interval {list(scfg.interval)}, seed {args.seed}, precision {precision}",
             file=sys.stderr,

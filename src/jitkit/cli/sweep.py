@@ -108,13 +108,14 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     from jitkit.checkpoint import load_denoiser, resolve_checkpoint_path
     from jitkit.checkpoint.load import checkpoint_meta
-    from jitkit.cli.flags import flag_error
+    from jitkit.cli.flags import flag_error, local_checkpoint
     from jitkit.config import RunConfig
     from jitkit.diffusion.generate import balanced_labels, cast_for_inference
     from jitkit.diffusion.sampling import sampling_cost
     from jitkit.eval.sweep import apply_sampler, inception_metric, run_sweep, shapes_metric, sweep_settings
     from jitkit.runtime import resolve_device, resolve_precision
 
+    args.checkpoint = local_checkpoint(args.checkpoint)  # hf://: one download
     meta = checkpoint_meta(args.checkpoint)
     cfg = RunConfig.from_dict(meta["config"], strict=False)
     try:
