@@ -429,3 +429,56 @@ def test_jitkit_train_on_shards_over_http(tmp_path, tiny, http_root):
     assert rc == 0, err
     ck = load_checkpoint(tmp_path / "run")
     assert ck.step == 18 // 8 and ck.classes == CLASSES
+
+
+@pytest.fixture
+def flaky_server():
+    """An HTTP server on 127.0.0.1 whose answers are scripted: ``codes`` is popped per request (200 serves
+    ``body``); ``hits`` counts the requests."""
+    import http.server
+    import threading
+
+    state = {"codes": [], "hits": 0, "body": b"shard bytes"}
+
+    class Scripted(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            state["hits"] += 1
+            code = state["codes"].pop(0) if state["codes"] else 200
+            data = state["body"] if code == 200 else b"{}"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield state, f"http://127.0.0.1:{srv.server_address[1]}/shard-000000.tar"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_opening_a_url_retries_transient_failures_only(flaky_server, monkeypatch):
+    import re
+
+    from jitkit.data import locations
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setattr(locations, "BACKOFF", 0.0)
+    state, url = flaky_server
+    state["codes"] = [503, 502]  # two transient failures, then the file
+    assert locations.read_bytes(url) == b"shard bytes" and state["hits"] == 3
+    state["hits"], state["codes"] = 0, [404]  # not transient: one request, one line
+    with pytest.raises(FileNotFoundError, match=re.escape(f"cannot read {url}: HTTP 404 Not Found")):
+        locations.read_bytes(url)
+    assert state["hits"] == 1
+    state["hits"], state["codes"] = 0, [503] * 10  # still down after every retry: says how often it tried
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"HTTP 503 Service Unavailable ({locations.RETRIES + 1} attempts)")
+    ):
+        locations.read_bytes(url)
+    assert state["hits"] == locations.RETRIES + 1

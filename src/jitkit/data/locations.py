@@ -3,11 +3,16 @@
 A location is a local :class:`~pathlib.Path` or a remote URL string (``file://`` URLs become local paths,
 so they get the local checks). :func:`open_shard` turns either into a binary stream; the readers of
 :mod:`jitkit.data.webdataset` never ask which one they hold, except to choose the checks a download allows.
+
+Opening a URL is retried on what is usually transient — HTTP 429, 500, 502, 503, 504, a refused or reset
+connection, a time-out — ``RETRIES`` times with a doubling pause from ``BACKOFF`` seconds; any other answer
+(404, 403, …) fails at once. A failure in the middle of a stream is not retried (the reader names the shard).
 """
 
 from __future__ import annotations
 
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +22,9 @@ from typing import BinaryIO
 
 REMOTE = ("http://", "https://")
 TIMEOUT = 60.0  # seconds without an answer before a request fails (urllib's per-operation timeout)
+RETRIES = 3  # further attempts to open a URL after a transient failure
+BACKOFF = 1.0  # seconds before the first retry; doubled before each next one
+TRANSIENT_HTTP = (429, 500, 502, 503, 504)
 
 
 class UnreadableLocation(FileNotFoundError):
@@ -67,16 +75,23 @@ def basename(loc) -> str:
 
 
 def _request(url: str):
-    try:
-        return urllib.request.urlopen(urllib.request.Request(url), timeout=TIMEOUT)
-    except urllib.error.HTTPError as e:
-        e.close()  # the standard phrase: servers word (or omit, in HTTP/2) their own differently
-        phrase = HTTPStatus(e.code).phrase if e.code in HTTPStatus._value2member_map_ else e.reason
-        raise UnreadableLocation(f"cannot read {url}: HTTP {e.code} {phrase}") from None
-    except urllib.error.URLError as e:
-        raise UnreadableLocation(f"cannot read {url}: {e.reason}") from None
-    except TimeoutError:
-        raise UnreadableLocation(f"cannot read {url}: no answer within {TIMEOUT:g} s") from None
+    """The response to GET ``url``; transient failures retried (module docstring), others raised at once."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return urllib.request.urlopen(urllib.request.Request(url), timeout=TIMEOUT)
+        except urllib.error.HTTPError as e:
+            e.close()  # the standard phrase: servers word (or omit, in HTTP/2) their own differently
+            phrase = HTTPStatus(e.code).phrase if e.code in HTTPStatus._value2member_map_ else e.reason
+            why, transient = f"HTTP {e.code} {phrase}", e.code in TRANSIENT_HTTP
+        except urllib.error.URLError as e:
+            why, transient = str(e.reason), True
+        except TimeoutError:
+            why, transient = f"no answer within {TIMEOUT:g} s", True
+        if not transient:
+            raise UnreadableLocation(f"cannot read {url}: {why}")
+        if attempt < RETRIES:
+            time.sleep(BACKOFF * 2**attempt)
+    raise UnreadableLocation(f"cannot read {url}: {why} ({RETRIES + 1} attempts)")
 
 
 def open_shard(loc) -> BinaryIO:
