@@ -286,12 +286,26 @@ def test_bad_shard_input(tmp_path, monkeypatch):
 # --- shards over HTTP, file:// URLs and shard lists ---------------------------------------------------
 
 
-@pytest.fixture
-def http_root(tmp_path, monkeypatch):
-    """A threaded stdlib HTTP server on 127.0.0.1 serving the folder tmp_path/www: (that folder, its URL)."""
-    import functools
+@contextlib.contextmanager
+def serving(handler):
+    """A threaded stdlib HTTP server on 127.0.0.1 answering with ``handler``, for the block: its base URL."""
     import http.server
     import threading
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """A server (:func:`serving`) of the folder tmp_path/www: (that folder, its URL)."""
+    import functools
+    import http.server
 
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     root = tmp_path / "www"
@@ -301,13 +315,8 @@ def http_root(tmp_path, monkeypatch):
         def log_message(self, *args) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(functools.partial(Quiet, directory=str(root))) as url:
+        yield root, url
 
 
 def _ordered(ds, epoch: int = 1, seed: int = 5, **kw) -> list[tuple[str, int, bytes]]:
@@ -436,7 +445,6 @@ def flaky_server():
     """An HTTP server on 127.0.0.1 whose answers are scripted: ``codes`` is popped per request (200 serves
     ``body``); ``hits`` counts the requests."""
     import http.server
-    import threading
 
     state = {"codes": [], "hits": 0, "body": b"shard bytes"}
 
@@ -453,13 +461,8 @@ def flaky_server():
             self.end_headers()
             self.wfile.write(data)
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield state, f"http://127.0.0.1:{srv.server_address[1]}/shard-000000.tar"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(Scripted) as url:
+        yield state, url + "/shard-000000.tar"
 
 
 def test_opening_a_url_retries_transient_failures_only(flaky_server, monkeypatch):

@@ -135,13 +135,14 @@ def run_invert(args: argparse.Namespace) -> int:
     try:
         overrides = sampler_overrides(args)
         scfg = cfg.sampler.replace(**overrides)
-        if "method" not in overrides and invertible_method(scfg.method) != scfg.method:
+        method = invertible_method(scfg.method)
+        if "method" not in overrides and method != scfg.method:
             print(
                 f"invert: the run samples with {scfg.method}, whose corrector cannot be inverted step by step; "
-                f"inverting with {invertible_method(scfg.method)} (recorded in the noise file, so that "
-                "`jitkit sample --noise` regenerates with it)"
+                f"inverting with {method} (recorded in the noise file, so that `jitkit sample --noise` "
+                "regenerates with it)"
             )
-            scfg = scfg.replace(method=invertible_method(scfg.method))
+            scfg = scfg.replace(method=method)
         study = [int(s) for s in args.study.split(",") if s.strip()] if args.study else []
         if any(s < 1 for s in study):
             raise ValueError(f"steps must be >= 1, found {args.study!r}")

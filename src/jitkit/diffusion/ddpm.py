@@ -153,15 +153,11 @@ class DDPMSchedule(nn.Module):
             if variance == "ddim":
                 abar_prev = self._at(self.alphas_cumprod_prev, t, x)
                 x = abar_prev.sqrt() * self.predict_x0(x, t, eps_hat) + (1 - abar_prev).sqrt() * eps_hat
-                if on_step is not None:
-                    on_step(i + 1, self.T)
-                continue
-            mean = self.p_mean(x, t, eps_hat)
-            if step > 0:
+            elif step > 0:
                 z = _randn(x, generator)
-                x = mean + self._at(var_table, t, x).sqrt() * z
+                x = self.p_mean(x, t, eps_hat) + self._at(var_table, t, x).sqrt() * z
             else:
-                x = mean
+                x = self.p_mean(x, t, eps_hat)
             if on_step is not None:
                 on_step(i + 1, self.T)
         if trajectory is not None:

@@ -109,19 +109,26 @@ def cross_patch_ratio(net: nn.Module, probe: tuple[torch.Tensor, torch.Tensor, t
     return round(sum(ratios) / len(ratios), 6)
 
 
-def probe_batch(
-    images: torch.Tensor, labels: torch.Tensor, T: int, schedule: Any, per_class: int = 4, seed: int = 123
+def _probe_images(
+    images: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A fixed batch (x_t, t, y): ``per_class`` training images of each class noised at steps spread evenly
-    over [0, T), with its own generator (the training draws are untouched)."""
+    """The probe's (x0 in [−1, 1], noise e, labels): the first ``per_class`` training images of each class and
+    noise from its own generator (the training draws are untouched)."""
     from jitkit.data import to_model_range
 
     idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in labels.unique()])
     x0 = to_model_range(images[idx])
-    t = torch.linspace(0, T - 1, len(idx)).round().long()
-    g = torch.Generator().manual_seed(seed)
-    xt = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=g))
-    return xt, t, labels[idx]
+    return x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)), labels[idx]
+
+
+def probe_batch(
+    images: torch.Tensor, labels: torch.Tensor, T: int, schedule: Any, per_class: int = 4, seed: int = 123
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed batch (x_t, t, y): ``per_class`` training images of each class noised at steps spread evenly
+    over [0, T)."""
+    x0, e, y = _probe_images(images, labels, per_class, seed)
+    t = torch.linspace(0, T - 1, len(y)).round().long()
+    return schedule.q_sample(x0, t, e), t, y
 
 
 def flow_probe_batch(
@@ -129,14 +136,11 @@ def flow_probe_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`probe_batch` for the flow objective: (z_t, t, y) with z_t = t·x + (1 − t)·e, t spread evenly
     over [0.02, 0.98] (the flow's t = 1 is the data)."""
-    from jitkit.data import to_model_range
+    from jitkit.diffusion.flow import interpolate
 
-    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in labels.unique()])
-    x0 = to_model_range(images[idx])
-    t = torch.linspace(0.02, 0.98, len(idx))
-    e = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    tb = t.view(-1, 1, 1, 1)
-    return tb * x0 + (1 - tb) * e, t, labels[idx]
+    x0, e, y = _probe_images(images, labels, per_class, seed)
+    t = torch.linspace(0.02, 0.98, len(y))
+    return interpolate(x0, e, t), t, y
 
 
 # --- the variants ----------------------------------------------------------------------------------------

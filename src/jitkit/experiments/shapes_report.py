@@ -144,11 +144,8 @@ def claims(results: dict[str, Any]) -> list[str]:
                 f"(within 10 % at epoch 1 and 20 % at epoch 30) — here {h[0]:.4f} → {h[29]:.4f}."
             )
     # judged on the runs that draw shapes (shape accuracy ≥ 0.3, above chance) and are not perfect
-    drawing = {
-        k: per_shape_accuracy(v)
-        for k, v in m.items()
-        if 0.3 <= v["shape_accuracy"] < 0.95 and per_shape_accuracy(v)
-    }
+    per_shape = {k: per_shape_accuracy(v) for k, v in m.items()}
+    drawing = {k: ps for k, ps in per_shape.items() if ps and 0.3 <= m[k]["shape_accuracy"] < 0.95}
     if drawing:
         hardest = {k: min(ps, key=ps.get) for k, ps in drawing.items()}
         out.append(
