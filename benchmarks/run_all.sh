@@ -43,9 +43,12 @@ sbs() { # name, side_by_side.py args... (jitkit and the reference interleaved in
 B16="--model JiT-B/16 --img-size 256"
 F32="--precision fp32"
 # --- the targets: jitkit and the reference side by side, interleaved in one process ------------------------
-sbs sbs_train_bs2 --mode train --batch-size 2 --repeats 10
+# jitkit in float32 (eager, compiled) against the reference's float32, and in its default precision (auto)
+J="eager,compile,eager:auto,compile:auto"
+sbs sbs_train_bs2 --mode train --batch-size 2 --repeats 10 --jitkit "$J"
 TORCHDYNAMO_DISABLE=1 sbs sbs_train_bs2_eager --mode train --batch-size 2 --repeats 8 --jitkit eager  # both eager
-sbs sbs_forward_bs2 --mode forward --batch-size 2 --repeats 15
+sbs sbs_forward_bs2 --mode forward --batch-size 2 --repeats 15 --jitkit "$J"
+sbs sbs_sample_bs4_heun10 --mode sample --sample-steps 10 --batch-size 4 --repeats 3 --jitkit "$J"
 sbs sbs_sample_bs4 --mode sample --batch-size 4 --repeats 2
 sbs sbs_mem_bs8 --mode memory --batch-size 8
 TORCHDYNAMO_DISABLE=1 sbs sbs_mem_bs8_eager --mode memory --batch-size 8 --jitkit eager  # both sides eager

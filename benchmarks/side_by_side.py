@@ -3,12 +3,15 @@
 On a shared or throttled machine the matmul speed drifts by tens of percent within minutes (benchmarks/README.md),
 so two separately timed processes can differ by more than the effect being measured. Here every round times
 one step of each variant back to back, preceded by a short GEMM probe, and the report gives per variant the
-median img/s, the MFU against the probe of the same round, and the ratio to each reference variant as the
+median img/s, the MFU against the probe of the same round (in the variant's own precision: bf16 variants
+against a bf16 GEMM probe), and the ratio to each reference variant as the
 median of the per-round ratios.
 
     python benchmarks/side_by_side.py --reference-dir DIR --mode train --batch-size 2 --repeats 10
     python benchmarks/side_by_side.py --reference-dir DIR --mode forward --batch-size 2 --repeats 10
     python benchmarks/side_by_side.py --reference-dir DIR --mode sample --batch-size 4 --repeats 2
+    python benchmarks/side_by_side.py --reference-dir DIR --mode sample --sample-steps 10 --batch-size 4 \
+        --repeats 3 --jitkit eager,compile,eager:auto,compile:auto      # jitkit in float32 and in its default
     python benchmarks/side_by_side.py --reference-dir DIR --mode memory --batch-size 8 --jitkit eager
 
 ``--mode memory`` measures the peak training-step memory (RSS growth over "model and batch built", two steps)
@@ -44,6 +47,7 @@ from jitkit.bench.flops import flops_per_image
 from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe, retain_freed_memory
 from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
 from jitkit.config import model_config
+from jitkit.models.registry import precision_for_model
 from jitkit.fileio import atomic_write_text
 from jitkit.train.optim import param_groups
 
@@ -132,9 +136,15 @@ def reference_steps(
     return sample
 
 
-def jitkit_settings(a: argparse.Namespace, compiled: bool, warmup: int) -> BenchSettings:
-    """jitkit's side: JiT-B/16 at 256 px on the CPU, with this run's batch, threads and sampler."""
-    return BenchSettings(
+def jitkit_settings(
+    a: argparse.Namespace, compiled: bool, warmup: int, precision: str = "fp32"
+) -> BenchSettings:
+    """jitkit's side: JiT-B/16 at 256 px on the CPU, with this run's batch, threads and sampler.
+
+    ``precision`` fp32 | bf16 | auto; ``auto`` is resolved as ``jitkit train`` / ``jitkit sample`` resolve it
+    (:func:`jitkit.models.registry.precision_for_model`: measured for this model and batch).
+    """
+    s = BenchSettings(
         model="JiT-B/16",
         img_size=256,
         batch_size=a.batch_size,
@@ -145,6 +155,24 @@ def jitkit_settings(a: argparse.Namespace, compiled: bool, warmup: int) -> Bench
         sample_steps=a.sample_steps,
         cfg=a.cfg,
     )
+    if precision == "auto":
+        images = a.batch_size * (2 if a.mode == "sample" else 1)  # sampling: 2B images under guidance
+        precision = precision_for_model("auto", "cpu", s.model_config(), images, train=a.mode == "train")[0]
+    return s.replace(precision=precision)
+
+
+def jitkit_variants(spec: str) -> list[tuple[str, bool, str]]:
+    """``--jitkit`` → [(name, compiled, precision)]: comma-separated ``eager`` | ``compile``, each optionally
+    with ``:fp32`` (the default), ``:bf16`` or ``:auto``. The float32 ones keep the names of earlier results."""
+    out = []
+    for item in [k.strip() for k in spec.split(",") if k.strip()]:
+        kind, _, precision = item.partition(":")
+        precision = precision or "fp32"
+        if kind not in ("eager", "compile") or precision not in ("fp32", "bf16", "auto"):
+            raise SystemExit(f"--jitkit items are eager|compile[:fp32|bf16|auto], found {item!r}")
+        name = "compiled" if kind == "compile" else "eager"
+        out.append((f"jitkit ({name})" if precision == "fp32" else f"jitkit ({name}, {precision})", kind == "compile", precision))
+    return out
 
 
 def _loadavg() -> list[str] | None:
@@ -219,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=2.9)
     ap.add_argument(
-        "--jitkit", default="eager,compile", help="jitkit variants: eager, compile (comma-separated)"
+        "--jitkit",
+        default="eager,compile",
+        help="jitkit variants, comma-separated: eager | compile, each with :fp32 (default), :bf16 or :auto "
+        "(e.g. eager,compile,eager:auto,compile:auto; --mode memory: eager, compile in float32)",
     )
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here (atomically)")
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
@@ -237,10 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     ref_compiled = hasattr(blk, "_torchdynamo_orig_callable") and os.environ.get("TORCHDYNAMO_DISABLE") != "1"
     ref_name = "reference (compiled)" if ref_compiled else "reference (eager)"
     variants: dict[str, Callable[[], None]] = {ref_name: reference_steps(ref, a.mode, a.batch_size)}
-    for kind in [k for k in a.jitkit.split(",") if k]:
+    dtypes: dict[str, torch.dtype] = {ref_name: torch.float32}  # each variant's MFU: against its own GEMM peak
+    resolved: dict[str, str] = {}
+    for name, compiled, precision in jitkit_variants(a.jitkit):
         # sample: one 2-step run (both batch shapes) as warm-up
-        s = jitkit_settings(a, compiled=kind == "compile", warmup=1 if a.mode == "sample" else 0)
-        name = f"jitkit ({'compiled' if kind == 'compile' else 'eager'})"
+        s = jitkit_settings(a, compiled=compiled, warmup=1 if a.mode == "sample" else 0, precision=precision)
+        resolved[name] = s.precision
+        dtypes[name] = torch.bfloat16 if s.precision == "bf16" else torch.float32
         if a.mode == "train":
             variants[name] = prepare_train(s, torch.device("cpu"))[0]
         elif a.mode == "forward":
@@ -259,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    probe = gemm_probe(torch.device("cpu"))
+    probes = {dt: gemm_probe(torch.device("cpu"), dt) for dt in set(dtypes.values())}
     times: dict[str, list[float]] = {n: [] for n in variants}
     peaks: dict[str, list[float]] = {n: [] for n in variants}
     for r in range(a.repeats):
         for name, fn in variants.items():
-            peaks[name].append(probe())
+            peaks[name].append(probes[dtypes[name]]())
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -281,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             "img_per_s_best": a.batch_size / min(ts),
             "seconds": [round(t, 4) for t in ts],
             "gemm_probe_flops": [round(p) for p in pk],
+            "precision": resolved.get(n, "fp32"),
         }
         if flops is not None:
             v["mfu"] = statistics.median(a.batch_size * flops / t / p for t, p in zip(ts, pk))

@@ -124,8 +124,16 @@ class JiT(nn.Module):
         counts, and the automatic dynamic-shape recompilation that the second one would trigger fails in the
         backward of the CPU flash-attention kernel (torch 2.13). Identical blocks share one compiled graph per
         token count. On CPU inductor needs a C++ compiler; see :func:`compiler_available`.
+
+        Sampling adds batch sizes (B images outside the guidance interval, 2B inside, a smaller last batch):
+        up to 8 graphs per block, so the per-function recompile limit is raised to 32 (torch's default of 8
+        would make the ninth shape fall back to eager without a word).
         """
         cpu_linear_backend()  # resolve the CPU linear backend (a timing when "auto") before tracing
+        dynamo_config = torch._dynamo.config
+        for limit in ("recompile_limit", "cache_size_limit"):  # the new name (torch ≥ 2.6) and the old one
+            if hasattr(dynamo_config, limit):
+                setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 32))
         for block in self.blocks:
             block.compile(dynamic=False)
         self.final_layer.compile(dynamic=False)
