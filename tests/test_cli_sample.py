@@ -194,3 +194,61 @@ def test_the_cli_offers_the_runtime_precisions():
     from jitkit.runtime import PRECISIONS as RUNTIME_PRECISIONS
 
     assert PRECISIONS == tuple(RUNTIME_PRECISIONS)
+
+
+# -- --compile -----------------------------------------------------------------------------------------------
+
+
+def test_compile_auto_compiles_on_a_cpu_only_for_long_jobs(monkeypatch):
+    from jitkit.cli.sample import COMPILE_AUTO_TFLOP, sample_compile
+    from jitkit.config import SamplerConfig, model_config
+
+    monkeypatch.setattr("jitkit.models.registry.compiler_available", lambda d: (True, "g++"))
+    b16 = model_config("JiT-B/16")
+    heun10 = SamplerConfig(method="heun", steps=10, cfg=2.9)
+    # item 4's benchmark job: 4 images, 19 evaluations of 8 images at ~50 GFLOP each ≈ 7.7 TFLOP: eager
+    on, why = sample_compile("auto", torch.device("cpu"), b16, heun10, 4)
+    assert not on and "7.7 TFLOP" in why
+    on, why = sample_compile("auto", torch.device("cpu"), b16, heun10, 1000)  # ≈ 1,900 TFLOP
+    assert on and f">= {COMPILE_AUTO_TFLOP:.0f}" in why
+    # without guidance half the work: 40 images at cfg 1 (≈ 38 TFLOP) stay eager, at cfg 2.9 (≈ 77) compile
+    assert not sample_compile("auto", torch.device("cpu"), b16, heun10.replace(cfg=1.0), 40)[0]
+    assert sample_compile("auto", torch.device("cpu"), b16, heun10, 40)[0]
+    assert not sample_compile("auto", torch.device("cuda"), b16, heun10, 10**6)[0]  # GPUs: only when asked
+    assert sample_compile("on", torch.device("cpu"), b16, heun10, 1) == (True, "compile on")
+    assert sample_compile("off", torch.device("cpu"), b16, heun10, 10**6) == (False, "compile off")
+    monkeypatch.setattr("jitkit.models.registry.compiler_available", lambda d: (False, "no C++ compiler"))
+    on, why = sample_compile("auto", torch.device("cpu"), b16, heun10, 1000)
+    assert not on and "no C++ compiler" in why
+    with pytest.raises(ValueError, match="compile=on.*no C\\+\\+ compiler"):
+        sample_compile("on", torch.device("cpu"), b16, heun10, 1)
+
+
+def test_compile_on_without_a_compiler_is_a_clear_flag_error(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    rc = main(["sample", str(run / "run"), "--classes", "1", "--out", str(tmp_path / "s"), "--compile", "on"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--compile on" in err and "/nonexistent/c++" in err
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*.png"))
+
+
+@pytest.mark.slow  # inductor builds the blocks' kernels: ~20-40 s on 2 cores
+@pytest.mark.env_sensitive  # needs a C++ compiler for inductor
+def test_compiled_sampling_writes_the_eager_images(run, tmp_path, capsys):
+    from jitkit.models.registry import compiler_available
+
+    ok, why = compiler_available("cpu")
+    if not ok:
+        pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
+    base = ["sample", str(run / "run"), "--classes", "0,3", "--per-class", "2", "--device", "cpu"]
+    base += ["--batch-size", "3", "--no-progress"]  # batches of 3 and 1, each at B and 2B under guidance
+    assert main([*base, "--npz", str(tmp_path / "e.npz"), "--compile", "off"]) == 0
+    assert "compile off" in capsys.readouterr().err
+    assert main([*base, "--npz", str(tmp_path / "c.npz"), "--compile", "on"]) == 0
+    assert "compile on" in capsys.readouterr().err
+    eager, compiled = load_npz(tmp_path / "e.npz"), load_npz(tmp_path / "c.npz")
+    assert np.array_equal(eager[1], compiled[1])
+    # float32 both ways; the fused kernels sum in another order, so a pixel may round to the next level
+    diff = np.abs(eager[0].astype(int) - compiled[0].astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01

@@ -176,7 +176,8 @@ QUICK = {
 # --- building pieces -----------------------------------------------------------------------------------------
 
 
-def build_denoiser(s: BenchSettings, device: torch.device) -> torch.nn.Module:
+def build_denoiser(s: BenchSettings, device: torch.device, inference: bool = False) -> torch.nn.Module:
+    """The benchmark's Denoiser; ``inference``: compiled (with ``s.compile``) as sampling compiles it, frozen."""
     from jitkit.diffusion.flow import Denoiser
     from jitkit.models.registry import build_model
 
@@ -186,7 +187,7 @@ def build_denoiser(s: BenchSettings, device: torch.device) -> torch.nn.Module:
     if s.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if s.compile:
-        net.compile_blocks()
+        net.compile_blocks(freeze=inference)
     return Denoiser(net, DiffusionConfig(), mc.num_classes)
 
 
@@ -313,7 +314,7 @@ def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None
     """The network alone, eval mode, no grad, on a batch of noisy images, on the inference path of sampling
     (weights kept in bf16/fp16 when that precision runs: :func:`cast_for_inference`)."""
     precision = resolve_precision(s.precision, device)
-    den = cast_for_inference(build_denoiser(s, device).eval(), precision)
+    den = cast_for_inference(build_denoiser(s, device, inference=True).eval(), precision)
     mc = s.model_config()
     g = torch.Generator(device="cpu").manual_seed(s.seed + 1)
     z = torch.randn(s.batch_size, mc.in_channels, mc.img_size, mc.img_size, generator=g).to(device)
@@ -338,7 +339,7 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
     from jitkit.diffusion.sampling import initial_noise, network_evaluations
 
     precision = resolve_precision(s.precision, device)
-    den = cast_for_inference(build_denoiser(s, device).eval(), precision)  # the inference path of sampling
+    den = cast_for_inference(build_denoiser(s, device, inference=True).eval(), precision)  # the inference path of sampling
     mc = s.model_config()
     B = s.sample_batch_size or s.batch_size
     scfg = SamplerConfig(method=s.sampler, steps=s.sample_steps, cfg=s.cfg, interval=SAMPLE_INTERVAL)

@@ -285,7 +285,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     except ValueError as e:
         raise flag_error(e, flags) from e
     if compiled:
-        denoiser.net.compile_blocks()  # in place; compiled on the first batch of each size
+        denoiser.net.compile_blocks(freeze=True)  # in place; compiled on the first batch of each size
     if rank == 0:
         print(
             f"jitkit sample: {len(plan)} images from {source} ({cfg.model.name}, {cfg.model.img_size}px, "

@@ -99,6 +99,7 @@ class JiT(nn.Module):
         self.register_buffer("rope_cos_prefix", cos_p, persistent=False)
         self.register_buffer("rope_sin_prefix", sin_p, persistent=False)
         self.grad_checkpoint = cfg.grad_checkpoint
+        self.frozen = False  # compile_blocks(freeze=True): an inference-only network
         self.initialize_weights()
         self._register_load_state_dict_pre_hook(self._drop_unused_in_context)
 
@@ -117,8 +118,13 @@ class JiT(nn.Module):
             nn.init.normal_(self.in_context_posemb, std=0.02)
 
     # -- compilation -----------------------------------------------------------------------------------------
-    def compile_blocks(self) -> JiT:
+    def compile_blocks(self, freeze: bool = False) -> JiT:
         """``torch.compile`` each block and the final layer in place (state-dict keys unchanged).
+
+        ``freeze=True`` is for inference only (sampling, the forward benchmark): inductor's freezing takes the
+        weights as constants of the graph and pre-packs them for the matrix units (oneDNN's blocked layouts;
+        JiT-B/16's bf16 forward on an AMX CPU 48 → 59 % MFU, benchmarks/README.md). The weights must not
+        change afterwards (a later ``load_state_dict`` would not be seen) and no gradient flows through.
 
         Static shapes (``dynamic=False``): the blocks before and after the in-context tokens see two token
         counts, and the automatic dynamic-shape recompilation that the second one would trigger fails in the
@@ -137,6 +143,7 @@ class JiT(nn.Module):
         for block in self.blocks:
             block.compile(dynamic=False)
         self.final_layer.compile(dynamic=False)
+        self.frozen = freeze
         return self
 
     # -- shape checks ----------------------------------------------------------------------------------------
@@ -154,6 +161,21 @@ class JiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.check_inputs(x, t, y)
+        if not self.frozen:
+            return self._forward(x, t, y)
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "this JiT was compiled with compile_blocks(freeze=True) for inference: its weights are constants "
+                "of the compiled graphs, so it runs under torch.no_grad() only (build it again to train)"
+            )
+        # inductor reads `freezing` from its global config when it compiles (on the first call of each shape;
+        # torch.compile's options= does not reach it in torch 2.13): set for this model's compilations only
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self._forward(x, t, y)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y_emb = self.y_embedder(y)  # [B,D]
         c = self.t_embedder(t) + y_emb  # [B,D]
         h = self.x_embedder(x) + self.pos_embed  # [B,N,D]
