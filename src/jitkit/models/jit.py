@@ -122,9 +122,10 @@ class JiT(nn.Module):
         """``torch.compile`` each block and the final layer in place (state-dict keys unchanged).
 
         ``freeze=True`` is for inference only (sampling, the forward benchmark): inductor's freezing takes the
-        weights as constants of the graph and pre-packs them for the matrix units (oneDNN's blocked layouts;
-        JiT-B/16's bf16 forward on an AMX CPU 48 → 59 % MFU, benchmarks/README.md). The weights must not
-        change afterwards (a later ``load_state_dict`` would not be seen) and no gradient flows through.
+        weights as constants of the graph and pre-packs them for the matrix units (oneDNN's blocked layouts),
+        and each attention computes q and k with de-interleaved channels (:meth:`Attention.deinterleave`; the
+        state dict is unchanged). The weights must not change afterwards (a later ``load_state_dict`` would
+        not be seen) and no gradient flows through.
 
         Static shapes (``dynamic=False``): the blocks before and after the in-context tokens see two token
         counts, and the automatic dynamic-shape recompilation that the second one would trigger fails in the
@@ -141,6 +142,8 @@ class JiT(nn.Module):
             if hasattr(dynamo_config, limit):
                 setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 32))
         for block in self.blocks:
+            if freeze:
+                block.attn.deinterleave()  # RoPE on contiguous halves (folded into the frozen weights)
             block.compile(dynamic=False)
         self.final_layer.compile(dynamic=False)
         self.frozen = freeze

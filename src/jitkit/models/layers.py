@@ -96,13 +96,33 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
-def rms_norm_qk(qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm) -> torch.Tensor:
-    """q_norm(qk[0]) and k_norm(qk[1]) in one pass over qk [2, ..., h] (the same float32 arithmetic as RMSNorm)."""
+def rms_norm_qk(
+    qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm, channels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """q_norm(qk[0]) and k_norm(qk[1]) in one pass over qk [2, ..., h] (the same float32 arithmetic as RMSNorm).
+
+    ``channels``: the order of the h channels in ``qk`` when they are permuted (:meth:`Attention.deinterleave`);
+    the norms' weights are taken in the same order (the mean over the channels does not depend on it).
+    """
     if q_norm.eps != k_norm.eps:
         return torch.stack((q_norm(qk[0]), k_norm(qk[1])))
     xf = F.rms_norm(qk.float(), (qk.shape[-1],), None, q_norm.eps)
     w = torch.stack((q_norm.weight, k_norm.weight)).float()  # [2, h]
+    if channels is not None:
+        w = w[:, channels]
     return (xf * w.view(2, *([1] * (qk.dim() - 2)), -1)).to(qk.dtype)
+
+
+def apply_rope_halves(u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` for channels stored de-interleaved: the pairs' first entries in ``u[..., :h/2]``, their
+    second entries in ``u[..., h/2:]`` (pair m = (u_m, u_m+h/2)). The same rotation; two contiguous halves
+    instead of interleaved pairs, which compiled kernels read and write with whole vectors. cos/sin are the
+    usual tables [T, h] (both entries of a pair share one angle, so the even columns are the pairs' angles)."""
+    uf = u.float()
+    half = uf.shape[-1] // 2
+    u1, u2 = uf[..., :half], uf[..., half:]
+    c, s = cos[..., 0::2].float(), sin[..., 0::2].float()
+    return torch.cat((u1 * c - u2 * s, u2 * c + u1 * s), dim=-1).to(u.dtype)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -205,11 +225,38 @@ class Attention(nn.Module):
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def deinterleave(self) -> None:
+        """Compute q and k with each head's channels de-interleaved (the RoPE pairs' first entries, then their
+        second entries), for :func:`apply_rope_halves`. q·kᵀ sums over a head's channels, so one permutation of
+        both q and k leaves the attention unchanged (up to the order of the sums); v is not permuted.
+
+        The weights stay as they are (and so does the state dict): the forward takes the qkv rows in the new
+        order, which inductor's freezing folds into the constant weights once. For frozen inference graphs
+        only (``JiT.compile_blocks(freeze=True)``): eager or trained, it would gather the rows on every call.
+        """
+        h, H, D = self.head_dim, self.heads, self.heads * self.head_dim
+        channels = torch.cat([torch.arange(0, h, 2), torch.arange(1, h, 2)])  # within a head
+        heads = (torch.arange(H)[:, None] * h + channels[None, :]).flatten()  # [D] for q (and k, offset D)
+        rows = torch.cat([heads, D + heads, torch.arange(2 * D, 3 * D)])
+        device = self.qkv.weight.device
+        self.register_buffer("qk_channels", channels.to(device), persistent=False)
+        self.register_buffer("qkv_rows", rows.to(device), persistent=False)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,T,h]
+        halves = hasattr(self, "qkv_rows")  # de-interleaved q/k channels (deinterleave())
+        if halves:
+            rows = self.qkv_rows
+            b = None if self.qkv.bias is None else self.qkv.bias[rows]
+            y = linear(x, self.qkv.weight[rows], b, self.qkv.cpu_linear)
+        else:
+            y = self.qkv(x)
+        qkv = y.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,T,h]
         # q and k normalised and rotated together: one kernel per step for both ([2,B,H,T,h])
-        qk = apply_rope(rms_norm_qk(qkv[:2], self.q_norm, self.k_norm), cos, sin)
+        if halves:
+            qk = apply_rope_halves(rms_norm_qk(qkv[:2], self.q_norm, self.k_norm, self.qk_channels), cos, sin)
+        else:
+            qk = apply_rope(rms_norm_qk(qkv[:2], self.q_norm, self.k_norm), cos, sin)
         q, k = qk.unbind(0)
         v = qkv[2]
         drop = self.attn_drop if self.training else 0.0
