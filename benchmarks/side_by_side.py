@@ -171,7 +171,13 @@ def jitkit_variants(spec: str) -> list[tuple[str, bool, str]]:
         if kind not in ("eager", "compile") or precision not in ("fp32", "bf16", "auto"):
             raise SystemExit(f"--jitkit items are eager|compile[:fp32|bf16|auto], found {item!r}")
         name = "compiled" if kind == "compile" else "eager"
-        out.append((f"jitkit ({name})" if precision == "fp32" else f"jitkit ({name}, {precision})", kind == "compile", precision))
+        out.append(
+            (
+                f"jitkit ({name})" if precision == "fp32" else f"jitkit ({name}, {precision})",
+                kind == "compile",
+                precision,
+            )
+        )
     return out
 
 
@@ -268,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     ref_compiled = hasattr(blk, "_torchdynamo_orig_callable") and os.environ.get("TORCHDYNAMO_DISABLE") != "1"
     ref_name = "reference (compiled)" if ref_compiled else "reference (eager)"
     variants: dict[str, Callable[[], None]] = {ref_name: reference_steps(ref, a.mode, a.batch_size)}
-    dtypes: dict[str, torch.dtype] = {ref_name: torch.float32}  # each variant's MFU: against its own GEMM peak
+    dtypes: dict[str, torch.dtype] = {
+        ref_name: torch.float32
+    }  # each variant's MFU: against its own GEMM peak
     resolved: dict[str, str] = {}
     for name, compiled, precision in jitkit_variants(a.jitkit):
         # sample: one 2-step run (both batch shapes) as warm-up

@@ -266,6 +266,58 @@ def test_compiled_blocks_match_eager_forward_and_backward() -> None:
             torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # inductor builds and freezes the whole forward: ~20-40 s on 2 cores
+@pytest.mark.env_sensitive  # needs a C++ compiler for inductor
+def test_frozen_compile_matches_eager_and_refuses_gradients() -> None:
+    """compile_blocks(freeze=True) (sampling's path: the whole forward frozen, q/k channels de-interleaved for
+    RoPE) gives the eager output, leaves the state dict as it was, and refuses to run with gradients."""
+    from jitkit.models.registry import compiler_available
+
+    ok, why = compiler_available("cpu")
+    if not ok:
+        pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
+    torch.manual_seed(0)
+    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2, in_context_len=2, in_context_start=1)
+    eager = build_model(cfg).eval()
+    with torch.no_grad():  # away from adaLN-Zero's identity blocks, so that attention and RoPE matter
+        for p in eager.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    frozen = build_model(cfg).eval()
+    frozen.load_state_dict(eager.state_dict())
+    frozen.compile_blocks(freeze=True)
+    state = frozen.state_dict()
+    assert list(state) == list(eager.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in eager.state_dict().items())
+    x, t, y = torch.randn(3, 3, 8, 8), torch.rand(3), torch.tensor([0, 2, 3])  # 3: the null class
+    with torch.no_grad():
+        out_e, out_f = eager(x, t, y), frozen(x, t, y)
+        assert (out_e - eager(x, t, torch.tensor([1, 2, 3]))).abs().max() > 1e-3  # labels matter
+    torch.testing.assert_close(out_f, out_e, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="freeze=True.*no_grad"):
+        frozen(x, t, y)
+
+
+def test_deinterleaved_qk_channels_give_the_same_attention() -> None:
+    """Attention.deinterleave() (eager here: the row gather runs on every call) reorders q and k channels
+    within each head and rotates contiguous halves: the same output as the interleaved RoPE."""
+    from jitkit.models.layers import Attention, rope_tables
+
+    torch.manual_seed(0)
+    attn = Attention(32, heads=2, kind="math-fp32").eval()
+    with torch.no_grad():
+        attn.q_norm.weight.uniform_(0.5, 1.5)
+        attn.k_norm.weight.uniform_(0.5, 1.5)
+    cos, sin = rope_tables(3, 16, prefix=1)  # 1 + 9 tokens
+    x = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        ref = attn(x, cos, sin)
+        attn.deinterleave()
+        out = attn(x, cos, sin)
+    assert "qkv_rows" not in attn.state_dict()
+    assert (ref - attn.proj(torch.zeros(2, 10, 32))).abs().max() > 1e-2  # not a trivial output
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 # -- in-context tokens that would enter no block ----------------------------------------------------------
 
 _DDP_WORKER = textwrap.dedent(

@@ -339,7 +339,9 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
     from jitkit.diffusion.sampling import initial_noise, network_evaluations
 
     precision = resolve_precision(s.precision, device)
-    den = cast_for_inference(build_denoiser(s, device, inference=True).eval(), precision)  # the inference path of sampling
+    den = cast_for_inference(
+        build_denoiser(s, device, inference=True).eval(), precision
+    )  # the inference path of sampling
     mc = s.model_config()
     B = s.sample_batch_size or s.batch_size
     scfg = SamplerConfig(method=s.sampler, steps=s.sample_steps, cfg=s.cfg, interval=SAMPLE_INTERVAL)

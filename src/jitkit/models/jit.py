@@ -119,7 +119,8 @@ class JiT(nn.Module):
 
     # -- compilation -----------------------------------------------------------------------------------------
     def compile_blocks(self, freeze: bool = False) -> JiT:
-        """``torch.compile`` each block and the final layer in place (state-dict keys unchanged).
+        """``torch.compile`` each block and the final layer in place, or with ``freeze`` the whole forward
+        (state-dict keys and values unchanged).
 
         ``freeze=True`` is for inference only (sampling, the forward benchmark): inductor's freezing takes the
         weights as constants of the graph and pre-packs them for the matrix units (oneDNN's blocked layouts),
@@ -132,21 +133,25 @@ class JiT(nn.Module):
         backward of the CPU flash-attention kernel (torch 2.13). Identical blocks share one compiled graph per
         token count. On CPU inductor needs a C++ compiler; see :func:`compiler_available`.
 
-        Sampling adds batch sizes (B images outside the guidance interval, 2B inside, a smaller last batch):
-        up to 8 graphs per block, so the per-function recompile limit is raised to 32 (torch's default of 8
-        would make the ninth shape fall back to eager without a word).
+        Frozen, the whole forward is one graph (embedders and unpatchify fused in), compiled once per batch
+        size (sampling: B images outside the guidance interval, 2B inside, a smaller last batch). The
+        per-function recompile limit is raised to 32 either way (torch's default of 8 would make a ninth shape
+        fall back to eager without a word).
         """
         cpu_linear_backend()  # resolve the CPU linear backend (a timing when "auto") before tracing
         dynamo_config = torch._dynamo.config
         for limit in ("recompile_limit", "cache_size_limit"):  # the new name (torch ≥ 2.6) and the old one
             if hasattr(dynamo_config, limit):
                 setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 32))
-        for block in self.blocks:
-            if freeze:
+        self.frozen = freeze
+        if freeze:  # one graph for the whole network: the embedders and the unpatchify fused in too
+            for block in self.blocks:
                 block.attn.deinterleave()  # RoPE on contiguous halves (folded into the frozen weights)
+            self._frozen_forward = torch.compile(self._forward, dynamic=False)
+            return self
+        for block in self.blocks:
             block.compile(dynamic=False)
         self.final_layer.compile(dynamic=False)
-        self.frozen = freeze
         return self
 
     # -- shape checks ----------------------------------------------------------------------------------------
@@ -176,7 +181,7 @@ class JiT(nn.Module):
         from torch._inductor import config as inductor_config
 
         with inductor_config.patch(freezing=True):
-            return self._forward(x, t, y)
+            return self._frozen_forward(x, t, y)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y_emb = self.y_embedder(y)  # [B,D]
