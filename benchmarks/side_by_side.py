@@ -47,8 +47,8 @@ from jitkit.bench.flops import flops_per_image
 from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe, retain_freed_memory
 from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
 from jitkit.config import model_config
-from jitkit.models.registry import precision_for_model
 from jitkit.fileio import atomic_write_text
+from jitkit.models.registry import precision_for_model
 from jitkit.train.optim import param_groups
 
 
