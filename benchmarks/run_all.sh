@@ -67,6 +67,9 @@ bench b16_bs8_auto_compile_math $B16 --batch-size 8 --mode train,forward --repea
 bench b16_bs8_forward_auto_compile $B16 --batch-size 8 --mode forward --repeats 10 --precision auto --compile
 bench b16_sample_bs4_heun10 $F32 $B16 --batch-size 4 --mode sample --sample-steps 10 --cfg 2.9
 bench b16_sample_bs4_heun10_auto $B16 --batch-size 4 --mode sample --sample-steps 10 --cfg 2.9 --precision auto
+# compiled sampling (jitkit sample --compile on, and auto on long jobs): the whole network frozen, one graph
+bench b16_sample_bs4_heun10_auto_compile $B16 --batch-size 4 --mode sample --sample-steps 10 --cfg 2.9 \
+  --precision auto --compile --sample-repeats 3
 bench b16_sample_bs4_auto $B16 --batch-size 4 --mode sample --sample-steps 50 --cfg 2.9 --precision auto
 bench shapes_auto --model JiT-T/4 --img-size 16 --num-classes 16 --batch-size 64 --sampler dpm++2m-pc \
   --sample-steps 10 --cfg 2.0 --repeats 10 --precision auto
