@@ -58,7 +58,12 @@ def side_by_side_table() -> list[str]:
             {"fp32": "≥ 1.3×", "auto": "≥ 5×"},
             ".4f",
         ),
-        ("sampling, Heun 50, CFG 2.9 on [0.1, 1], batch 4", load("sbs_sample_bs4"), {"fp32": "≥ 1.2×"}, ".4f"),
+        (
+            "sampling, Heun 50, CFG 2.9 on [0.1, 1], batch 4",
+            load("sbs_sample_bs4"),
+            {"fp32": "≥ 1.2×"},
+            ".4f",
+        ),
     ]
     runs = [r for r in runs if r[1]]
     if not runs:
