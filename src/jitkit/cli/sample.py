@@ -69,8 +69,8 @@ def sample_compile(setting: str, device, model_cfg, sampler_cfg, images: int) ->
     """Whether ``jitkit sample --compile SETTING`` compiles the network, and why (one line for the log).
 
     ``on`` compiles where inductor can (an error naming what is missing elsewhere); ``auto`` compiles only on
-    a CPU with a C++ compiler and only when the job's network work (images x evaluations x 2 under guidance x
-    forward FLOPs) reaches :data:`COMPILE_AUTO_TFLOP`; GPUs stay eager under ``auto`` (their compile time
+    a CPU with a C++ compiler and only when the job's network work (``images``, those of this process, x
+    evaluations x 2 under guidance x forward FLOPs) reaches :data:`COMPILE_AUTO_TFLOP`; GPUs stay eager under ``auto`` (their compile time
     rarely pays back on a sampling job: pass ``on``). ``off`` never compiles.
     """
     from jitkit.bench.flops import flops_per_image
@@ -281,7 +281,9 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     )
     cast_for_inference(denoiser, precision)  # half-precision weights when sampling in half precision
     try:
-        compiled, compile_note = sample_compile(args.compile, device, cfg.model, scfg, len(plan))
+        # each rank compiles for its own share of the images
+        share = -(-len(plan) // world)
+        compiled, compile_note = sample_compile(args.compile, device, cfg.model, scfg, share)
     except ValueError as e:
         raise flag_error(e, flags) from e
     if compiled:
