@@ -51,6 +51,7 @@ def test_quick_bench_json_has_every_field(capsys):
     assert res["settings"]["threads"] == 1
     assert res["settings"]["model"] == "JiT-T/2"
     assert res["settings"]["precision"] == res["settings"]["precision_resolved"] == "fp32"
+    assert res["settings"]["compiled_as"] is None  # eager
     assert 0 < res["mfu"] < 1.5
     # MFU pairs each timed step with the GEMM probe run just before it: recompute it from the raw timings
     tr = res["details"]["train"]
@@ -236,3 +237,11 @@ def test_result_records_both_gemm_peaks_and_the_precision_choice(monkeypatch):
     assert r["settings"]["precision"] == "auto" and r["settings"]["precision_resolved"] == "bf16"
     assert r["settings"]["precision_choice"]["reason"] == "measured"
     assert r["gemm_peak_flops"] == r["gemm_peaks_flops"]["bf16"]  # MFU against the precision that ran
+
+
+def test_settings_say_how_compile_compiles_each_mode():
+    from jitkit.bench.runner import BenchSettings, settings_record
+
+    s = BenchSettings(model="JiT-T/2", mode="train,forward,sample", compile=True)
+    rec = settings_record(s, torch.device("cpu"), "fp32", False)
+    assert rec["compiled_as"] == {"train": "blocks", "forward": "frozen graph", "sample": "frozen graph"}

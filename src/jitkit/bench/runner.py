@@ -388,6 +388,11 @@ def settings_record(s: BenchSettings, device: torch.device, precision: str, tf32
             "cpu": cpu_name(),
             "device_name": device_name(device),
             "python": sys.version.split()[0],
+            # how --compile compiles: training per block; forward and sampling as jitkit sample does (one frozen
+            # inference graph, JiT.compile_blocks(freeze=True))
+            "compiled_as": (
+                {m: "blocks" if m == "train" else "frozen graph" for m in s.modes()} if s.compile else None
+            ),
         }
     )
     return rec
