@@ -102,5 +102,37 @@ def test_ddim_sampler_lands_on_the_data_with_the_exact_eps():
     assert torch.allclose(out, c.expand(2, -1, -1, -1), atol=1e-4)
     again = sch.sample(eps, noise, torch.zeros(2, dtype=torch.long), variance="ddim")
     assert torch.equal(out, again)  # no noise drawn
-    with pytest.raises(ValueError, match="'posterior', 'beta' or 'ddim', found 'x'"):
+    with pytest.raises(ValueError, match="'posterior', 'beta', 'ddim' or 'clipped', found 'x'"):
         sch.sample(eps, noise, torch.zeros(2, dtype=torch.long), variance="x")
+
+
+def test_clipped_sampler_is_the_posterior_mean_of_the_clipped_x0():
+    """"clipped" (diffusers' DDPM default): μ̃ of x̂_0 clipped to [−1, 1]. Unclipped μ̃ is Ho et al.'s μ_θ; with
+    the data inside [−1, 1] and the exact ε it lands on the data like the others, and an ε that points outside
+    [−1, 1] gives samples inside it where the unclipped sampler leaves."""
+    sch = DDPMSchedule(50)
+    g = torch.Generator().manual_seed(0)
+    x_t, eps_hat = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 1, 20, 49])
+    # the same in exact arithmetic; float32 loses ~1e-4 relative where 1 − ᾱ_0 = β_0 = 1e-4 divides
+    unclipped = sch.posterior_mean(x_t, t, eps_hat, clip=None)
+    torch.testing.assert_close(unclipped, sch.p_mean(x_t, t, eps_hat), rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(sch.posterior_mean(x_t, t, eps_hat), sch.p_mean(x_t, t, eps_hat), atol=1e-2)
+    c = torch.linspace(-0.9, 0.9, 3 * 4 * 4).view(1, 3, 4, 4)
+
+    def exact(x, t, y):
+        abar = sch.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * c) / (1 - abar).sqrt()
+
+    noise = torch.randn(2, 3, 4, 4, generator=g)
+    y = torch.zeros(2, dtype=torch.long)
+    out = sch.sample(exact, noise, y, variance="clipped", generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, c.expand(2, -1, -1, -1), atol=1e-3, rtol=0)
+
+    def outside(x, t, y):  # the ε of an image at 3: x̂_0 = 3 wherever the trajectory is
+        abar = sch.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * 3.0) / (1 - abar).sqrt()
+
+    clipped = sch.sample(outside, noise, y, variance="clipped", generator=torch.Generator().manual_seed(1))
+    plain = sch.sample(outside, noise, y, variance="posterior", generator=torch.Generator().manual_seed(1))
+    assert clipped.max().item() <= 1.0 + 1e-5 and plain.min().item() > 2.9

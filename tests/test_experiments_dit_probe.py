@@ -41,7 +41,7 @@ def test_tiny_probe_writes_a_table_of_finite_numbers(tmp_path):
     cfg = quick_config(epochs=1, per_class=4, samples_per_class=1)
     rows = run_probe(cfg, tmp_path, ["baseline", "pos_zero"], log=None)
     names = [r["variant"] for r in rows]
-    assert names[0] == "baseline" and "pos_zero" in names and len(rows) == 5  # + the baseline's 3 extras
+    assert names[0] == "baseline" and "pos_zero" in names and len(rows) == 6  # + the baseline's 4 extras
     for r in rows:
         for k in (
             "loss_first",

@@ -116,6 +116,18 @@ class DDPMSchedule(nn.Module):
         abar = self._at(self.alphas_cumprod, t, x_t)
         return (x_t - beta / (1 - abar).sqrt() * eps_hat) / alpha.sqrt()
 
+    def posterior_mean(
+        self, x_t: torch.Tensor, t: torch.Tensor, eps_hat: torch.Tensor, clip: float | None = 1.0
+    ) -> torch.Tensor:
+        """μ̃(x̂_0, x_t) = √ᾱ_{t−1}·β_t/(1 − ᾱ_t)·x̂_0 + √α_t·(1 − ᾱ_{t−1})/(1 − ᾱ_t)·x_t with x̂_0 from ε̂, clipped
+        to [−clip, clip] (None: not clipped, and then μ̃ equals :meth:`p_mean`)."""
+        x0 = self.predict_x0(x_t, t, eps_hat)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+        beta, alpha = self._at(self.betas, t, x_t), self._at(self.alphas, t, x_t)
+        abar, abar_prev = self._at(self.alphas_cumprod, t, x_t), self._at(self.alphas_cumprod_prev, t, x_t)
+        return (abar_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - abar_prev) * x_t) / (1 - abar)
+
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t − √(1 − ᾱ_t) · ε̂)/√ᾱ_t (for trajectory plots)."""
         abar = self._at(self.alphas_cumprod, t, x_t)
@@ -135,14 +147,17 @@ class DDPMSchedule(nn.Module):
     ) -> torch.Tensor:
         """Ancestral sampling from x_{T−1} = ``noise`` to x_0 (T network evaluations).
 
-        ``variance``: "posterior" (σ_t² = β̃_t), "beta" (σ_t² = β_t) or "ddim" (DDIM with η = 0, Song et al.
-        2021: x_{t−1} = √ᾱ_{t−1}·x̂_0 + √(1 − ᾱ_{t−1})·ε̂, deterministic). ``generator``: the per-step noise.
+        ``variance``: "posterior" (σ_t² = β̃_t), "beta" (σ_t² = β_t), "ddim" (DDIM with η = 0, Song et al.
+        2021: x_{t−1} = √ᾱ_{t−1}·x̂_0 + √(1 − ᾱ_{t−1})·ε̂, deterministic) or "clipped" (σ_t² = β̃_t around the
+        posterior mean of x̂_0 clipped to [−1, 1]: μ̃ = √ᾱ_{t−1}·β_t/(1 − ᾱ_t)·x̂_0 + √α_t·(1 − ᾱ_{t−1})/(1 − ᾱ_t)·x_t,
+        Ho et al.'s sampler as most DDPM code runs it, e.g. diffusers' DDPMScheduler with its default
+        ``clip_sample=True``; without the clip it equals "posterior"). ``generator``: the per-step noise.
         ``trajectory``: if a list, receives (t, x_t, x̂_0) for every step, from t = T−1 down to 0, and then
         (−1, x_0, x_0).
         """
-        if variance not in ("posterior", "beta", "ddim"):
-            raise ValueError(f"variance must be 'posterior', 'beta' or 'ddim', found {variance!r}")
-        var_table = self.posterior_variance if variance == "posterior" else self.betas
+        if variance not in ("posterior", "beta", "ddim", "clipped"):
+            raise ValueError(f"variance must be 'posterior', 'beta', 'ddim' or 'clipped', found {variance!r}")
+        var_table = self.betas if variance == "beta" else self.posterior_variance
         x = noise
         B = x.shape[0]
         for i, step in enumerate(range(self.T - 1, -1, -1)):
@@ -153,11 +168,9 @@ class DDPMSchedule(nn.Module):
             if variance == "ddim":
                 abar_prev = self._at(self.alphas_cumprod_prev, t, x)
                 x = abar_prev.sqrt() * self.predict_x0(x, t, eps_hat) + (1 - abar_prev).sqrt() * eps_hat
-            elif step > 0:
-                z = _randn(x, generator)
-                x = self.p_mean(x, t, eps_hat) + self._at(var_table, t, x).sqrt() * z
             else:
-                x = self.p_mean(x, t, eps_hat)
+                mean = self.p_mean(x, t, eps_hat) if variance != "clipped" else self.posterior_mean(x, t, eps_hat)
+                x = mean + self._at(var_table, t, x).sqrt() * _randn(x, generator) if step > 0 else mean
             if on_step is not None:
                 on_step(i + 1, self.T)
         if trajectory is not None:

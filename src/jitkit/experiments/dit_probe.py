@@ -297,6 +297,7 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
             extra={
                 "baseline, β_t sampler": ("beta", None),
                 "baseline, DDIM (η = 0) sampler": ("ddim", None),
+                "baseline, x̂_0 clipped to [−1, 1] (diffusers' DDPM default)": ("clipped", None),
                 "baseline, position zeroed at sampling": ("posterior", _zero_pos_copy),
             },
         ),
