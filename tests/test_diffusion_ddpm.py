@@ -107,7 +107,7 @@ def test_ddim_sampler_lands_on_the_data_with_the_exact_eps():
 
 
 def test_clipped_sampler_is_the_posterior_mean_of_the_clipped_x0():
-    """"clipped" (diffusers' DDPM default): μ̃ of x̂_0 clipped to [−1, 1]. Unclipped μ̃ is Ho et al.'s μ_θ; with
+    """ "clipped" (diffusers' DDPM default): μ̃ of x̂_0 clipped to [−1, 1]. Unclipped μ̃ is Ho et al.'s μ_θ; with
     the data inside [−1, 1] and the exact ε it lands on the data like the others, and an ε that points outside
     [−1, 1] gives samples inside it where the unclipped sampler leaves."""
     sch = DDPMSchedule(50)

@@ -169,7 +169,11 @@ class DDPMSchedule(nn.Module):
                 abar_prev = self._at(self.alphas_cumprod_prev, t, x)
                 x = abar_prev.sqrt() * self.predict_x0(x, t, eps_hat) + (1 - abar_prev).sqrt() * eps_hat
             else:
-                mean = self.p_mean(x, t, eps_hat) if variance != "clipped" else self.posterior_mean(x, t, eps_hat)
+                mean = (
+                    self.p_mean(x, t, eps_hat)
+                    if variance != "clipped"
+                    else self.posterior_mean(x, t, eps_hat)
+                )
                 x = mean + self._at(var_table, t, x).sqrt() * _randn(x, generator) if step > 0 else mean
             if on_step is not None:
                 on_step(i + 1, self.T)
