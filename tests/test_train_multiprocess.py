@@ -236,3 +236,29 @@ def test_the_fsdp_command_of_the_issue_finishes(tmp_path):
     assert "finished 20 steps" in results[0][1]
     rec = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert rec[-1]["metric"] == "shapes" and rec[-1]["step"] == 20
+
+
+_EXIT_WORKER = textwrap.dedent(
+    """
+    import atexit, sys, torch
+    torch.set_num_threads(1)
+    # registered first, so it runs last: after jitkit's own exit hook
+    atexit.register(lambda: print("group at exit:", torch.distributed.is_initialized(), flush=True))
+    from jitkit.runtime import dist
+    info = dist.init(torch.device("cpu"), timeout_s=60)
+    x = torch.tensor([float(info.rank + 1)])
+    torch.distributed.all_reduce(x)
+    print("sum", x.item(), flush=True)
+    # no dist.cleanup(): a library caller that just returns
+    """
+)
+
+
+def test_a_group_that_jitkit_created_is_left_at_exit(tmp_path):
+    """dist.init() under torchrun registers an exit hook: a process that never calls cleanup() still leaves the
+    group before the interpreter's teardown (left to the teardown, gloo's threads could abort the process)."""
+    res = run_ranks(lambda r: [sys.executable, "-c", _EXIT_WORKER], 2, tmp_path, timeout=120)
+    for rc, out, err in res:
+        assert rc == 0, err[-2000:]
+        assert "sum 3.0" in out
+        assert "group at exit: False" in out, out

@@ -14,8 +14,10 @@ with FSDP2 (``torch.distributed.fsdp.fully_shard``) when asked.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -116,14 +118,29 @@ def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo
         torch.distributed.init_process_group(
             backend=backend, rank=rank, world_size=ws, timeout=datetime.timedelta(seconds=timeout_s)
         )
-        global _GROUP_OWNED
+        global _GROUP_OWNED, _EXIT_HOOK
         _GROUP_OWNED = True
+        if not _EXIT_HOOK:
+            atexit.register(_leave_at_exit)
+            _EXIT_HOOK = True
     else:
         backend = torch.distributed.get_backend()
     return DistInfo(rank, ws, local, device, backend)
 
 
 _GROUP_OWNED = False  # set when init() created the process group (a torchrun rank), not its caller
+_EXIT_HOOK = False  # _leave_at_exit registered
+
+
+def _leave_at_exit() -> None:
+    """At interpreter exit, leave a process group that :func:`init` created and nobody left (a library caller of
+    ``jitkit.train.train`` under torchrun, say; ``jitkit train`` leaves it itself). Left to the interpreter's
+    teardown, the gloo group's threads could be destroyed while still joinable and the process aborted after a
+    finished run ("terminate called without an active exception", exit status −6)."""
+    try:
+        cleanup()
+    except Exception as e:  # the run's files are written: say so, and exit anyway
+        print(f"jitkit: leaving the process group at exit failed: {e}", file=sys.stderr)
 
 
 def cleanup(info: DistInfo | None = None) -> None:
