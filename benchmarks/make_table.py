@@ -45,6 +45,11 @@ def ratio(a, b) -> str:
     return "–" if a is None or b in (None, 0) else f"{a / b:.2f}×"
 
 
+def measured(st: dict) -> str:
+    """ "CPU, YYYY-MM-DD HH:MM UTC" of a result's settings."""
+    return f"{st.get('cpu', '?')}, {st.get('measured_at_utc', '')[:16].replace('T', ' ')} UTC"
+
+
 def side_by_side_table() -> list[str]:
     """The targets from benchmarks/side_by_side.py: jitkit and the reference interleaved in one process, one
     row per jitkit variant (eager or compiled; float32, or ``auto``: the precision jitkit picks by default)."""
@@ -78,7 +83,7 @@ def side_by_side_table() -> list[str]:
         rv = d["variants"][ref]
         rm = f" ({rv['mfu']:.1%})" if rv.get("mfu") is not None else ""
         st = d["settings"]
-        when = f"{st.get('cpu', '?')}, {st.get('measured_at_utc', '')[:16].replace('T', ' ')} UTC"
+        when = measured(st)
         for name, v in d["variants"].items():
             if name == ref:
                 continue
@@ -110,7 +115,7 @@ def side_by_side_table() -> list[str]:
         cells[0] += " (eager)" if name.endswith("_eager") else " (compiled)"
         rat = [(d["ratios"].get(j) or {}).get("reference") for j in ("jitkit (eager)", "jitkit (compiled)")]
         st = d["settings"]
-        when = f"{st.get('cpu', '?')}, {st.get('measured_at_utc', '')[:16].replace('T', ' ')} UTC"
+        when = measured(st)
         for variant, cell, r in (("eager", cells[1], rat[0]), ("compiled", cells[2], rat[1])):
             rows.append(
                 f"| {label} | {cells[0]} | {variant} | {cell} | {f(r, '.2f', '×')} | ≤ 1× | – | {load_str(d)} "

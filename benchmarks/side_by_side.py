@@ -274,15 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     ref_compiled = hasattr(blk, "_torchdynamo_orig_callable") and os.environ.get("TORCHDYNAMO_DISABLE") != "1"
     ref_name = "reference (compiled)" if ref_compiled else "reference (eager)"
     variants: dict[str, Callable[[], None]] = {ref_name: reference_steps(ref, a.mode, a.batch_size)}
-    dtypes: dict[str, torch.dtype] = {
-        ref_name: torch.float32
-    }  # each variant's MFU: against its own GEMM peak
-    resolved: dict[str, str] = {}
+    resolved = {ref_name: "fp32"}  # the precision each variant ran in: its MFU is against that GEMM peak
     for name, compiled, precision in jitkit_variants(a.jitkit):
         # sample: one 2-step run (both batch shapes) as warm-up
         s = jitkit_settings(a, compiled=compiled, warmup=1 if a.mode == "sample" else 0, precision=precision)
         resolved[name] = s.precision
-        dtypes[name] = torch.bfloat16 if s.precision == "bf16" else torch.float32
         if a.mode == "train":
             variants[name] = prepare_train(s, torch.device("cpu"))[0]
         elif a.mode == "forward":
@@ -301,12 +297,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    probes = {dt: gemm_probe(torch.device("cpu"), dt) for dt in set(dtypes.values())}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    probes = {pr: gemm_probe(torch.device("cpu"), dtypes[pr]) for pr in set(resolved.values())}
     times: dict[str, list[float]] = {n: [] for n in variants}
     peaks: dict[str, list[float]] = {n: [] for n in variants}
     for r in range(a.repeats):
         for name, fn in variants.items():
-            peaks[name].append(probes[dtypes[name]]())
+            peaks[name].append(probes[resolved[name]]())
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -323,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "img_per_s_best": a.batch_size / min(ts),
             "seconds": [round(t, 4) for t in ts],
             "gemm_probe_flops": [round(p) for p in pk],
-            "precision": resolved.get(n, "fp32"),
+            "precision": resolved[n],
         }
         if flops is not None:
             v["mfu"] = statistics.median(a.batch_size * flops / t / p for t, p in zip(ts, pk))

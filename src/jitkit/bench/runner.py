@@ -191,6 +191,12 @@ def build_denoiser(s: BenchSettings, device: torch.device, inference: bool = Fal
     return Denoiser(net, DiffusionConfig(), mc.num_classes)
 
 
+def _inference_denoiser(s: BenchSettings, device: torch.device, precision: str) -> torch.nn.Module:
+    """The Denoiser on the inference path of sampling: eval mode, frozen when compiled, half-precision weights
+    when that precision runs (:func:`cast_for_inference`)."""
+    return cast_for_inference(build_denoiser(s, device, inference=True).eval(), precision)
+
+
 def fuses_ema(s: BenchSettings) -> bool:
     """Whether the timed step uses :class:`jitkit.train.optim.AdamWEMA`: asked for (``optim="fused-ema"``) or,
     as in ``jitkit train --compile``, implied by ``compile`` with the default optimiser and EMA."""
@@ -314,7 +320,7 @@ def prepare_forward(s: BenchSettings, device: torch.device) -> Callable[[], None
     """The network alone, eval mode, no grad, on a batch of noisy images, on the inference path of sampling
     (weights kept in bf16/fp16 when that precision runs: :func:`cast_for_inference`)."""
     precision = resolve_precision(s.precision, device)
-    den = cast_for_inference(build_denoiser(s, device, inference=True).eval(), precision)
+    den = _inference_denoiser(s, device, precision)
     mc = s.model_config()
     g = torch.Generator(device="cpu").manual_seed(s.seed + 1)
     z = torch.randn(s.batch_size, mc.in_channels, mc.img_size, mc.img_size, generator=g).to(device)
@@ -339,9 +345,7 @@ def prepare_sample(s: BenchSettings, device: torch.device) -> tuple[Callable[[],
     from jitkit.diffusion.sampling import initial_noise, network_evaluations
 
     precision = resolve_precision(s.precision, device)
-    den = cast_for_inference(
-        build_denoiser(s, device, inference=True).eval(), precision
-    )  # the inference path of sampling
+    den = _inference_denoiser(s, device, precision)
     mc = s.model_config()
     B = s.sample_batch_size or s.batch_size
     scfg = SamplerConfig(method=s.sampler, steps=s.sample_steps, cfg=s.cfg, interval=SAMPLE_INTERVAL)

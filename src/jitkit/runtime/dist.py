@@ -118,18 +118,16 @@ def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo
         torch.distributed.init_process_group(
             backend=backend, rank=rank, world_size=ws, timeout=datetime.timedelta(seconds=timeout_s)
         )
-        global _GROUP_OWNED, _EXIT_HOOK
+        global _GROUP_OWNED
         _GROUP_OWNED = True
-        if not _EXIT_HOOK:
-            atexit.register(_leave_at_exit)
-            _EXIT_HOOK = True
+        atexit.unregister(_leave_at_exit)  # once, however often a process joins
+        atexit.register(_leave_at_exit)
     else:
         backend = torch.distributed.get_backend()
     return DistInfo(rank, ws, local, device, backend)
 
 
 _GROUP_OWNED = False  # set when init() created the process group (a torchrun rank), not its caller
-_EXIT_HOOK = False  # _leave_at_exit registered
 
 
 def _leave_at_exit() -> None:
