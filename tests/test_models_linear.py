@@ -127,6 +127,61 @@ def test_auto_keeps_onednn_only_when_clearly_faster(monkeypatch):
     assert L.cpu_linear_backend() == "aten"
 
 
+def test_auto_times_each_backward_product_on_its_own(monkeypatch):
+    monkeypatch.setattr(L, "onednn_available", lambda: True)
+    monkeypatch.setattr(L, "_resolved", {})
+    monkeypatch.setattr(L, "_resolved_backward", {})
+    L.set_cpu_linear_backend("auto")
+    monkeypatch.setattr(L, "measure_cpu_linear", lambda: {"aten": 2.0, "onednn": 1.0})
+    measured = []
+
+    def backward_times():
+        measured.append(1)
+        # oneDNN's input gradient clearly faster, its weight gradient (a transposed copy first) slower
+        return {"grad_input": {"aten": 2.0, "onednn": 1.0}, "grad_weight": {"aten": 1.0, "onednn": 1.6}}
+
+    monkeypatch.setattr(L, "measure_cpu_linear_backward", backward_times)
+    assert L.cpu_linear_backend() == "onednn"
+    assert measured == [1]  # resolved with the forward, before any compile trace needs it
+    assert L.cpu_linear_backward() == ("onednn", "aten")
+    assert measured == [1]  # once per thread count
+    # a forward on aten never asks: ATen's own autograd computes its backward
+    monkeypatch.setattr(L, "_resolved", {})
+    monkeypatch.setattr(L, "measure_cpu_linear", lambda: {"aten": 1.0, "onednn": 1.0})
+    assert L.cpu_linear_backend() == "aten" and measured == [1]
+    # pinned to onednn: all three products there, nothing measured
+    monkeypatch.setattr(L, "_resolved_backward", {})
+    L.set_cpu_linear_backend("onednn")
+    assert L.cpu_linear_backward() == ("onednn", "onednn") and measured == [1]
+
+
+@needs_onednn
+@pytest.mark.parametrize("choice", [("aten", "aten"), ("onednn", "aten"), ("onednn", "onednn")])
+def test_the_backward_runs_each_product_where_it_was_resolved(monkeypatch, choice):
+    L.set_cpu_linear_backend("auto")
+    monkeypatch.setattr(L, "_resolved_backward", {torch.get_num_threads(): choice})
+    calls = []
+    pointwise = L._pointwise
+    monkeypatch.setattr(L, "_pointwise", lambda *a: calls.append(1) or pointwise(*a))
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(6, 24, generator=g), torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    ref = _grads(F.linear, x, w, b)
+    got = _grads(lambda a, ww, bb: L.linear(a, ww, bb, backend="onednn"), x, w, b)
+    # one oneDNN product forward, plus one for each backward product resolved to oneDNN
+    assert len(calls) == 1 + choice.count("onednn")
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+def test_the_probe_interleaves_its_candidates_after_warming_each_up():
+    order = []
+    best = L._compare_seconds(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=2
+    )
+    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert set(best) == {"a", "b"} and all(0 <= v < 1 for v in best.values())
+
+
 @needs_onednn
 def test_jit_on_onednn_matches_aten_and_keeps_its_state_dict():
     torch.manual_seed(0)

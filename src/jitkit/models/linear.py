@@ -12,6 +12,11 @@ is the faster backend, and through ``F.linear`` everywhere else (GPUs, MPS, auto
 The backend is ``auto`` unless set by :func:`set_cpu_linear_backend` or the environment variable
 ``JITKIT_CPU_LINEAR`` (``auto``, ``onednn`` or ``aten``): ``auto`` times both on one product of transformer
 shape the first time a CPU linear runs (about 0.1 s) and keeps oneDNN only if it is at least 15 % faster.
+Where it keeps oneDNN for the forward product, the two backward products (the input gradient g·w and the
+weight gradient gᵀ·x) are timed the same way, each on its own: oneDNN's weight gradient copies gᵀ into a
+contiguous operand first, which on some CPUs makes it the slower one even where its forward is faster (on an
+Intel Xeon the copy made the default ``jitkit train`` 1.35× slower). With the process setting pinned to
+``onednn`` (the setter or the environment variable) all three products run there.
 
 Shape key: M rows (batch × tokens), K input features, N output features.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +38,8 @@ _ENV = "JITKIT_CPU_LINEAR"
 _choice: str | None = None  # the setting: None → the environment variable, else one of BACKENDS
 _resolved: dict[int, str] = {}  # "auto" resolved per thread count
 _last = "aten"  # the backend resolved last (what a torch.compile trace uses)
+_resolved_backward: dict[int, tuple[str, str]] = {}  # "auto": (input grad, weight grad) per thread count
+_last_backward = ("onednn", "onednn")  # the backward backends resolved last (for a torch.compile trace)
 
 
 def onednn_available() -> bool:
@@ -79,16 +87,58 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def measure_cpu_linear(m: int = 512, k: int = 768, n: int = 2304, repeats: int = 5) -> dict[str, float]:
-    """Seconds of one [m,k]·[k,n] float32 CPU product on each backend (best of ``repeats``)."""
+def _compare_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Best seconds of each of ``fns`` over ``repeats`` calls, the calls interleaved (a drift of the machine's
+    speed then reaches every candidate alike), after ``warmup`` calls of each (a library's first calls set up
+    thread pools and buffers: timed alone, they once made MKL look 20 % slower than it is)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def _probe_tensors(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(m, k, generator=g)
-    w = torch.randn(n, k, generator=g)
-    b = torch.randn(n, generator=g)
-    out = {"aten": _best_seconds(lambda: F.linear(x, w, b), repeats)}
+    return (
+        torch.randn(m, k, generator=g),  # x
+        torch.randn(n, k, generator=g),  # w
+        torch.randn(n, generator=g),  # b
+        torch.randn(m, n, generator=g),  # an output gradient
+    )
+
+
+def measure_cpu_linear(m: int = 512, k: int = 768, n: int = 2304, repeats: int = 7) -> dict[str, float]:
+    """Seconds of one [m,k]·[k,n] float32 CPU product (``x·wᵀ + b``) on each backend (best of ``repeats``)."""
+    x, w, b, _ = _probe_tensors(m, k, n)
+    fns: dict[str, Callable[[], object]] = {"aten": lambda: F.linear(x, w, b)}
     if onednn_available():
-        out["onednn"] = _best_seconds(lambda: _pointwise(x, w, b), repeats)
-    return out
+        fns["onednn"] = lambda: _pointwise(x, w, b)
+    return _compare_seconds(fns, repeats)
+
+
+def measure_cpu_linear_backward(
+    m: int = 512, k: int = 768, n: int = 2304, repeats: int = 7
+) -> dict[str, dict[str, float]]:
+    """Seconds of the two backward products of that linear on each backend: ``grad_input`` g·w [m,n]·[n,k]
+    and ``grad_weight`` gᵀ·x [n,m]·[m,k] (best of ``repeats``)."""
+    x, w, _, g = _probe_tensors(m, k, n)
+    gi: dict[str, Callable[[], object]] = {"aten": lambda: g @ w}
+    gw: dict[str, Callable[[], object]] = {"aten": lambda: g.t() @ x}
+    if onednn_available():
+        gi["onednn"] = lambda: _pointwise(g, w.t(), None)
+        gw["onednn"] = lambda: _pointwise(g.t(), x.t(), None)
+    return {"grad_input": _compare_seconds(gi, repeats), "grad_weight": _compare_seconds(gw, repeats)}
+
+
+def _clearly_faster(t: dict[str, float]) -> str:
+    """``onednn`` if it is at least 15 % faster than aten in ``t`` (seconds per backend), else ``aten``."""
+    return "onednn" if "onednn" in t and t["aten"] >= 1.15 * t["onednn"] else "aten"
 
 
 def _no_dispatch_modes() -> contextlib.AbstractContextManager:
@@ -121,10 +171,35 @@ def cpu_linear_backend() -> str:
         else:
             # outside any active dispatch mode (a FlopCounterMode, a profiler's) that must not see the timing
             with torch.no_grad(), _no_dispatch_modes():
-                t = measure_cpu_linear()
-            _resolved[threads] = "onednn" if t["aten"] >= 1.15 * t["onednn"] else "aten"
+                _resolved[threads] = _clearly_faster(measure_cpu_linear())
     _last = _resolved[threads]
+    if _last == "onednn":
+        cpu_linear_backward()  # resolved now too, before any torch.compile trace needs it
     return _last
+
+
+def cpu_linear_backward() -> tuple[str, str]:
+    """The backends of the two backward products of a linear that runs forward on oneDNN: (input gradient,
+    weight gradient), each ``onednn`` or ``aten``.
+
+    ``onednn`` for both when the backend is pinned to ``onednn``; under ``auto`` each product is timed on both
+    (:func:`measure_cpu_linear_backward`, once per thread count) and runs on oneDNN only if that is at least
+    15 % faster. Inside a ``torch.compile`` trace it returns what was resolved last, like
+    :func:`cpu_linear_backend`.
+    """
+    global _last_backward
+    if torch.compiler.is_compiling():
+        return _last_backward
+    if cpu_linear_setting() != "auto":
+        _last_backward = ("onednn", "onednn")
+        return _last_backward
+    threads = torch.get_num_threads()
+    if threads not in _resolved_backward:
+        with torch.no_grad(), _no_dispatch_modes():
+            t = measure_cpu_linear_backward()
+        _resolved_backward[threads] = (_clearly_faster(t["grad_input"]), _clearly_faster(t["grad_weight"]))
+    _last_backward = _resolved_backward[threads]
+    return _last_backward
 
 
 def _pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -159,10 +234,12 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, g: torch.Tensor):
     x, w = ctx.saved_tensors
     gx = gw = gb = None
+    on_input, on_weight = cpu_linear_backward()
     if ctx.needs_input_grad[0]:
-        gx = onednn_linear(g, w.t(), None)  # [M,N]·[N,K] (w.t() is a [K,N] "weight" view)
+        # [M,N]·[N,K] (w.t() is a [K,N] "weight" view)
+        gx = onednn_linear(g, w.t(), None) if on_input == "onednn" else g @ w
     if ctx.needs_input_grad[1]:
-        gw = onednn_linear(g.t(), x.t(), None)  # [N,M]·[M,K]
+        gw = onednn_linear(g.t(), x.t(), None) if on_weight == "onednn" else g.t() @ x  # [N,M]·[M,K]
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = g.sum(0)
     return gx, gw, gb
