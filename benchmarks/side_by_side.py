@@ -48,6 +48,7 @@ from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe, retain_freed
 from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
 from jitkit.config import model_config
 from jitkit.fileio import atomic_write_text
+from jitkit.models.linear import cpu_linear_backend, cpu_linear_backward
 from jitkit.models.registry import precision_for_model
 from jitkit.train.optim import param_groups
 
@@ -187,11 +188,16 @@ def _loadavg() -> list[str] | None:
 
 def _finish(a: argparse.Namespace, res: dict, load_start: list[str] | None, **settings) -> int:
     """Add the machine, the load and the time to ``res``, write it to ``--out`` (atomically) and print it."""
+    forward = cpu_linear_backend()  # what jitkit's float32 CPU linears ran on (resolved once per process)
     res["settings"] = {
         "threads": a.threads,
         "torch": torch.__version__,
         "cpu": cpu_name(),
         "python": sys.version.split()[0],
+        "jitkit_cpu_linear": {
+            "forward": forward,
+            "backward": list(cpu_linear_backward()) if forward == "onednn" else ["aten", "aten"],
+        },
         **settings,
         "loadavg_start": load_start,
         "loadavg_end": _loadavg() if load_start else None,
