@@ -173,6 +173,33 @@ def test_the_backward_runs_each_product_where_it_was_resolved(monkeypatch, choic
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
+def test_eager_bf16_inference_runs_on_onednn_with_the_bias_inside(monkeypatch):
+    calls = []
+    pointwise = L._pointwise
+    monkeypatch.setattr(L, "_pointwise", lambda *a: calls.append(a[0].dtype) or pointwise(*a))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 24, generator=g)
+    w, b = torch.randn(40, 24, generator=g).bfloat16(), torch.randn(40, generator=g).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.linear(x, w, b)  # what autocast alone computes (ATen's addmm)
+        got = L.linear(x, w, b)
+    assert calls == [torch.bfloat16]  # on oneDNN, the float32 input cast to bf16 as autocast casts it
+    assert got.dtype == ref.dtype == torch.bfloat16 and got.shape == (2, 7, 40)
+    torch.testing.assert_close(got.float(), ref.float(), rtol=1e-2, atol=2e-2)  # bf16 sums in another order
+    with torch.no_grad():
+        torch.testing.assert_close(L.linear(x.bfloat16(), w, b).float(), ref.float(), rtol=1e-2, atol=2e-2)
+    assert len(calls) == 2
+    # with autograd, float16 autocast, or float32 weights: not this path
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        L.linear(x, w, b)
+    with torch.no_grad():
+        L.linear(x, w.float(), b.float(), backend="aten")
+        with torch.autocast("cpu", dtype=torch.float16):
+            L.linear(x, w.half(), b.half())
+    assert len(calls) == 2
+
+
 def test_the_probe_interleaves_its_candidates_after_warming_each_up():
     order = []
     best = L._compare_seconds(

@@ -268,13 +268,38 @@ def _use_onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, backen
     return backend == "onednn"
 
 
+def _bf16_inference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """A bf16 product without autograd on a CPU, eager: weights kept in bf16 for sampling
+    (:func:`jitkit.diffusion.generate.cast_for_inference`), the input bf16 or under bf16 autocast."""
+    bf16 = torch.bfloat16
+    if (
+        torch.is_grad_enabled() or torch.compiler.is_compiling()
+    ):  # compiled: inductor packs the weights itself
+        return False
+    if x.device.type != "cpu" or w.dtype != bf16 or (b is not None and b.dtype != bf16):
+        return False
+    if x.numel() == 0 or x.layout != torch.strided or w.layout != torch.strided:
+        return False
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == bf16
+    return (x.dtype == bf16 or (x.dtype == torch.float32 and autocast_bf16)) and onednn_available()
+
+
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str | None = None
 ) -> torch.Tensor:
     """``F.linear`` on the faster float32 CPU backend (see the module docstring); ``F.linear`` elsewhere.
 
     ``backend``: ``onednn`` or ``aten`` for this call, or None for the process setting (``auto`` resolved).
+
+    Eager bf16 inference on a CPU (bf16 weights, no autograd) runs on oneDNN's linear, which adds the bias
+    inside the product: ATen's ``addmm`` first copies the broadcast bias into the output (on JiT-B/16 sampling
+    eagerly in bf16, 6 % of the time). The input is cast to bf16 as autocast would cast it.
     """
+    if _bf16_inference(x, weight, bias):
+        lead = x.shape[:-1]
+        with torch.autocast("cpu", enabled=False):
+            y = _pointwise(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), weight, bias)
+        return y.view(*lead, weight.shape[0])
     if not _use_onednn(x, weight, bias, backend):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
