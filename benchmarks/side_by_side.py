@@ -44,12 +44,13 @@ from types import SimpleNamespace
 import torch
 
 from jitkit.bench.flops import flops_per_image
-from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe, retain_freed_memory
+from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe
 from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
 from jitkit.config import model_config
 from jitkit.fileio import atomic_write_text
 from jitkit.models.linear import cpu_linear_backend, cpu_linear_backward
 from jitkit.models.registry import precision_for_model
+from jitkit.runtime import retain_freed_memory
 from jitkit.train.optim import param_groups
 
 

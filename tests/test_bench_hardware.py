@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jitkit.bench.hardware import PeakMemory, gemm_peak, gemm_probe
+from jitkit.runtime import retain_freed_memory
 
 
 @pytest.mark.env_sensitive  # the process RSS high-water mark
@@ -32,7 +33,7 @@ def test_gemm_peak_and_probe_are_positive_rates():
 
 _REFAULT = """
 import resource, sys, torch
-from jitkit.bench.hardware import retain_freed_memory
+from jitkit.runtime import retain_freed_memory
 if sys.argv[1] == "1":
     print(retain_freed_memory())
 def faults():
@@ -66,3 +67,23 @@ def test_retained_memory_is_not_faulted_in_again():
     assert kept[0] == "retain", kept
     assert default > 2000
     assert int(kept[-1]) < 1000
+
+
+def test_the_commands_that_compute_keep_freed_memory(monkeypatch, tmp_path):
+    import jitkit.cli as cli
+    import jitkit.runtime as runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "retain_freed_memory", lambda: calls.append(1) or "retain")
+    assert cli.main(["models"]) == 0 and calls == []  # listing models computes nothing
+    # a command that computes asks for it before its own work (here it then fails on a missing checkpoint)
+    assert cli.main(["sample", str(tmp_path / "missing"), "--out", str(tmp_path / "o.png")]) == 2
+    assert calls == [1]
+
+
+def test_the_allocator_setting_can_be_left_alone(monkeypatch):
+    monkeypatch.setenv("JITKIT_MALLOC", "default")
+    assert retain_freed_memory() == "default"
+    monkeypatch.setenv("JITKIT_MALLOC", "keep")
+    with pytest.raises(ValueError, match="JITKIT_MALLOC must be retain or default, found 'keep'"):
+        retain_freed_memory()

@@ -44,29 +44,6 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
-
-
-def retain_freed_memory() -> str:
-    """Keep memory that the process frees instead of handing it back to the kernel (glibc only; else a no-op).
-
-    glibc maps large blocks fresh and trims the heap on free, so a buffer allocated again after a free pays
-    page faults: the output of each GEMM probe after a training phase is faulted in afresh, which slows the
-    probe and skews the paired MFU (measured in ``benchmarks/README.md``, "Measurement fix"). Benchmarks call
-    this first, for every side alike. Returns what was done.
-    """
-    if not sys.platform.startswith("linux"):
-        return "default"
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    except (OSError, AttributeError):
-        return "default"
-    return "retain (glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)" if ok else "default"
-
-
 def _gemm_timer(
     device: torch.device, dtype: torch.dtype, n: int | None
 ) -> tuple[Callable[[], None], float, int, str]:

@@ -42,7 +42,6 @@ from jitkit.bench.hardware import (
     device_name,
     gemm_peak,
     gemm_probe,
-    retain_freed_memory,
 )
 from jitkit.bench.variants import LerpEMA, LoopEMA, sample_separate_cfg
 from jitkit.config import (
@@ -63,6 +62,7 @@ from jitkit.runtime import (
     autocast,
     resolve_device,
     resolve_precision,
+    retain_freed_memory,
     set_tf32,
     synchronize,
 )

@@ -16,6 +16,11 @@ import importlib
 import os
 import sys
 
+# the commands that compute: before they run, freed memory is kept for reuse (jitkit.runtime.process)
+_COMPUTE = frozenset(
+    {"train", "sample", "eval", "ref-stats", "sweep", "invert", "experiment", "demo", "bench"}
+)
+
 # command-group modules, each with register(subparsers); add a module here to add its commands
 _MODULES = (
     "models",
@@ -55,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command in _COMPUTE:
+            from jitkit.runtime import retain_freed_memory
+
+            retain_freed_memory()
         rc = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

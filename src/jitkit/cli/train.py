@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a JiT (no arguments: the 'shapes' preset on this machine, a few minutes on a CPU)",
+        help="train a JiT (no arguments: the 'shapes' preset on this machine, about a minute on 2 CPU cores)",
         description=(
             "Train a JiT. Settings are layered: the preset (default 'shapes'), then --config YAML, then the "
             "flags and --set KEY=VALUE overrides (dotted like train.blr or bare like blr). The resolved "

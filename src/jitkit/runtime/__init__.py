@@ -1,5 +1,6 @@
-"""What jitkit runs on: the device, the precision and autocast (``device``), and the processes of a
-``torchrun`` job (``dist``, the only module that imports ``torch.distributed``)."""
+"""What jitkit runs on: the device, the precision and autocast (``device``), the processes of a
+``torchrun`` job (``dist``, the only module that imports ``torch.distributed``), and process-wide settings
+(``process``: the allocator)."""
 
 from jitkit.runtime.device import (
     PRECISIONS,
@@ -12,6 +13,7 @@ from jitkit.runtime.device import (
     set_tf32,
     synchronize,
 )
+from jitkit.runtime.process import retain_freed_memory
 
 __all__ = [
     "PRECISIONS",
@@ -21,6 +23,7 @@ __all__ = [
     "needs_grad_scaler",
     "resolve_device",
     "resolve_precision",
+    "retain_freed_memory",
     "set_tf32",
     "synchronize",
 ]
