@@ -1,4 +1,4 @@
-"""Linear layers on the fastest fp32 matrix product of the CPU.
+"""Linear layers on the fastest matrix product of the CPU (float32; and bf16 when sampling eagerly).
 
 torch runs a CPU ``F.linear`` in float32 through MKL's sgemm. MKL picks its kernels by CPU vendor: on AMD
 processors it runs its AVX2 code even where the core has AVX-512, while oneDNN, which torch also carries, picks
@@ -7,7 +7,8 @@ benchmarks/README.md). Both compute in IEEE float32; they differ only in the ord
 
 :class:`Linear` is an ``nn.Linear`` (same parameters, same state-dict keys) whose forward routes float32 CPU
 inputs through oneDNN (``torch.ops.mkldnn._linear_pointwise``, forward and both backward products) when that
-is the faster backend, and through ``F.linear`` everywhere else (GPUs, MPS, autocast, other dtypes).
+is the faster backend, and through ``F.linear`` everywhere else (GPUs, MPS, autocast, other dtypes), except
+eager bf16 sampling on a CPU (see :func:`linear`).
 
 The backend is ``auto`` unless set by :func:`set_cpu_linear_backend` or the environment variable
 ``JITKIT_CPU_LINEAR`` (``auto``, ``onednn`` or ``aten``): ``auto`` times both on one product of transformer
@@ -268,20 +269,39 @@ def _use_onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, backen
     return backend == "onednn"
 
 
+_onednn_bf16: bool | None = None  # whether oneDNN's linear runs bf16 here (checked once)
+
+
+def onednn_bf16_available() -> bool:
+    """Whether this build's oneDNN linear computes a bf16 product on this CPU: tried once on a tiny one
+    (a build or CPU without bf16 support raises) and compared with ``F.linear``."""
+    global _onednn_bf16
+    if _onednn_bf16 is None:
+        _onednn_bf16 = False
+        if onednn_available():
+            x = torch.arange(8.0).view(2, 4).bfloat16()
+            w = torch.ones(3, 4, dtype=torch.bfloat16)
+            try:
+                with torch.no_grad(), _no_dispatch_modes():
+                    _onednn_bf16 = bool(torch.equal(_pointwise(x, w, None), F.linear(x, w)))
+            except RuntimeError:
+                pass
+    return _onednn_bf16
+
+
 def _bf16_inference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
     """A bf16 product without autograd on a CPU, eager: weights kept in bf16 for sampling
     (:func:`jitkit.diffusion.generate.cast_for_inference`), the input bf16 or under bf16 autocast."""
     bf16 = torch.bfloat16
-    if (
-        torch.is_grad_enabled() or torch.compiler.is_compiling()
-    ):  # compiled: inductor packs the weights itself
+    # compiled graphs are left to inductor, which packs the weights itself
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     if x.device.type != "cpu" or w.dtype != bf16 or (b is not None and b.dtype != bf16):
         return False
     if x.numel() == 0 or x.layout != torch.strided or w.layout != torch.strided:
         return False
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == bf16
-    return (x.dtype == bf16 or (x.dtype == torch.float32 and autocast_bf16)) and onednn_available()
+    return (x.dtype == bf16 or (x.dtype == torch.float32 and autocast_bf16)) and onednn_bf16_available()
 
 
 def linear(
