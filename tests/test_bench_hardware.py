@@ -69,6 +69,21 @@ def test_retained_memory_is_not_faulted_in_again():
     assert int(kept[-1]) < 1000
 
 
+_FORKED = _REFAULT.replace(
+    "big = torch.empty", "import os\nif os.fork() != 0:\n    os.wait()\n    sys.exit(0)\nbig = torch.empty"
+)
+
+
+@pytest.mark.env_sensitive  # page faults
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_a_forked_child_gets_the_c_librarys_own_allocator_back():
+    # a data-loader worker: forked after the parent kept its freed memory, it returns memory as glibc does
+    out = subprocess.run([sys.executable, "-c", _FORKED, "1"], capture_output=True, text=True, check=True)
+    lines = out.stdout.split()
+    assert lines[0] == "retain", lines
+    assert int(lines[-1]) > 2000  # the child's re-allocated buffer is faulted in again
+
+
 def test_the_commands_that_compute_keep_freed_memory(monkeypatch, tmp_path):
     import jitkit.cli as cli
     import jitkit.runtime as runtime
