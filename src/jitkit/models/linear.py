@@ -79,13 +79,9 @@ def cpu_linear_setting() -> str:
 
 
 def _best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: oneDNN creates its primitive on the first call
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best seconds of ``fn`` over ``repeats`` calls after one warm-up call (oneDNN creates its primitive on
+    the first call)."""
+    return _compare_seconds({"fn": fn}, repeats, warmup=1)["fn"]
 
 
 def _compare_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -183,7 +179,8 @@ def cpu_linear_backward() -> tuple[str, str]:
     """The backends of the two backward products of a linear that runs forward on oneDNN: (input gradient,
     weight gradient), each ``onednn`` or ``aten``.
 
-    ``onednn`` for both when the backend is pinned to ``onednn``; under ``auto`` each product is timed on both
+    ``onednn`` for both when the process setting is pinned (``onednn``; or ``aten``, where only a layer pinned
+    to ``onednn`` itself gets here); under ``auto`` each product is timed on both
     (:func:`measure_cpu_linear_backward`, once per thread count) and runs on oneDNN only if that is at least
     15 % faster. Inside a ``torch.compile`` trace it returns what was resolved last, like
     :func:`cpu_linear_backend`.
@@ -315,16 +312,16 @@ def linear(
     inside the product: ATen's ``addmm`` first copies the broadcast bias into the output (on JiT-B/16 sampling
     eagerly in bf16, 6 % of the time). The input is cast to bf16 as autocast would cast it.
     """
-    if _bf16_inference(x, weight, bias):
-        lead = x.shape[:-1]
-        with torch.autocast("cpu", enabled=False):
-            y = _pointwise(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), weight, bias)
-        return y.view(*lead, weight.shape[0])
-    if not _use_onednn(x, weight, bias, backend):
+    bf16 = _bf16_inference(x, weight, bias)
+    if not bf16 and not _use_onednn(x, weight, bias, backend):
         return F.linear(x, weight, bias)
-    lead = x.shape[:-1]
-    y = onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias)  # [M,N]
-    return y.view(*lead, weight.shape[0])
+    rows = x.reshape(-1, x.shape[-1])  # [M,K]
+    if bf16:
+        with torch.autocast("cpu", enabled=False):
+            y = _pointwise(rows.to(torch.bfloat16), weight, bias)
+    else:
+        y = onednn_linear(rows, weight, bias)  # [M,N]
+    return y.view(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):

@@ -32,7 +32,7 @@ def retain_freed_memory() -> str:
     page faults on every use: a JiT-B/16 bf16 sampling run on a CPU took 13,600–190,000 minor faults per run
     and 5 % longer (6.76 / 6.83 s against 6.42 / 6.51 s with this, Intel Xeon, 2 threads), and a benchmark's
     GEMM probe after a training phase was slowed the same way. The commands that compute (train, sample,
-    eval, sweep, invert, experiment, demo, bench) call this first; the process then keeps its peak memory
+    eval, ref-stats, sweep, invert, experiment, demo, bench: ``jitkit.cli``) call this first; the process then keeps its peak memory
     until it ends instead of returning it between steps. Forked children (data-loader workers, which decode
     images of every size and would fragment a heap that is never trimmed) get glibc's values back.
     ``JITKIT_MALLOC=default`` leaves the allocator alone. Returns what was done.
