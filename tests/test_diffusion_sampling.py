@@ -158,6 +158,21 @@ def test_guidance_scale_interval_rule():
     assert guidance_scale(1.0, 3.0, (0.0, 1.0)) == 1.0
 
 
+@pytest.mark.parametrize("steps", [5, 10, 20, 50])
+@pytest.mark.parametrize("interval", [(0.1, 1.0), (0.2, 0.7), (0.0, 1.0)])
+def test_guidance_scale_matches_the_reference_on_grid_times(steps, interval):
+    # the reference's rule on its float32 time tensor (denoiser._forward_sample): a grid time that equals a
+    # bound in float32 (t = 0.1 with 10 steps) is outside; compared in float64 it would be inside
+    from jitkit.diffusion.grids import time_grid
+
+    low, high = interval
+    ts = torch.linspace(0.0, 1.0, steps + 1)
+    ref = torch.where((ts < high) & ((low == 0) | (ts > low)), 2.9, 1.0).tolist()
+    assert [guidance_scale(t, 2.9, interval) for t in time_grid("uniform", steps)] == pytest.approx(ref)
+    if steps == 10 and interval == (0.1, 1.0):
+        assert ref[1] == 1.0  # the boundary case is in the test
+
+
 def test_trajectory_records_states_and_predictions():
     den = tiny_denoiser()
     traj = Trajectory()

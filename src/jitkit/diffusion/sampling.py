@@ -14,6 +14,7 @@ Shape key: B batch; z [B, C, S, S]; y [B].
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,10 +41,22 @@ class Trajectory:
         return torch.tensor(self.t), torch.stack(self.z), torch.stack(self.x)
 
 
+def _float32(v: float) -> float:
+    """``v`` rounded to the nearest float32 (as a Python float)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
 def guidance_scale(t: float, cfg: float, interval: tuple[float, float]) -> float:
-    """s = cfg where t < high and (low == 0 or t > low), else 1."""
+    """s = cfg where t < high and (low == 0 or t > low), else 1.
+
+    Compared in float32, as the reference does (its t is a float32 tensor; torch compares it with a Python
+    bound in the tensor's dtype): on the uniform grid t_k = float32(k/K), so where a grid time meets a bound —
+    t = 0.1 with 10 or 50 steps and the interval [0.1, 1] — it is *outside* the interval, as in the reference.
+    In float64 the same time, 0.10000000149…, would be above 0.1 and get guidance (and a second pass).
+    """
     low, high = interval
-    return cfg if (t < high and (low == 0 or t > low)) else 1.0
+    t32, low32, high32 = _float32(t), _float32(low), _float32(high)
+    return cfg if (t32 < high32 and (low == 0 or t32 > low32)) else 1.0
 
 
 def guided_velocity(
