@@ -45,7 +45,8 @@ import torch
 
 from jitkit.bench.flops import flops_per_image
 from jitkit.bench.hardware import PeakMemory, cpu_name, gemm_probe
-from jitkit.bench.runner import BenchSettings, prepare_forward, prepare_sample, prepare_train
+from jitkit.bench.measure import prepare_forward, prepare_sample, prepare_train
+from jitkit.bench.settings import BenchSettings
 from jitkit.config import model_config
 from jitkit.fileio import atomic_write_text
 from jitkit.models.linear import cpu_linear_backend, cpu_linear_backward

@@ -8,20 +8,29 @@ import sys
 import pytest
 import torch
 
-from jitkit.bench.hardware import PeakMemory, gemm_peak, gemm_probe
+from jitkit.bench.hardware import gemm_peak, gemm_probe
 from jitkit.runtime import retain_freed_memory
+
+_PEAK_SCRIPT = """
+import torch
+from jitkit.bench.hardware import PeakMemory
+mem = PeakMemory(torch.device("cpu"))
+mem.start()
+x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+x.add_(1)
+del x  # freed again: only the high-water mark remembers it
+print(mem.stop(), mem.kind)
+"""
 
 
 @pytest.mark.env_sensitive  # the process RSS high-water mark
 def test_cpu_peak_memory_sees_a_temporary_allocation():
-    mem = PeakMemory(torch.device("cpu"))
-    mem.start()
-    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    x.add_(1)
-    del x  # freed again: only the high-water mark remembers it
-    peak = mem.stop()
-    assert "cpu" in mem.kind
-    assert 60 <= peak < 2000
+    # in a fresh process: in this one an earlier test may have kept freed heap pages resident (the CLI's
+    # retain_freed_memory), which a new allocation reuses without growing the RSS
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True)
+    peak, kind = out.stdout.split(maxsplit=1)
+    assert "cpu" in kind
+    assert 60 <= float(peak) < 2000
 
 
 def test_gemm_peak_and_probe_are_positive_rates():

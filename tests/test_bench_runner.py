@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from jitkit.bench.runner import BenchSettings, prepare_sample, prepare_train
+from jitkit.bench.measure import prepare_sample, prepare_train
+from jitkit.bench.settings import BenchSettings
 from jitkit.cli import build_parser, main
 from jitkit.cli.bench import _settings, parse_compare
 from jitkit.config import ConfigError
@@ -224,7 +225,8 @@ def test_result_records_both_gemm_peaks_and_the_precision_choice(monkeypatch):
     """Every result has the float32 and the bf16 GEMM peak and how ``precision auto`` was decided (measured
     for the model on a CPU: here the probe is made to say bf16 pays off)."""
     import jitkit.models.registry as R
-    from jitkit.bench.runner import QUICK, BenchSettings, run_bench
+    from jitkit.bench.runner import run_bench
+    from jitkit.bench.settings import QUICK, BenchSettings
 
     monkeypatch.setattr(R, "bf16_block_speedup", lambda *a, **k: {"peak_speedup": 7.0, "speedup": 3.0})
     s = BenchSettings().replace(
@@ -240,7 +242,7 @@ def test_result_records_both_gemm_peaks_and_the_precision_choice(monkeypatch):
 
 
 def test_settings_say_how_compile_compiles_each_mode():
-    from jitkit.bench.runner import BenchSettings, settings_record
+    from jitkit.bench.settings import BenchSettings, settings_record
 
     s = BenchSettings(model="JiT-T/2", mode="train,forward,sample", compile=True)
     rec = settings_record(s, torch.device("cpu"), "fp32", False)

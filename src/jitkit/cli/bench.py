@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from jitkit.bench.runner import BenchSettings
+    from jitkit.bench.settings import BenchSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +133,7 @@ def parse_compare(spec: str) -> tuple[str, list[str]]:
 
 
 def _settings(args: argparse.Namespace) -> BenchSettings:
-    from jitkit.bench.runner import QUICK, BenchSettings
+    from jitkit.bench.settings import QUICK, BenchSettings
     from jitkit.cli.flags import given_flags
 
     # every flag is named after its setting (dashes → underscores) except --no-tf32 and the old --dtype
