@@ -470,3 +470,39 @@ def test_block_gradients_match_a_float64_contiguous_reference(device):
         scale = want.abs().max().item()
         err = (got.cpu().double() - want).abs().max().item()
         assert err <= 1e-4 * scale + 1e-6, (name, err, scale)
+
+
+@pytest.mark.parametrize("weight_shape", [(24,), (2, 1, 1, 1, 24)])
+def test_cpu_rms_norm_function_matches_the_formula_in_float64(weight_shape):
+    """The hand-written RMSNorm backward used for eager CPU training (``_RMSNormCPU``) against autograd of
+    x · rsqrt(mean(x²) + eps) · w in float64; w of a norm ([h]) and of q and k together ([2, 1, 1, 1, h])."""
+    from jitkit.models.layers import _RMSNormCPU
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 2, 5, 24) * 3
+    w = torch.randn(weight_shape)
+    g = torch.randn(2, 3, 2, 5, 24)
+    x32, w32 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y32 = _RMSNormCPU.apply(x32, w32, 1e-6)
+    y32.backward(g)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y64 = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * w64
+    y64.backward(g.double())
+    for got, want in ((y32, y64), (x32.grad, x64.grad), (w32.grad, w64.grad)):
+        assert got.shape == want.shape
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_rms_norm_uses_the_cpu_function_only_where_autograd_records():
+    from jitkit.models.layers import RMSNorm
+
+    norm = RMSNorm(16)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(4, 7, 16)
+    y = norm(x)
+    assert type(y.grad_fn).__name__ == "_RMSNormCPUBackward"
+    with torch.no_grad():
+        y0 = norm(x)
+    # without autograd torch's kernel runs: the same float32 forward, bit for bit
+    assert torch.equal(y0, torch.nn.functional.rms_norm(x, (16,), norm.weight.detach(), norm.eps))
+    assert torch.equal(y.detach(), y0)
