@@ -295,13 +295,16 @@ class Attention(nn.Module):
         else:
             y = self.qkv(x)
         qkv = y.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,T,h]
+        # split, not indexed: the backward of qkv[:2] and qkv[2] would zero-fill two [3,B,H,T,h] buffers and add
+        # them; a split's backward is one concatenation
+        qk, v = qkv.split([2, 1])
+        v = v.squeeze(0)  # [B,H,T,h]
         # q and k normalised and rotated together: one kernel per step for both ([2,B,H,T,h])
         if halves:
-            qk = apply_rope_halves(rms_norm_qk(qkv[:2], self.q_norm, self.k_norm, self.qk_channels), cos, sin)
+            qk = apply_rope_halves(rms_norm_qk(qk, self.q_norm, self.k_norm, self.qk_channels), cos, sin)
         else:
-            qk = apply_rope(rms_norm_qk(qkv[:2], self.q_norm, self.k_norm), cos, sin)
+            qk = apply_rope(rms_norm_qk(qk, self.q_norm, self.k_norm), cos, sin)
         q, k = qk.unbind(0)
-        v = qkv[2]
         drop = self.attn_drop if self.training else 0.0
         if self.kind == "sdpa":
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
