@@ -114,10 +114,14 @@ class _RMSNormCPU(torch.autograd.Function):
 
 def _rms_norm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
     """x · rsqrt(mean(x²) + eps) (· w) over the last dim, x float32: :class:`_RMSNormCPU` where autograd records
-    on a CPU in eager mode, else torch's ``F.rms_norm`` (a fused kernel on GPUs; what inductor compiles)."""
+    on a CPU in eager mode, else torch's ``F.rms_norm`` (a fused kernel on GPUs; what inductor compiles).
+
+    Also on the meta device, where the planner traces a training forward to count the bytes autograd saves
+    (:mod:`jitkit.train.planner`): it then counts what a CPU saves, x̂ and r — as many bytes as GPUs' fused
+    kernel saves (x and r), and fewer than the CPU composite of ``F.rms_norm`` keeps."""
     if (
         w is not None
-        and x.device.type == "cpu"
+        and x.device.type in ("cpu", "meta")
         and torch.is_grad_enabled()
         and (x.requires_grad or w.requires_grad)
         and not torch.compiler.is_compiling()
