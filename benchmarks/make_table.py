@@ -116,7 +116,9 @@ def side_by_side_table() -> list[str]:
         rat = [(d["ratios"].get(j) or {}).get("reference") for j in ("jitkit (eager)", "jitkit (compiled)")]
         st = d["settings"]
         when = measured(st)
-        for variant, cell, r in (("eager", cells[1], rat[0]), ("compiled", cells[2], rat[1])):
+        for variant, cell, r, j in (("eager", cells[1], rat[0], je), ("compiled", cells[2], rat[1], jc)):
+            if j is None:  # a variant that was not measured (both-eager: jitkit eager only)
+                continue
             rows.append(
                 f"| {label} | {cells[0]} | {variant} | {cell} | {f(r, '.2f', '×')} | ≤ 1× | – | {load_str(d)} "
                 f"| {when} |"
