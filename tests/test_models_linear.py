@@ -343,3 +343,46 @@ def test_block_not_timed_without_fast_bf16_units(monkeypatch):
     assert R._block_probe == {}
     choice, rec = R.precision_for_model("auto", "cpu", tiny_model_config(), 4, train=True)
     assert choice == "fp32" and rec["reason"] == "measured"
+
+
+@pytest.mark.parametrize(
+    "grad, autocast, split", [(True, True, True), (False, True, False), (True, False, False)]
+)
+def test_compiled_autocast_training_adds_the_bias_after_the_product(grad, autocast, split):
+    """Inside ``torch.compile`` with autograd on under CPU autocast, the bias is added after the product (for
+    inductor to fuse; ATen's addmm would first copy the broadcast bias into every output); with no autograd
+    (frozen inference graphs) or in float32 the product keeps its bias. The graph is captured, not compiled."""
+    from jitkit.models.linear import Linear
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    lin = Linear(8, 16)
+    x = torch.randn(4, 8, requires_grad=grad)
+
+    def f(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return lin(x)
+
+    with torch.set_grad_enabled(grad):
+        out = torch.compile(f, backend=capture, fullgraph=True)(x)
+        ref = f(x)  # eager: F.linear with the bias inside
+    linears = [n for n in graphs[0].graph.nodes if n.op == "call_function" and n.target is F.linear]
+    assert len(linears) == 1
+    has_bias = len(linears[0].args) > 2 or linears[0].kwargs.get("bias") is not None
+    assert has_bias is not split
+    tol = 2e-2 if autocast else 1e-6
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+    if grad:
+        w = torch.randn(4, 16)
+        (out.float() * w).sum().backward()
+        got = lin.bias.grad.clone()
+        lin.bias.grad = None
+        (ref.float() * w).sum().backward()
+        torch.testing.assert_close(got, lin.bias.grad, rtol=tol, atol=tol)
+    torch._dynamo.reset()

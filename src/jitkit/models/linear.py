@@ -301,6 +301,27 @@ def _bf16_inference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) ->
     return (x.dtype == bf16 or (x.dtype == torch.float32 and autocast_bf16)) and onednn_bf16_available()
 
 
+def _bias_in_epilogue(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether this linear adds its bias after the product, for inductor to fuse into the next kernel: in a
+    compiled training graph (autograd on, inside ``torch.compile``) under CPU autocast.
+
+    There inductor calls ATen's ``addmm`` with an output buffer, which first copies the broadcast bias into all
+    [M, N] outputs in half precision — slow next to the product (JiT-B/16 at batch 8: 1.2–6 ms per w12 call,
+    the product 7–12 ms). ``mm`` plus the bias added in float32 in the consumer's fused kernel made the
+    compiled bf16 training step 1.017× and 1.028× faster (two interleaved A/Bs of 10 rounds, 2026-12-07). The
+    sum is rounded to the half dtype after the product's own rounding (one extra rounding, within bf16's
+    tolerance). Frozen inference graphs are not affected (no autograd: inductor puts the bias inside oneDNN's
+    packed linear), nor float32, nor GPUs.
+    """
+    return (
+        bias is not None
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and torch.compiler.is_compiling()
+        and torch.is_autocast_enabled("cpu")
+    )
+
+
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str | None = None
 ) -> torch.Tensor:
@@ -312,6 +333,9 @@ def linear(
     inside the product: ATen's ``addmm`` first copies the broadcast bias into the output (on JiT-B/16 sampling
     eagerly in bf16, 6 % of the time). The input is cast to bf16 as autocast would cast it.
     """
+    if _bias_in_epilogue(x, bias):
+        y = F.linear(x, weight)  # [.., N] in the autocast dtype
+        return (y.float() + bias.float()).to(y.dtype)
     bf16 = _bf16_inference(x, weight, bias)
     if not bf16 and not _use_onednn(x, weight, bias, backend):
         return F.linear(x, weight, bias)
