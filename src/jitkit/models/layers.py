@@ -92,7 +92,7 @@ class _RMSNormCPU(torch.autograd.Function):
     backward nodes; for the small activations of the shapes model each costs more in dispatch and thread
     start-up than in arithmetic, and this function takes 0.6× its time forward + backward (a [64, 16, 96]
     activation: 414 vs 664 µs, 2 threads). The forward is bit-identical to ``F.rms_norm`` on CPU; gx agrees to
-    float32 rounding. Used for eager training on a CPU only (:func:`_rms_norm`)."""
+    float32 rounding. Used for eager training on a CPU (and on the meta device: :func:`_rms_norm`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]

@@ -331,7 +331,8 @@ def linear(
 
     Eager bf16 inference on a CPU (bf16 weights, no autograd) runs on oneDNN's linear, which adds the bias
     inside the product: ATen's ``addmm`` first copies the broadcast bias into the output (on JiT-B/16 sampling
-    eagerly in bf16, 6 % of the time). The input is cast to bf16 as autocast would cast it.
+    eagerly in bf16, 6 % of the time). The input is cast to bf16 as autocast would cast it. In compiled training
+    under CPU autocast the bias is added after the product instead (:func:`_bias_in_epilogue`).
     """
     if _bias_in_epilogue(x, bias):
         y = F.linear(x, weight)  # [.., N] in the autocast dtype
