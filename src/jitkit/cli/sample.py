@@ -222,7 +222,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     from jitkit.config import RunConfig
     from jitkit.diffusion.generate import cast_for_inference
     from jitkit.diffusion.sampling import sampling_cost
-    from jitkit.eval.sample_folder import sample_to_outputs
+    from jitkit.eval.sample_folder import rank_range, sample_to_outputs
     from jitkit.eval.sample_plan import LabelPlan, check_outputs_fit
     from jitkit.models.registry import precision_for_model
     from jitkit.runtime import dist
@@ -281,8 +281,9 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     )
     cast_for_inference(denoiser, precision)  # half-precision weights when sampling in half precision
     try:
-        # each rank compiles for its own share of the images
-        share = -(-len(plan) // world)
+        # each rank compiles for its own share of the images; all decide on the largest share (rank 0's), so
+        # that every rank decides alike
+        share = len(rank_range(len(plan), 0, world))
         compiled, compile_note = sample_compile(args.compile, device, cfg.model, scfg, share)
     except ValueError as e:
         raise flag_error(e, flags) from e

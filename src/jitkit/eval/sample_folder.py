@@ -46,6 +46,7 @@ __all__ = [
     "LabelPlan",
     "SampleFolder",
     "image_name",
+    "rank_range",
     "list_images",
     "load_images",
     "load_npz",
@@ -200,7 +201,7 @@ class SampleFolder:
         """This rank's share of the plan minus what is already written, as arrays of at most ``chunk`` plan
         indices, lazily (``have``: :meth:`existing_indices`, listed once)."""
         have = self.existing_indices() if have is None else have
-        mine = _rank_range(len(self.plan), rank, world_size)
+        mine = rank_range(len(self.plan), rank, world_size)
         for s in range(0, len(mine), chunk):
             r = mine[s : s + chunk]
             idx = np.arange(r.start, r.stop, r.step, dtype=np.int64)
@@ -227,7 +228,7 @@ class SampleFolder:
         return True
 
 
-def _rank_range(n: int, rank: int, world_size: int) -> range:
+def rank_range(n: int, rank: int, world_size: int) -> range:
     """The plan indices rank ``rank`` of ``world_size`` makes, i ≡ rank (mod world_size), as a range."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size), found rank={rank}, world_size={world_size}")
@@ -471,7 +472,7 @@ def sample_to_outputs(
     n, shape = len(plan), image_shape(denoiser)
     check_outputs_fit(plan, shape, npz=npz, grid=grid)
     summary: dict[str, Any] = {"num_images": n, "rank": rank, "world_size": world_size}
-    mine = _rank_range(n, rank, world_size)
+    mine = rank_range(n, rank, world_size)
     folder = None
     if out_dir is not None:
         folder = SampleFolder(out_dir, plan, classes, meta)
