@@ -247,3 +247,7 @@ def test_settings_say_how_compile_compiles_each_mode():
     s = BenchSettings(model="JiT-T/2", mode="train,forward,sample", compile=True)
     rec = settings_record(s, torch.device("cpu"), "fp32", False)
     assert rec["compiled_as"] == {"train": "blocks", "forward": "frozen graph", "sample": "frozen graph"}
+    rec = settings_record(s.replace(compile_scope="model"), torch.device("cpu"), "fp32", False)
+    assert rec["compiled_as"]["train"] == "model graph" and rec["compile_scope"] == "model"
+    with pytest.raises(ConfigError, match="compile_scope"):
+        s.replace(compile_scope="layers").validate()

@@ -323,3 +323,29 @@ def test_bf16_training_keeps_float32_islands_and_auto_is_recorded(tmp_path, tiny
     ck = load_checkpoint(run_a)
     assert ck.step == 8 and ck.meta["precision"] == "bf16"
     assert ck.meta["precision_choice"]["reason"] == "the resumed run's"
+
+
+def test_compile_scope_model_compiles_the_whole_forward(tmp_path, monkeypatch, tiny):
+    """train.compile_scope=model asks the JiT for one graph of the whole forward (compile_blocks(whole=True));
+    the default compiles per block. The compile itself is replaced (what it does is tested in test_models_jit)."""
+    import jitkit.models.registry as R
+    from jitkit.config import ConfigError
+    from jitkit.models.jit import JiT
+
+    calls = []
+    monkeypatch.setattr(R, "compiler_available", lambda device: (True, ""))
+    monkeypatch.setattr(
+        JiT, "compile_blocks", lambda self, freeze=False, whole=False: calls.append(whole) or self
+    )
+    from jitkit.train.engine import Trainer
+
+    setup = Trainer._setup_optimizer  # torch's fused AdamW: no compiled AdamW + EMA kernel to build here
+    monkeypatch.setattr(Trainer, "_setup_optimizer", lambda self, fuse_ema: setup(self, False))
+    for scope in ("model", "blocks"):
+        cfg = tiny.run_config(
+            tmp_path / scope, compile=True, compile_scope=scope, max_steps=1, eval_at_end=False
+        )
+        train(cfg, progress=False)
+    assert calls == [True, False]
+    with pytest.raises(ConfigError, match="compile_scope must be one of blocks|model"):
+        tiny.run_config(tmp_path / "bad", compile_scope="layers")

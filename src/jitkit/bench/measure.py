@@ -33,7 +33,7 @@ def build_denoiser(s: BenchSettings, device: torch.device, inference: bool = Fal
     if s.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if s.compile:
-        net.compile_blocks(freeze=inference)
+        net.compile_blocks(freeze=inference, whole=s.compile_scope == "model")
     return Denoiser(net, DiffusionConfig(), mc.num_classes)
 
 

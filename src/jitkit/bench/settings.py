@@ -12,6 +12,7 @@ import torch
 
 from jitkit.bench.hardware import cpu_name, device_name
 from jitkit.config import SAMPLERS, ConfigBase, ConfigError, ModelConfig, model_config
+from jitkit.config.schema import COMPILE_SCOPES
 from jitkit.models.linear import BACKENDS, cpu_linear_backend
 from jitkit.runtime import PRECISIONS
 from jitkit.train.optim import OPTIMIZER_IMPLS
@@ -47,6 +48,7 @@ class BenchSettings(ConfigBase):
     attention: str = "sdpa"
     grad_checkpoint: bool = False
     compile: bool = False
+    compile_scope: str = "blocks"  # training: blocks | model (JiT.compile_blocks(whole=...))
     channels_last: bool = False
     optim: str = "fused"
     ema: str = "foreach"
@@ -78,6 +80,7 @@ class BenchSettings(ConfigBase):
             "cpu_linear": CPU_LINEAR,
             "memory": MEMORY,
             "sampler": SAMPLERS,
+            "compile_scope": COMPILE_SCOPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -147,7 +150,14 @@ def settings_record(s: BenchSettings, device: torch.device, precision: str, tf32
             # how --compile compiles: training per block; forward and sampling as jitkit sample does (one frozen
             # inference graph, JiT.compile_blocks(freeze=True))
             "compiled_as": (
-                {m: "blocks" if m == "train" else "frozen graph" for m in s.modes()} if s.compile else None
+                {
+                    m: ("model graph" if s.compile_scope == "model" else "blocks")
+                    if m == "train"
+                    else "frozen graph"
+                    for m in s.modes()
+                }
+                if s.compile
+                else None
             ),
         }
     )

@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention", default="sdpa", choices=("sdpa", "math", "math-fp32"))
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing of the blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (opt-in)")
+    p.add_argument(
+        "--compile-scope",
+        default="blocks",
+        choices=("blocks", "model"),
+        help="with --compile, training: each block its own graph (default) or the whole forward as one graph "
+        "(train.compile_scope=model: faster steps, a longer first compile)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels-last images and conv weights")
     p.add_argument(
         "--optim",

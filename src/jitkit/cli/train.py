@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile each block (on in the ImageNet presets where a compiler exists; off for shapes)",
+        help="torch.compile each block (on in the ImageNet presets where a compiler exists; off for shapes; "
+        "--set train.compile_scope=model compiles the whole forward as one graph: faster steps, a longer first compile)",
     )
     p.add_argument("--grad-checkpoint", action="store_true", default=None, help="activation checkpointing")
     p.add_argument("--no-eval", action="store_true", help="skip the end-of-run evaluation (shapes metric)")

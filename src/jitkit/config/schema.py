@@ -177,6 +177,7 @@ class DataConfig(ConfigBase):
 
 # where the training scalars and sample grids go besides log.jsonl (train.log: names joined by commas, or "none")
 LOG_SINKS = ("tensorboard", "wandb")
+COMPILE_SCOPES = ("blocks", "model")  # train.compile_scope (JiT.compile_blocks(whole=...))
 
 
 def log_sinks(value: str) -> tuple[str, ...]:
@@ -223,6 +224,7 @@ class TrainConfig(ConfigBase):
     ema_warmup: bool = False  # decay min(d, (1+n)/(10+n)) at update n (not in the reference; for short runs)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
+    compile_scope: str = "blocks"  # blocks: each block its own graph; model: the whole forward one graph
     fsdp: bool = False
     device: str = "auto"
     seed: int = 0
@@ -242,6 +244,10 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"schedule must be 'constant' or 'cosine', found {self.schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto|fp32|bf16|fp16, found {self.precision!r}")
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ConfigError(
+                f"compile_scope must be one of {'|'.join(COMPILE_SCOPES)}, found {self.compile_scope!r}"
+            )
         if self.accum_steps < 1:
             raise ConfigError(f"accum_steps must be >= 1, found {self.accum_steps}")
         if self.batch_size < 1:

@@ -239,7 +239,8 @@ class Trainer:
         if ok and self.cfg.train.fsdp and self.info.enabled:
             ok, why = False, "compiled blocks under FSDP2 are not tested by jitkit yet"
         if ok:
-            self.raw.net.compile_blocks()  # in place: the state dict keeps its keys
+            # in place: the state dict keeps its keys
+            self.raw.net.compile_blocks(whole=self.cfg.train.compile_scope == "model")
         elif self.main:
             print(f"[jitkit] compile=True ignored: {why}; training eagerly", flush=True)
         return ok
