@@ -240,9 +240,14 @@ def test_compiler_available_reports_a_missing_compiler(monkeypatch: pytest.Monke
 
 @pytest.mark.slow  # inductor builds C++ kernels for two graphs: ~30-70 s on 2 cores
 @pytest.mark.env_sensitive  # needs a C++ compiler for inductor
-def test_compiled_blocks_match_eager_forward_and_backward() -> None:
+@pytest.mark.parametrize(
+    "whole",
+    [False, pytest.param(True, marks=pytest.mark.slow)],  # whole: inductor builds the whole graph, ~30 s
+)
+def test_compiled_blocks_match_eager_forward_and_backward(whole: bool) -> None:
     """compile_blocks() keeps the state-dict keys and gives the eager outputs and gradients (in-context
-    tokens included, so the blocks see two token counts)."""
+    tokens included, so the blocks see two token counts); so does compile_blocks(whole=True), the whole
+    forward one graph for training (train.compile_scope=model), which stays trainable (not frozen)."""
     from jitkit.models.registry import compiler_available
 
     ok, why = compiler_available("cpu")
@@ -254,8 +259,8 @@ def test_compiled_blocks_match_eager_forward_and_backward() -> None:
     compiled = build_model(cfg)
     compiled.load_state_dict(eager.state_dict())
     keys = list(compiled.state_dict())
-    compiled.compile_blocks()
-    assert list(compiled.state_dict()) == keys
+    compiled.compile_blocks(whole=whole)
+    assert list(compiled.state_dict()) == keys and not compiled.frozen
     x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 2])
     out_e, out_c = eager(x, t, y), compiled(x, t, y)
     torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
@@ -506,31 +511,3 @@ def test_rms_norm_uses_the_cpu_function_only_where_autograd_records():
     # without autograd torch's kernel runs: the same float32 forward, bit for bit
     assert torch.equal(y0, torch.nn.functional.rms_norm(x, (16,), norm.weight.detach(), norm.eps))
     assert torch.equal(y.detach(), y0)
-
-
-@pytest.mark.slow  # inductor builds the whole forward and backward: ~30 s on 2 cores
-@pytest.mark.env_sensitive  # needs a C++ compiler for inductor
-def test_whole_forward_compiled_for_training_matches_eager() -> None:
-    """compile_blocks(whole=True) (train.compile_scope=model): the whole forward one graph, forward and
-    backward as the eager model's, state-dict keys unchanged, still trainable (no freezing)."""
-    from jitkit.models.registry import compiler_available
-
-    ok, why = compiler_available("cpu")
-    if not ok:
-        pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
-    torch.manual_seed(0)
-    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2, in_context_len=2, in_context_start=1)
-    eager = build_model(cfg)
-    compiled = build_model(cfg)
-    compiled.load_state_dict(eager.state_dict())
-    keys = list(compiled.state_dict())
-    compiled.compile_blocks(whole=True)
-    assert list(compiled.state_dict()) == keys and not compiled.frozen
-    x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 2])
-    out_e, out_c = eager(x, t, y), compiled(x, t, y)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
-    (out_e**2).sum().backward()
-    (out_c**2).sum().backward()
-    for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters()):
-        if p_e.grad is not None:
-            torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-4, atol=1e-5, msg=name)
