@@ -240,6 +240,25 @@ def test_compiler_available_reports_a_missing_compiler(monkeypatch: pytest.Monke
 
 @pytest.mark.slow  # inductor builds C++ kernels for two graphs: ~30-70 s on 2 cores
 @pytest.mark.env_sensitive  # needs a C++ compiler for inductor
+def test_a_copy_of_a_model_compiled_whole_runs_its_own_weights(monkeypatch) -> None:
+    """compile_blocks(whole=True) keeps a compiled function, not a compiled bound method: a deep copy (an EMA
+    replica, say) must not keep calling the original's forward. torch.compile is stood in for by a wrapper that,
+    like it, closes over the function it was given."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
+    torch.manual_seed(0)
+    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2)
+    model = build_model(cfg).compile_blocks(whole=True)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(0.1)
+    x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 2])
+    with torch.no_grad():
+        assert not torch.allclose(twin(x, t, y), model(x, t, y))
+        model.load_state_dict(twin.state_dict())
+        torch.testing.assert_close(model(x, t, y), twin(x, t, y))
+
+
 @pytest.mark.parametrize(
     "whole",
     [False, pytest.param(True, marks=pytest.mark.slow)],  # whole: inductor builds the whole graph, ~30 s

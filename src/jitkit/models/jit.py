@@ -157,7 +157,9 @@ class JiT(nn.Module):
             self._frozen_forward = torch.compile(self._forward, dynamic=False)
             return self
         if whole:
-            self._whole_forward = torch.compile(self._forward, dynamic=False)
+            # the unbound function, called with the model: a deep copy of this model then runs its own weights
+            # (a compiled bound method would keep calling the original's)
+            self._whole_forward = torch.compile(JiT._forward, dynamic=False)
             return self
         for block in self.blocks:
             block.compile(dynamic=False)
@@ -181,7 +183,7 @@ class JiT(nn.Module):
         self.check_inputs(x, t, y)
         if not self.frozen:
             if self._whole_forward is not None:
-                return self._whole_forward(x, t, y)
+                return self._whole_forward(self, x, t, y)
             return self._forward(x, t, y)
         if torch.is_grad_enabled():
             raise RuntimeError(
