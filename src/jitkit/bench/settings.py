@@ -11,8 +11,7 @@ from typing import Any
 import torch
 
 from jitkit.bench.hardware import cpu_name, device_name
-from jitkit.config import SAMPLERS, ConfigBase, ConfigError, ModelConfig, model_config
-from jitkit.config.schema import COMPILE_SCOPES
+from jitkit.config import COMPILE_SCOPES, SAMPLERS, ConfigBase, ConfigError, ModelConfig, model_config
 from jitkit.models.linear import BACKENDS, cpu_linear_backend
 from jitkit.runtime import PRECISIONS
 from jitkit.train.optim import OPTIMIZER_IMPLS

@@ -12,7 +12,10 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jitkit.config.schema import SAMPLERS  # config never imports torch: --help stays instant
+    from jitkit.config.schema import (  # config never imports torch: --help stays instant
+        COMPILE_SCOPES,
+        SAMPLERS,
+    )
 
     p = sub.add_parser(
         "bench",
@@ -61,8 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile each block (opt-in)")
     p.add_argument(
         "--compile-scope",
-        default="blocks",
-        choices=("blocks", "model"),
+        default=COMPILE_SCOPES[0],
+        choices=COMPILE_SCOPES,
         help="with --compile, training: each block its own graph (default) or the whole forward as one graph "
         "(train.compile_scope=model: faster steps, a longer first compile)",
     )

@@ -18,6 +18,7 @@ from jitkit.config.presets import (
 )
 from jitkit.config.schema import (
     ATTENTION_KINDS,
+    COMPILE_SCOPES,
     GRIDS,
     LOG_SINKS,
     PREDICTIONS,
@@ -32,6 +33,7 @@ from jitkit.config.schema import (
 
 __all__ = [
     "ATTENTION_KINDS",
+    "COMPILE_SCOPES",
     "GRIDS",
     "LOG_SINKS",
     "MODEL_NAMES",

@@ -112,22 +112,22 @@ class _RMSNormCPU(torch.autograd.Function):
         return gxn.sub_(xn * dot).mul_(r), gw, None
 
 
-def _rms_norm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """x · rsqrt(mean(x²) + eps) (· w) over the last dim, x float32: :class:`_RMSNormCPU` where autograd records
-    on a CPU in eager mode, else torch's ``F.rms_norm`` (a fused kernel on GPUs; what inductor compiles).
+def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """x · rsqrt(mean(x²) + eps) · w over the last dim (w [h], or broadcastable to x), x float32:
+    :class:`_RMSNormCPU` where autograd records on a CPU in eager mode, else torch's ``F.rms_norm`` (a fused
+    kernel on GPUs; what inductor compiles).
 
     Also on the meta device, where the planner traces a training forward to count the bytes autograd saves
     (:mod:`jitkit.train.planner`): it then counts what a CPU saves, x̂ and r — as many bytes as GPUs' fused
     kernel saves (x and r), and fewer than the CPU composite of ``F.rms_norm`` keeps."""
     if (
-        w is not None
-        and x.device.type in ("cpu", "meta")
+        x.device.type in ("cpu", "meta")
         and torch.is_grad_enabled()
         and (x.requires_grad or w.requires_grad)
         and not torch.compiler.is_compiling()
     ):
         return _RMSNormCPU.apply(x, w, eps)
-    if w is None or w.dim() == 1:
+    if w.dim() == 1:
         return F.rms_norm(x, (x.shape[-1],), w, eps)
     return F.rms_norm(x, (x.shape[-1],), None, eps) * w
 
