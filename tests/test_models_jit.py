@@ -238,16 +238,15 @@ def test_compiler_available_reports_a_missing_compiler(monkeypatch: pytest.Monke
     assert compiler_available("mps")[0] is False
 
 
-@pytest.mark.slow  # inductor builds C++ kernels for two graphs: ~30-70 s on 2 cores
-@pytest.mark.env_sensitive  # needs a C++ compiler for inductor
-def test_a_copy_of_a_model_compiled_whole_runs_its_own_weights(monkeypatch) -> None:
-    """compile_blocks(whole=True) keeps a compiled function, not a compiled bound method: a deep copy (an EMA
-    replica, say) must not keep calling the original's forward. torch.compile is stood in for by a wrapper that,
-    like it, closes over the function it was given."""
+@pytest.mark.parametrize("mode", ["whole", "freeze"])  # torch.compile stood in for: no compiler, ~1 s
+def test_a_copy_of_a_model_compiled_whole_runs_its_own_weights(monkeypatch, mode: str) -> None:
+    """compile_blocks(whole=True) and compile_blocks(freeze=True) keep a compiled function, not a compiled bound
+    method: a deep copy (an EMA replica, a second sampler) must not keep calling the original's forward.
+    torch.compile is stood in for by a wrapper that, like it, closes over the function it was given."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
     torch.manual_seed(0)
     cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2)
-    model = build_model(cfg).compile_blocks(whole=True)
+    model = build_model(cfg).compile_blocks(**{mode: True})
     twin = copy.deepcopy(model)
     with torch.no_grad():
         for p in twin.parameters():

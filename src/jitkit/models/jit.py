@@ -154,7 +154,8 @@ class JiT(nn.Module):
         if freeze:  # one graph for the whole network: the embedders and the unpatchify fused in too
             for block in self.blocks:
                 block.attn.deinterleave()  # RoPE on contiguous halves (folded into the frozen weights)
-            self._frozen_forward = torch.compile(self._forward, dynamic=False)
+            # the unbound function, called with the model (as for whole=True): a deep copy runs its own weights
+            self._frozen_forward = torch.compile(JiT._forward, dynamic=False)
             return self
         if whole:
             # the unbound function, called with the model: a deep copy of this model then runs its own weights
@@ -195,7 +196,7 @@ class JiT(nn.Module):
         from torch._inductor import config as inductor_config
 
         with inductor_config.patch(freezing=True):
-            return self._frozen_forward(x, t, y)
+            return self._frozen_forward(self, x, t, y)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         y_emb = self.y_embedder(y)  # [B,D]
