@@ -529,3 +529,31 @@ def test_rms_norm_uses_the_cpu_function_only_where_autograd_records():
     # without autograd torch's kernel runs: the same float32 forward, bit for bit
     assert torch.equal(y0, torch.nn.functional.rms_norm(x, (16,), norm.weight.detach(), norm.eps))
     assert torch.equal(y.detach(), y0)
+
+
+def test_frozen_swiglu_runs_its_input_product_as_two_halves(monkeypatch) -> None:
+    """compile_blocks(freeze=True) on a CPU computes each SwiGLU's a and b as two half-wide products (faster
+    there, see SwiGLU.split_products) with the same numbers; with autograd on, the one wide product stays."""
+    import jitkit.models.layers as layers
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
+    torch.manual_seed(0)
+    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2)
+    eager = build_model(cfg).eval()
+    frozen = build_model(cfg).eval()
+    frozen.load_state_dict(eager.state_dict())
+    frozen.compile_blocks(freeze=True)
+    assert all(b.mlp.split for b in frozen.blocks) and not any(b.mlp.split for b in eager.blocks)
+    widths: list[int] = []
+    real = layers.linear
+    monkeypatch.setattr(layers, "linear", lambda x, w, *a: widths.append(w.shape[0]) or real(x, w, *a))
+    x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x, t, y), eager(x, t, y), rtol=1e-5, atol=1e-6)
+    hidden = cfg.mlp_hidden
+    assert widths.count(hidden) == 2 * cfg.depth  # a and b of every block, each `hidden` wide
+    mlp = frozen.blocks[0].mlp
+    h = torch.randn(2, 5, cfg.hidden_size, requires_grad=True)
+    widths.clear()
+    mlp(h).sum().backward()  # training: the wide product, and gradients flow
+    assert widths.count(hidden) == 0 and mlp.w12.weight.grad is not None

@@ -154,6 +154,9 @@ class JiT(nn.Module):
         if freeze:  # one graph for the whole network: the embedders and the unpatchify fused in too
             for block in self.blocks:
                 block.attn.deinterleave()  # RoPE on contiguous halves (folded into the frozen weights)
+            for block in self.blocks:
+                if block.mlp.w12.weight.device.type == "cpu":
+                    block.mlp.split_products()  # the SwiGLU's input product as two half-wide ones
             # the unbound function, called with the model (as for whole=True): a deep copy runs its own weights
             self._frozen_forward = torch.compile(JiT._forward, dynamic=False)
             return self
