@@ -239,7 +239,7 @@ def test_compiler_available_reports_a_missing_compiler(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("mode", ["whole", "freeze"])  # torch.compile stood in for: no compiler, ~1 s
-def test_a_copy_of_a_model_compiled_whole_runs_its_own_weights(monkeypatch, mode: str) -> None:
+def test_a_copy_of_a_compiled_model_runs_its_own_weights(monkeypatch, mode: str) -> None:
     """compile_blocks(whole=True) and compile_blocks(freeze=True) keep a compiled function, not a compiled bound
     method: a deep copy (an EMA replica, a second sampler) must not keep calling the original's forward.
     torch.compile is stood in for by a wrapper that, like it, closes over the function it was given."""

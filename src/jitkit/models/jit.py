@@ -152,10 +152,10 @@ class JiT(nn.Module):
                 setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 32))
         self.frozen = freeze
         if freeze:  # one graph for the whole network: the embedders and the unpatchify fused in too
+            cpu = self.pos_embed.device.type == "cpu"
             for block in self.blocks:
                 block.attn.deinterleave()  # RoPE on contiguous halves (folded into the frozen weights)
-            for block in self.blocks:
-                if block.mlp.w12.weight.device.type == "cpu":
+                if cpu:
                     block.mlp.split_products()  # the SwiGLU's input product as two half-wide ones
             # the unbound function, called with the model (as for whole=True): a deep copy runs its own weights
             self._frozen_forward = torch.compile(JiT._forward, dynamic=False)

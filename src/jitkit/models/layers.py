@@ -263,9 +263,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.split and not torch.is_grad_enabled():
-            w, b, h = self.w12.weight, self.w12.bias, self.w12.out_features // 2
+            w, bias, h = self.w12.weight, self.w12.bias, self.w12.out_features // 2
             pin = self.w12.cpu_linear
-            a, b = linear(x, w[:h], b[:h], pin), linear(x, w[h:], b[h:], pin)
+            a, b = linear(x, w[:h], bias[:h], pin), linear(x, w[h:], bias[h:], pin)
         else:
             a, b = self.w12(x).chunk(2, dim=-1)
         return self.w3(self.ffn_dropout(F.silu(a) * b))
