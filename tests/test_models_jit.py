@@ -557,3 +557,34 @@ def test_frozen_swiglu_runs_its_input_product_as_two_halves(monkeypatch) -> None
     widths.clear()
     mlp(h).sum().backward()  # training: the wide product, and gradients flow
     assert widths.count(hidden) == 0 and mlp.w12.weight.grad is not None
+
+
+def test_frozen_model_keeps_the_rope_angles_as_contiguous_halves(monkeypatch) -> None:
+    """compile_blocks(freeze=True) keeps each RoPE table as the pairs' angles alone ([T, h/2], contiguous: the
+    compiled kernel read the even columns of [T, h] one element at a time), once even if called twice, and
+    apply_rope_halves gives the same rotation with either table; the frozen output is the eager one."""
+    from jitkit.models.layers import apply_rope_halves
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
+    torch.manual_seed(0)
+    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2, in_context_len=2, in_context_start=1)
+    eager = build_model(cfg).eval()
+    with torch.no_grad():  # away from adaLN-Zero's identity blocks, so that attention and RoPE matter
+        for p in eager.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    frozen = build_model(cfg).eval()
+    frozen.load_state_dict(eager.state_dict())
+    frozen.compile_blocks(freeze=True).compile_blocks(freeze=True)
+    h = cfg.hidden_size // cfg.num_heads
+    for name in ("rope_cos", "rope_sin", "rope_cos_prefix", "rope_sin_prefix"):
+        full, half = getattr(eager, name), getattr(frozen, name)
+        assert half.shape == (full.shape[0], h // 2) and half.is_contiguous(), name
+        assert torch.equal(half, full[:, 0::2]), name
+    u = torch.randn(2, 3, full.shape[0], h)
+    assert torch.equal(
+        apply_rope_halves(u, frozen.rope_cos_prefix, frozen.rope_sin_prefix),
+        apply_rope_halves(u, eager.rope_cos_prefix, eager.rope_sin_prefix),
+    )
+    x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x, t, y), eager(x, t, y), rtol=1e-5, atol=1e-6)

@@ -153,6 +153,10 @@ class JiT(nn.Module):
         self.frozen = freeze
         if freeze:  # one graph for the whole network: the embedders and the unpatchify fused in too
             cpu = self.pos_embed.device.type == "cpu"
+            for name in ("rope_cos", "rope_sin", "rope_cos_prefix", "rope_sin_prefix"):
+                table = getattr(self, name)  # [T, h]: the pairs' angles alone (once), contiguous, which the
+                if table.shape[-1] == self.blocks[0].attn.head_dim:  # compiled RoPE kernel reads as vectors
+                    setattr(self, name, table[..., 0::2].contiguous())
             for block in self.blocks:
                 block.attn.deinterleave()  # RoPE on contiguous halves (folded into the frozen weights)
                 if cpu:

@@ -164,11 +164,15 @@ def apply_rope_halves(u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     """:func:`apply_rope` for channels stored de-interleaved: the pairs' first entries in ``u[..., :h/2]``, their
     second entries in ``u[..., h/2:]`` (pair m = (u_m, u_m+h/2)). The same rotation; two contiguous halves
     instead of interleaved pairs, which compiled kernels read and write with whole vectors. cos/sin are the
-    usual tables [T, h] (both entries of a pair share one angle, so the even columns are the pairs' angles)."""
+    usual tables [T, h] (both entries of a pair share one angle, so the even columns are the pairs' angles) or
+    those angles alone, [T, h/2] contiguous, as frozen models keep them: a compiled kernel reads the even
+    columns of a [T, h] table one element at a time."""
     uf = u.float()
     half = uf.shape[-1] // 2
     u1, u2 = uf[..., :half], uf[..., half:]
-    c, s = cos[..., 0::2].float(), sin[..., 0::2].float()
+    if cos.shape[-1] != half:
+        cos, sin = cos[..., 0::2], sin[..., 0::2]
+    c, s = cos.float(), sin.float()
     return torch.cat((u1 * c - u2 * s, u2 * c + u1 * s), dim=-1).to(u.dtype)
 
 
