@@ -336,6 +336,9 @@ def variants(cfg: ShapesStudyConfig) -> dict[str, Variant]:
         ),
         Variant("seed_2", "the baseline with seed 2", cfg={"seed": cfg.seed + 2}),
         Variant(
+            "no_hflip", "no random left-right flips (the study does not say it flipped)", cfg={"hflip": False}
+        ),
+        Variant(
             "xpred",
             "JiT's objective (x-prediction, v-loss, Heun 20) instead of the ε-DDPM: run (e) of the study",
             objective="flow",
