@@ -69,3 +69,21 @@ def test_auto_precision_on_gpus_needs_native_bf16(monkeypatch):
     assert D.choose_precision("auto", "mps")[0] == "fp32"
     assert D.needs_grad_scaler("fp16", "cuda") and D.needs_grad_scaler("fp16", "mps")
     assert not D.needs_grad_scaler("bf16", "cuda")
+
+
+def test_a_missing_extra_says_what_to_install_and_is_an_input_error(monkeypatch) -> None:
+    """require_extra imports the module, or raises MissingExtra — an ImportError and a ValueError (which the
+    command line reports with exit code 2) naming the purpose, the module and the pip extra."""
+    import sys
+
+    from jitkit.runtime.extras import MissingExtra, require_extra
+
+    assert require_extra("json", "none", "a test").dumps([1]) == "[1]"
+    monkeypatch.setitem(sys.modules, "webdataset", None)
+    with pytest.raises(MissingExtra) as info:
+        require_extra("webdataset", "wds", "reading WebDataset shards", hint="(see the README)")
+    e = info.value
+    assert isinstance(e, ImportError) and isinstance(e, ValueError) and e.name == "webdataset"
+    msg = str(e)
+    assert msg.startswith("reading WebDataset shards needs the webdataset package: pip install 'jitkit[wds]'.")
+    assert "(see the README)" in msg and "import webdataset failed" in msg

@@ -92,11 +92,9 @@ def parse_hub_spec(spec: str | os.PathLike) -> HubRef:
 
 
 def _hf():
-    try:
-        import huggingface_hub
-    except ImportError as e:
-        raise ValueError("hf:// paths need huggingface_hub: pip install 'jitkit[hub]'") from e
-    return huggingface_hub
+    from jitkit.runtime.extras import require_extra
+
+    return require_extra("huggingface_hub", "hub", "an hf:// path")
 
 
 def _download(ref: HubRef) -> Path:

@@ -64,6 +64,7 @@ from jitkit.data.locations import (
     read_bytes,
     stream_size,
 )
+from jitkit.runtime.extras import require_extra
 
 FORMAT = "jitkit-webdataset"
 VERSION = 1
@@ -79,12 +80,8 @@ class ShardMismatch(ValueError):
 
 
 def require_webdataset():
-    """The ``webdataset`` module, or an ImportError saying how to install it."""
-    try:
-        import webdataset
-    except ImportError as e:
-        raise ImportError("webdataset shards need the webdataset package: pip install 'jitkit[wds]'") from e
-    return webdataset
+    """The ``webdataset`` module, or :class:`~jitkit.runtime.extras.MissingExtra` saying how to install it."""
+    return require_extra("webdataset", "wds", "reading WebDataset shards")
 
 
 def shard_name(i: int) -> str:

@@ -43,10 +43,9 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str = "ei
         lam = np.linalg.eigvalsh((m + m.T) / 2)
         return float(np.sqrt(np.clip(lam, 0, None)).sum())
     if method == "sqrtm":
-        try:
-            from scipy import linalg
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("method='sqrtm' needs scipy: pip install 'jitkit[eval]' (or scipy)") from e
+        from jitkit.runtime.extras import require_extra
+
+        linalg = require_extra("scipy.linalg", "eval", "method='sqrtm'", hint="(or pip install scipy)")
         covmean = linalg.sqrtm(sigma1 @ sigma2)
         if isinstance(covmean, tuple):  # older scipy with disp=False semantics
             covmean = covmean[0]

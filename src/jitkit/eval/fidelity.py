@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from jitkit.runtime.extras import MissingExtra
+
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 WEIGHTS_ENV = "JITKIT_INCEPTION_WEIGHTS"
@@ -42,7 +44,7 @@ class InceptionWeightsMissing(FileNotFoundError):
     """No local file with the Inception weights."""
 
 
-class FidelityUnavailable(ImportError, ValueError):
+class FidelityUnavailable(MissingExtra):
     """torch-fidelity (or the torchvision it imports) cannot be imported; a ValueError so the CLI reports it."""
 
 

@@ -1,6 +1,6 @@
 """What jitkit runs on: the device, the precision and autocast (``device``), the processes of a
-``torchrun`` job (``dist``, the only module that imports ``torch.distributed``), and process-wide settings
-(``process``: the allocator)."""
+``torchrun`` job (``dist``, the only module that imports ``torch.distributed``), process-wide settings
+(``process``: the allocator), and the optional extras (``extras``: importing them, saying what to install)."""
 
 from jitkit.runtime.device import (
     PRECISIONS,
