@@ -289,6 +289,20 @@ def test_compiled_blocks_match_eager_forward_and_backward(whole: bool) -> None:
             torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def _eager_and_frozen() -> tuple:
+    """(config, eager JiT, the same weights compiled with freeze=True): a small JiT with in-context tokens,
+    its weights moved away from adaLN-Zero's identity blocks so that attention and RoPE matter."""
+    torch.manual_seed(0)
+    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2, in_context_len=2, in_context_start=1)
+    eager = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in eager.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    frozen = build_model(cfg).eval()
+    frozen.load_state_dict(eager.state_dict())
+    return cfg, eager, frozen.compile_blocks(freeze=True)
+
+
 @pytest.mark.slow  # inductor builds and freezes the whole forward: ~20-40 s on 2 cores
 @pytest.mark.env_sensitive  # needs a C++ compiler for inductor
 def test_frozen_compile_matches_eager_and_refuses_gradients() -> None:
@@ -299,15 +313,7 @@ def test_frozen_compile_matches_eager_and_refuses_gradients() -> None:
     ok, why = compiler_available("cpu")
     if not ok:
         pytest.skip(f"torch.compile needs a C++ compiler here: {why}")
-    torch.manual_seed(0)
-    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2, in_context_len=2, in_context_start=1)
-    eager = build_model(cfg).eval()
-    with torch.no_grad():  # away from adaLN-Zero's identity blocks, so that attention and RoPE matter
-        for p in eager.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    frozen = build_model(cfg).eval()
-    frozen.load_state_dict(eager.state_dict())
-    frozen.compile_blocks(freeze=True)
+    cfg, eager, frozen = _eager_and_frozen()
     state = frozen.state_dict()
     assert list(state) == list(eager.state_dict())
     assert all(torch.equal(state[k], v) for k, v in eager.state_dict().items())
@@ -566,15 +572,8 @@ def test_frozen_model_keeps_the_rope_angles_as_contiguous_halves(monkeypatch) ->
     from jitkit.models.layers import apply_rope_halves
 
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
-    torch.manual_seed(0)
-    cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2, in_context_len=2, in_context_start=1)
-    eager = build_model(cfg).eval()
-    with torch.no_grad():  # away from adaLN-Zero's identity blocks, so that attention and RoPE matter
-        for p in eager.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    frozen = build_model(cfg).eval()
-    frozen.load_state_dict(eager.state_dict())
-    frozen.compile_blocks(freeze=True).compile_blocks(freeze=True)
+    cfg, eager, frozen = _eager_and_frozen()
+    frozen.compile_blocks(freeze=True)  # a second time: the tables are halved once
     h = cfg.hidden_size // cfg.num_heads
     for name in ("rope_cos", "rope_sin", "rope_cos_prefix", "rope_sin_prefix"):
         full, half = getattr(eager, name), getattr(frozen, name)

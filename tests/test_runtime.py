@@ -85,5 +85,7 @@ def test_a_missing_extra_says_what_to_install_and_is_an_input_error(monkeypatch)
     e = info.value
     assert isinstance(e, ImportError) and isinstance(e, ValueError) and e.name == "webdataset"
     msg = str(e)
-    assert msg.startswith("reading WebDataset shards needs the webdataset package: pip install 'jitkit[wds]'.")
+    assert msg.startswith(
+        "reading WebDataset shards needs the webdataset package: pip install 'jitkit[wds]'."
+    )
     assert "(see the README)" in msg and "import webdataset failed" in msg
