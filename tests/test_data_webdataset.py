@@ -379,6 +379,89 @@ def test_http_errors_are_one_line_naming_the_url(tmp_path, http_root):
         _all_samples(ds)
 
 
+def _flaky_server(files: dict[str, bytes], cuts: list[int], *, ranges: bool = True):
+    """A handler serving ``files`` by path: its i-th answer for a path sends the headers of the whole (rest of
+    the) file and only ``cuts[i]`` bytes of it, then drops the connection (answers past ``cuts``: the whole
+    body); with ``ranges`` it answers ``Range: bytes=N-`` with 206 (honouring If-Range against its ETag),
+    without them with the whole file (200). Returns the handler and the list of (path, Range) it was asked."""
+    import http.server
+
+    seen: list[tuple[str, str | None]] = []
+    served: dict[str, int] = {}
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            data = files.get(self.path)
+            rng = self.headers.get("Range")
+            seen.append((self.path, rng))
+            if data is None:
+                self.send_error(404)
+                return
+            etag = f'"{len(data)}-{data[:8].hex()}"'
+            start = 0
+            if ranges and rng and self.headers.get("If-Range", etag) == etag:
+                start = int(rng.split("=")[1].rstrip("-"))
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.send_header("ETag", etag)
+            self.end_headers()
+            body = data[start:]
+            n = served.get(self.path, 0)
+            served[self.path] = n + 1
+            if n < len(cuts) and len(body) > cuts[n]:
+                self.wfile.write(body[: cuts[n]])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)  # the connection lost mid-file
+                return
+            self.wfile.write(body)
+
+    return Flaky, seen
+
+
+def test_a_connection_lost_inside_a_shard_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A shard whose connection drops mid-file is read on from the byte reached (Range: bytes=N-): the same
+    samples as on disk. A server that cannot resume, or one that drops every time, ends with one line naming
+    the URL and the byte reached."""
+    import jitkit.data.locations as locations
+    from jitkit.data.locations import UnreadableLocation, open_shard
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setattr(locations, "BACKOFF", 0.0)
+    sh = _prepare(_images(tmp_path / "img", bad=False), tmp_path / "sh")
+    files = {f"/sh/{p.name}": p.read_bytes() for p in sh.iterdir()}
+    name = "/sh/shard-000001.tar"
+    handler, seen = _flaky_server(files, [700])
+    with serving(handler) as url:
+        with open_shard(url + name) as f:
+            assert f.read() == files[name] and f.resumed == 1
+        assert seen == [(name, None), (name, "bytes=700-")]
+        seen.clear()
+        assert _ordered(open_shards(f"{url}/sh/")) == _ordered(open_shards(sh))  # every shard cut once
+        assert sum(1 for _, rng in seen if rng == "bytes=700-") == 4
+    handler, _ = _flaky_server(files, [300] * 8)  # progress every time: as many resumes as it takes
+    with serving(handler) as url, open_shard(url + name) as f:
+        assert f.read() == files[name] and f.resumed == 8
+    handler, _ = _flaky_server(files, [700], ranges=False)
+    with serving(handler) as url, open_shard(url + name) as f:
+        with pytest.raises(
+            UnreadableLocation, match=r"shard-000001.tar: .* at byte 700, and the server did not"
+        ):
+            f.read()
+    handler, _ = _flaky_server(files, [700, 0, 0, 0, 0])  # no progress after the first cut
+    with serving(handler) as url, open_shard(url + name) as f:
+        with pytest.raises(
+            UnreadableLocation, match=r"shard-000001.tar: .*at byte 700; resumed 3 times in a row"
+        ):
+            f.read()
+
+
 def test_tampered_shard_over_http_is_refused_naming_it(tmp_path, http_root):
     import re
 

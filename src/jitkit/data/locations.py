@@ -6,11 +6,17 @@ so they get the local checks). :func:`open_shard` turns either into a binary str
 
 Opening a URL is retried on what is usually transient — HTTP 429, 500, 502, 503, 504, a refused or reset
 connection, a time-out — ``RETRIES`` times with a doubling pause from ``BACKOFF`` seconds; any other answer
-(404, 403, …) fails at once. A failure in the middle of a stream is not retried (the reader names the shard).
+(404, 403, …) fails at once. A connection lost in the middle of a stream (reset, time-out, a body cut short)
+is resumed where it stopped with an HTTP range request (``Range: bytes=N-``, ``If-Range`` on the first answer's
+validator), ``RETRIES`` times in a row with the same pauses; a server that does not answer a range request
+with that range (206 from byte N), or whose file changed meanwhile, ends the stream with one line naming the
+URL and the byte reached.
 """
 
 from __future__ import annotations
 
+import http.client
+import io
 import os
 import time
 import urllib.error
@@ -74,11 +80,11 @@ def basename(loc) -> str:
     return loc.rsplit("/", 1)[-1] if is_remote(loc) else loc.name
 
 
-def _request(url: str):
+def _request(url: str, headers: dict[str, str] | None = None):
     """The response to GET ``url``; transient failures retried (module docstring), others raised at once."""
     for attempt in range(RETRIES + 1):
         try:
-            return urllib.request.urlopen(urllib.request.Request(url), timeout=TIMEOUT)
+            return urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=TIMEOUT)
         except urllib.error.HTTPError as e:
             e.close()  # the standard phrase: servers word (or omit, in HTTP/2) their own differently
             phrase = HTTPStatus(e.code).phrase if e.code in HTTPStatus._value2member_map_ else e.reason
@@ -94,11 +100,72 @@ def _request(url: str):
     raise UnreadableLocation(f"cannot read {url}: {why} ({RETRIES + 1} attempts)")
 
 
+class ResumingResponse(io.RawIOBase):
+    """An HTTP(S) response read as it arrives that resumes a lost connection from the byte it reached (module
+    docstring). ``headers`` are the first answer's (its Content-Length is the file's size)."""
+
+    def __init__(self, url: str, response) -> None:
+        self.url, self._resp = url, response
+        self.headers = response.headers
+        n = self.headers.get("Content-Length")
+        self.length = int(n) if n is not None and n.strip().isdigit() else None
+        # the validator that makes a resumed range come from the same file (If-Range: else the whole file)
+        self.validator = self.headers.get("ETag") or self.headers.get("Last-Modified")
+        self.pos = 0
+        self.resumed = 0  # how many times a lost connection was resumed
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        failures = 0
+        while True:
+            try:
+                n = self._resp.readinto(b)
+                if n or not len(b) or self.length is None or self.pos >= self.length:
+                    self.pos += n
+                    return n
+                why = f"the connection closed after {self.pos:,} of {self.length:,} bytes"
+            except (OSError, http.client.HTTPException) as e:  # reset, time-out, IncompleteRead
+                why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if failures == RETRIES:
+                raise UnreadableLocation(
+                    f"cannot read {self.url}: {why} (at byte {self.pos:,}; resumed {RETRIES} times in a row)"
+                )
+            time.sleep(BACKOFF * 2**failures)
+            failures += 1
+            self._resume(why)
+
+    def _resume(self, why: str) -> None:
+        """Ask again from byte ``pos``; anything but that range of the same file ends the stream."""
+        self._resp.close()
+        headers = {"Range": f"bytes={self.pos}-"}
+        if self.validator:
+            headers["If-Range"] = self.validator
+        resp = _request(self.url, headers)
+        got = resp.headers.get("Content-Range", "")
+        if resp.status != 206 or not got.startswith(f"bytes {self.pos}-"):
+            resp.close()
+            answer = f"HTTP {resp.status}" + (f", Content-Range {got!r}" if got else "")
+            raise UnreadableLocation(
+                f"cannot read {self.url}: {why} at byte {self.pos:,}, and the server did not resume it "
+                f"(asked for bytes={self.pos}-, answered {answer}: no range support, or the file changed)"
+            )
+        self._resp = resp
+        self.resumed += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self._resp.close()
+        super().close()
+
+
 def open_shard(loc) -> BinaryIO:
-    """A binary stream of the file at ``loc`` (a local path, or an HTTP(S) response read as it arrives).
-    Raises :class:`UnreadableLocation` with one line naming the location and the reason."""
+    """A binary stream of the file at ``loc`` (a local path, or an HTTP(S) response read as it arrives and
+    resumed where a lost connection left it: :class:`ResumingResponse`). Raises :class:`UnreadableLocation`
+    with one line naming the location and the reason."""
     if is_remote(loc):
-        return _request(loc)
+        return ResumingResponse(loc, _request(loc))  # type: ignore[return-value]
     try:
         return open(loc, "rb", buffering=0)
     except OSError as e:
@@ -110,6 +177,8 @@ def read_bytes(loc) -> bytes:
     with open_shard(loc) as f:
         try:
             return f.read()
+        except UnreadableLocation:
+            raise
         except (OSError, TimeoutError) as e:
             raise UnreadableLocation(f"cannot read {loc}: {e}") from None
 
