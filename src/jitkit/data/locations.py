@@ -186,8 +186,6 @@ def read_bytes(loc) -> bytes:
 def stream_size(f) -> int | None:
     """The size in bytes of what ``f`` (from :func:`open_shard`) will deliver: a local file's size, an HTTP
     response's Content-Length, or None when the server sends none."""
-    headers = getattr(f, "headers", None)
-    if headers is None:
-        return os.fstat(f.fileno()).st_size
-    n = headers.get("Content-Length")
-    return int(n) if n is not None and n.strip().isdigit() else None
+    if isinstance(f, ResumingResponse):
+        return f.length
+    return os.fstat(f.fileno()).st_size
