@@ -112,7 +112,7 @@ class _Folder(torch.utils.data.Dataset):
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # the loaders here never start workers
 def test_make_loader_sizes_workers_per_host_and_reads_batch_keys(monkeypatch):
     monkeypatch.setattr(loader_mod, "cpu_count", lambda: 64)
-    monkeypatch.setattr(loader_mod, "available_memory", lambda: 512 * GiB)
+    monkeypatch.setattr(loader_mod, "host_available_memory", lambda: 512 * GiB)
     monkeypatch.setenv("WORLD_SIZE", "16")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert make_loader(_Folder(), 4, rank=3, world_size=16).num_workers == 7  # 64 CPUs / 8 local ranks − 1

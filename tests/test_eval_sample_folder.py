@@ -249,7 +249,7 @@ def test_an_npz_or_grid_that_cannot_fit_is_refused_before_any_image(denoiser, tm
         raise AssertionError("an image was made")
 
     monkeypatch.setattr(F, "generate_images", never)
-    monkeypatch.setattr("jitkit.data.loader.available_memory", lambda: 1 << 30)
+    monkeypatch.setattr("jitkit.runtime.memory.host_available_memory", lambda: 1 << 30)
     with pytest.raises(ValueError, match="would need about"):
         F.sample_to_outputs(denoiser, plan, SCFG, CLASSES, npz=tmp_path / "a.npz", progress=False)
     assert not list(tmp_path.iterdir())

@@ -179,7 +179,7 @@ def test_host_memory_decides_between_in_memory_and_streaming(cache, monkeypatch)
     kw = dict(rank=0, seed=0, device=torch.device("cpu"), data_workers=0)
     nbytes = 30 * 3 * 8 * 8
     free = [None]
-    monkeypatch.setattr(batching_mod, "available_memory", lambda: free[0])
+    monkeypatch.setattr(batching_mod, "host_available_memory", lambda: free[0])
     # a small cache always sits in memory, even when the free memory is unknown
     assert Batches(open_cache(path), plan, **kw).in_memory
     monkeypatch.setattr(loader_mod, "ALWAYS_IN_MEMORY_BYTES", 0)  # pretend this cache is big
@@ -210,7 +210,7 @@ def test_host_memory_decides_between_in_memory_and_streaming(cache, monkeypatch)
 
 def test_workers_are_sized_by_the_processes_on_this_host(monkeypatch):
     monkeypatch.setattr(batching_mod, "cpu_count", lambda: 64)
-    monkeypatch.setattr(batching_mod, "available_memory", lambda: 512 * GiB)
+    monkeypatch.setattr(batching_mod, "host_available_memory", lambda: 512 * GiB)
     plan = batch_plan(TrainConfig(batch_size=4), world_size=16)
     ds = _Items(_InMemory())
 

@@ -68,6 +68,30 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def check_bench_memory(s: BenchSettings, device: torch.device) -> str | None:
+    """Refuse a setting whose estimated peak does not fit in the free memory (training as ``jitkit train``
+    checks it, the forward and sampling modes as ``jitkit sample``); None, or a warning. ``precision auto``
+    is checked with its lower (half-precision) estimate, as it is not resolved yet. The variants of a
+    comparison are prepared side by side, so each must fit with room to spare; each is checked alone."""
+    from jitkit.train.memory_guard import check_sampling_memory, check_training_memory
+
+    cfg, modes, notes = s.model_config(), s.modes(), []
+    kw = dict(precision=s.precision, device=device)
+    if "train" in modes:
+        notes.append(
+            check_training_memory(cfg, s.batch_size, grad_checkpoint=s.grad_checkpoint, flags=False, **kw)
+        )
+    if "forward" in modes:
+        notes.append(check_sampling_memory(cfg, s.batch_size, guidance=False, task="forward passes of", **kw))
+    if "sample" in modes:
+        B, flag = (
+            (s.sample_batch_size, "--sample-batch-size") if s.sample_batch_size else (s.batch_size, None)
+        )
+        sampling_kw = dict(guidance=s.cfg != 1.0 and s.cfg_mode == "batched", batch_flag=flag)
+        notes.append(check_sampling_memory(cfg, B, **sampling_kw, **kw))
+    return "; ".join(n for n in notes if n) or None
+
+
 def memory_in_subprocess(s: BenchSettings) -> dict[str, Any]:
     """Peak training-step memory of ``s`` measured in a fresh Python process (robust RSS baseline)."""
     probe = s.replace(mode="train", warmup=2, repeats=1, memory="inprocess")
@@ -153,6 +177,10 @@ def run_bench(
     # model on a CPU); the
     # variants then run with the resolved value, and the record keeps both
     say = log or (lambda msg: None)
+    for v in asked:  # before anything of the size asked for is allocated (the precision probe is)
+        note = check_bench_memory(v, device)
+        if note:
+            say(f"memory: {note}")
     choices = []
     for v in asked:
         set_threads(v)

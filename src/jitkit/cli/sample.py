@@ -226,6 +226,7 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     from jitkit.eval.sample_plan import LabelPlan, check_outputs_fit
     from jitkit.models.registry import precision_for_model
     from jitkit.runtime import dist
+    from jitkit.train.memory_guard import agreed, check_sampling_memory
 
     # library errors name parameters; these are the flags that set them
     flags = {
@@ -274,11 +275,24 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     except ValueError as e:
         raise flag_error(e, flags) from e
 
+    # the images one batch holds at most (a batch larger than a rank's share is never made), and the estimated
+    # peak of sampling it against the free memory, before the weights are read (they are part of it)
+    batch = min(args.batch_size, len(rank_range(len(plan), 0, world)))
+    note = agreed(
+        lambda: check_sampling_memory(
+            cfg.model,
+            batch,
+            precision=args.precision,
+            device=device,
+            guidance=scfg.cfg != 1.0,
+            processes_on_host=dist.local_world_size(),
+        )
+    )
+    if note and rank == 0:
+        print(f"jitkit sample: memory: {note}", file=sys.stderr)
     denoiser, cfg, classes = load_denoiser(args.checkpoint, ema=args.ema, device=device)
     # auto: measured for this model and batch (two forwards per step under CFG), one decision for all ranks
-    precision, _ = dist.broadcast_object(
-        precision_for_model(args.precision, device, cfg.model, 2 * args.batch_size)
-    )
+    precision, _ = dist.broadcast_object(precision_for_model(args.precision, device, cfg.model, 2 * batch))
     cast_for_inference(denoiser, precision)  # half-precision weights when sampling in half precision
     try:
         # each rank compiles for its own share of the images; all decide on the largest share (rank 0's), so

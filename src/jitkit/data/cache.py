@@ -117,11 +117,12 @@ def _prepare_chunk(images_path: str, count: int, size: int, start: int, paths: l
 def prepare_workers(requested: int = -1) -> int:
     """Processes for decoding: all CPUs this process may use, capped by memory (≈ 400 MB per worker, half
     of the free memory)."""
-    from jitkit.data.loader import available_memory, cpu_count
+    from jitkit.data.loader import cpu_count
+    from jitkit.runtime.memory import host_available_memory
 
     if requested and requested > 0:
         return int(requested)
-    mem = available_memory() or (4 << 30)
+    mem = host_available_memory() or (4 << 30)
     return max(1, min(cpu_count(), int(0.5 * mem // (400 << 20)), 32))
 
 

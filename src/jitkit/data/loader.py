@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from jitkit.runtime.dist import local_world_size
+from jitkit.runtime.memory import host_available_memory
 
 GiB = 1 << 30
 # Rough resident cost of one DataLoader worker process besides its batches (interpreter + torch + decoders).
@@ -38,21 +39,6 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def available_memory() -> int | None:
-    """Free memory in bytes: MemAvailable from /proc/meminfo, else sysconf available pages, else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def keeps_in_memory(nbytes: int, mem_available: int | None) -> bool:
@@ -184,7 +170,7 @@ def make_loader(
                 processes_per_host = min(max(1, world_size), local_world_size())
             plan = plan_workers(
                 cpus=cpu_count(),
-                mem_available=available_memory(),
+                mem_available=host_available_memory(),
                 batch_bytes=int(batch_size or 0) * _item_bytes(dataset),
                 processes_per_host=processes_per_host,
             )

@@ -134,9 +134,9 @@ def check_outputs_fit(
     if npz is None and grid is None:
         return
     if available is None:
-        from jitkit.data.loader import available_memory
+        from jitkit.runtime.memory import host_available_memory
 
-        available = available_memory()
+        available = host_available_memory()
     need = output_bytes(plan, shape, npz=npz is not None, grid=grid is not None)
     if available is None or need <= OUTPUT_MEMORY_FRACTION * available:
         return

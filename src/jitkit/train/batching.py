@@ -22,12 +22,12 @@ from jitkit.data.loader import (
     IN_MEMORY_FRACTION,
     GiB,
     LoaderPlan,
-    available_memory,
     cpu_count,
     keeps_in_memory,
     plan_workers,
 )
 from jitkit.runtime.dist import local_world_size
+from jitkit.runtime.memory import host_available_memory
 
 __all__ = [
     "BatchPlan",
@@ -249,7 +249,7 @@ class Batches:
             elif not mmap:
                 self.reason = f"in memory ({size} held by the data set)"
             else:
-                free = available_memory()
+                free = host_available_memory()
                 self.in_memory = keeps_in_memory(nbytes, free)
                 free_s = "unknown" if free is None else f"{free / GiB:.1f} GiB"
                 self.reason = (
@@ -329,7 +329,7 @@ class Batches:
         s = int(getattr(self.ds, "img_size", 256) or 256)
         return plan_workers(
             cpus=cpu_count(),
-            mem_available=available_memory(),
+            mem_available=host_available_memory(),
             batch_bytes=self.plan.micro_batch * 3 * s * s,
             processes_per_host=min(self.plan.world_size, local_world_size()),
         )

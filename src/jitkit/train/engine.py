@@ -175,7 +175,17 @@ class Trainer:
         self.resume_ckpt, self.resume_note = resolve_resume(self.resume, tc.out)
         # resume="auto" with no checkpoint anywhere: a run stopped before its first save starts again in place
         self.restart_dir = restart_run(self.resume, tc.out) if self.resume_ckpt is None else None
+        self._check_memory("auto" if tc.precision == "auto" else tc.precision)  # before the probe allocates
         self.precision, self.precision_record = self._choose_precision()
+        self._check_memory(self.precision)
+
+    def _check_memory(self, precision: str) -> None:
+        """Refuse a micro-batch whose estimated peak does not fit (:func:`jitkit.train.memory_guard.check_run`)."""
+        from jitkit.train.memory_guard import check_run
+
+        note = check_run(self.cfg, self.plan, precision, self.device, self.info.world_size, main=self.main)
+        if note and self.main:
+            print(f"[jitkit] memory: {note}", flush=True)
 
     def _choose_precision(self) -> tuple[str, dict]:
         """The training precision: an explicit one checked for the device; ``auto`` as the run being resumed
