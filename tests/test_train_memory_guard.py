@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,20 +213,37 @@ def test_train_runs_with_the_check_off(monkeypatch, tmp_path):
     assert "[jitkit] memory:" in stdout and "running anyway" in stdout
 
 
-def test_sample_refuses_a_batch_that_does_not_fit_before_reading_weights(monkeypatch, tmp_path, tiny):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny) -> Path:
     from jitkit.train import train
 
-    run = train(tiny.run_config(tmp_path / "r", epochs=1), progress=False)
+    return train(tiny.run_config(tmp_path_factory.mktemp("run") / "r", epochs=1), progress=False)
+
+
+def test_sample_refuses_a_batch_that_does_not_fit_before_reading_weights(monkeypatch, tmp_path, tiny_run):
     _little_memory(monkeypatch, free=1 << 20)
     out = tmp_path / "samples"
-    rc, _, err = _run("sample", str(run), "--out", str(out), "--num", "64", "--batch-size", "64")
+    rc, _, err = _run("sample", str(tiny_run), "--out", str(out), "--num", "64", "--batch-size", "64")
     assert rc == 2
     assert "sampling 64 images at once" in err and "free on this host" in err
     assert not out.exists()
 
 
+def test_sweep_refuses_a_batch_that_does_not_fit(monkeypatch, tmp_path, tiny_run):
+    _little_memory(monkeypatch, free=259 << 20)  # the fixed part of a sampling process and a few images
+    out = tmp_path / "sweep"
+    rc, _, err = _run(
+        "sweep", str(tiny_run), "--out", str(out), "--cfgs", "1.5,2", "--sample-batch-size", "48"
+    )
+    assert rc == 2
+    assert "sampling 48 images at once (96 network rows with guidance" in err and "--sample-batch-size" in err
+    assert not out.exists()
+
+
 def test_bench_refuses_a_batch_that_does_not_fit(monkeypatch):
     _little_memory(monkeypatch, free=1 << 30)
-    rc, _, err = _run("bench", "--model", "JiT-B/16", "--batch-size", "512", "--mode", "forward", "--repeats", "1")
+    rc, _, err = _run(
+        "bench", "--model", "JiT-B/16", "--batch-size", "512", "--mode", "forward", "--repeats", "1"
+    )
     assert rc == 2
     assert "JiT-B/16 forward passes of 512 images at once" in err and "--batch-size" in err

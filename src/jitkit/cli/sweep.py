@@ -114,6 +114,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     from jitkit.diffusion.sampling import sampling_cost
     from jitkit.eval.sweep import apply_sampler, inception_metric, run_sweep, shapes_metric, sweep_settings
     from jitkit.runtime import resolve_device, resolve_precision
+    from jitkit.train.memory_guard import check_sampling_memory
 
     args.checkpoint = local_checkpoint(args.checkpoint)  # hf://: one download
     meta = checkpoint_meta(args.checkpoint)
@@ -157,6 +158,18 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
             raise flag_error(e, {"ref": "ref"}) from e
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    labels = balanced_labels(cfg.model.num_classes, per_class=args.per_class)
+    # the estimated peak of one batch against the free memory, before the weights are read
+    note = check_sampling_memory(
+        cfg.model,
+        min(args.sample_batch_size, len(labels)),
+        precision=precision,
+        device=device,
+        guidance=any(st.cfg != 1.0 for st in settings),
+        batch_flag="--sample-batch-size",
+    )
+    if note:
+        print(f"jitkit sweep: memory: {note}", file=sys.stderr)
     denoiser, cfg, classes = load_denoiser(args.checkpoint, ema=args.ema, device=device)
     cast_for_inference(denoiser, precision)
     names = (
@@ -164,7 +177,6 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         if len(classes) == cfg.model.num_classes
         else [str(i) for i in range(cfg.model.num_classes)]
     )
-    labels = balanced_labels(cfg.model.num_classes, per_class=args.per_class)
     print(
         f"jitkit sweep: {len(settings)} settings × {len(labels)} images ({args.per_class} per class, seed "
         f"{args.seed}), metric {metric.name} ({metric.key}, {'higher' if metric.higher_is_better else 'lower'} is "
