@@ -121,6 +121,7 @@ def run_invert(args: argparse.Namespace) -> int:
     from jitkit.diffusion.sampling import sampling_cost
     from jitkit.eval.inversion import invert_images, reconstruction_error, reconstruction_study, save_noise
     from jitkit.runtime import resolve_device, resolve_precision
+    from jitkit.train.memory_guard import check_sampling_memory
 
     if args.out is not None and Path(args.out).suffix.lower() != ".npz":
         raise ValueError(f"--out expects a .npz file name, found {args.out!r}")
@@ -165,6 +166,16 @@ def run_invert(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    # one batch's estimated peak (inversion runs the sampler's network evaluations) before the weights are read
+    note = check_sampling_memory(
+        cfg.model,
+        min(args.batch_size, len(images)),
+        precision=precision,
+        device=device,
+        guidance=scfg.cfg != 1.0,
+    )
+    if note:
+        print(f"jitkit invert: memory: {note}", file=sys.stderr)
     denoiser, cfg, _ = load_denoiser(args.checkpoint, ema=args.ema, device=device)
     print(
         f"jitkit invert: {len(images)} images with {sampling_cost(scfg)} ({inversion_evaluations(scfg, args.iters, args.sweeps)} "
