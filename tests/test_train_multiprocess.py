@@ -262,3 +262,41 @@ def test_a_group_that_jitkit_created_is_left_at_exit(tmp_path):
         assert rc == 0, err[-2000:]
         assert "sum 3.0" in out
         assert "group at exit: False" in out, out
+
+
+_LOW_MEMORY_ON_RANK0 = textwrap.dedent(
+    """
+    import sys
+    from jitkit.cli import main
+    from jitkit.runtime import dist
+    import jitkit.runtime.memory as memory
+    if dist.env_world()[0] == 0:  # rank 0 measures little free memory, rank 1 plenty
+        memory.host_available_memory = lambda: 64 << 20
+    else:
+        memory.host_available_memory = lambda: 1 << 40
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_a_memory_refusal_on_rank_0_stops_every_rank_alike(tmp_path, tiny):
+    """The memory check is decided by rank 0 and shared: when only rank 0 finds too little free memory, both
+    ranks exit with the refusal (exit 2) instead of rank 1 going on into a collective alone and hanging."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    argv = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "512",
+        "--no-progress",
+    ]
+    results = run_ranks(lambda r: [sys.executable, "-c", _LOW_MEMORY_ON_RANK0, *argv], 2, logs, timeout=120)
+    for rc, _, err in results:
+        assert rc == 2, err[-2000:]
+        assert "training at micro-batch 512" in err and "free on this host" in err
+        assert "2 processes on this host" in err
+    assert not (tmp_path / "run").exists()
