@@ -19,6 +19,7 @@ from jitkit.config import model_config
 from jitkit.runtime import memory as memory_mod
 from jitkit.runtime.memory import InsufficientMemory, _cgroup_remaining, check_fits
 from jitkit.train.memory_guard import (
+    _divisors,
     agreed,
     check_sampling_memory,
     check_training_memory,
@@ -84,6 +85,8 @@ def test_largest_fitting_finds_the_boundary():
     assert largest_fitting(lambda n: 10 * n, 95, 1000) == 9
     assert largest_fitting(lambda n: 10 * n, 5, 1000) == 0
     assert largest_fitting(lambda n: 10 * n, 10**9, 7) == 7
+    assert _divisors(12) == [1, 2, 3, 4, 6, 12] and _divisors(97) == [1, 97]
+    assert len(_divisors(10**12)) == 169  # from the square root: a huge global batch is no slow search
 
 
 def test_training_refusal_suggests_a_micro_batch_that_keeps_the_effective_batch():

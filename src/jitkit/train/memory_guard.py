@@ -9,6 +9,7 @@ ValueError: ``jitkit`` exits with code 2 and the message); ``JITKIT_MEMORY_CHECK
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -61,7 +62,8 @@ def largest_fitting(need, budget: int, upper: int) -> int:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 def _processes_sharing(device: torch.device, processes_on_host: int) -> int:
