@@ -34,7 +34,8 @@ def agreed(check: Callable[[], str | None], main: bool | None = None) -> str | N
     :class:`InsufficientMemory` raised everywhere, or its note returned everywhere. Ranks that measured their
     free memory each would disagree near the limit, and a rank that stopped alone would leave the others
     waiting in their next collective."""
-    main = dist.rank() == 0 if main is None else main
+    if main is None:  # without a process group every process decides for itself
+        main = dist.rank() == 0 or not dist.is_initialized()
     verdict = None
     if main:
         try:
