@@ -250,3 +250,32 @@ def test_bench_refuses_a_batch_that_does_not_fit(monkeypatch):
     )
     assert rc == 2
     assert "JiT-B/16 forward passes of 512 images at once" in err and "--batch-size" in err
+
+
+_LOW_MEMORY_ON_RANK0 = textwrap.dedent(
+    """
+    import sys
+    from jitkit.cli import main
+    from jitkit.runtime import dist
+    import jitkit.runtime.memory as memory
+    low = dist.env_world()[0] == 0  # rank 0 measures little free memory, rank 1 plenty
+    memory.host_available_memory = (lambda: 1 << 20) if low else (lambda: 1 << 40)
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_a_sampling_refusal_on_rank_0_stops_every_rank(tmp_path, tiny_run):
+    """`jitkit sample` under torchrun: rank 0 decides the memory check for all ranks, so both exit 2 with the
+    refusal and no rank starts writing its share."""
+    from conftest import run_ranks
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "samples"
+    argv = ["sample", str(tiny_run), "--out", str(out), "--num", "64", "--batch-size", "32", "--no-progress"]
+    results = run_ranks(lambda r: [sys.executable, "-c", _LOW_MEMORY_ON_RANK0, *argv], 2, logs, timeout=120)
+    for rc, _, err in results:
+        assert rc == 2, err[-2000:]
+        assert "sampling 32 images at once" in err and "2 processes on this host" in err
+    assert not out.exists()
