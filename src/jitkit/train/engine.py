@@ -175,7 +175,8 @@ class Trainer:
         self.resume_ckpt, self.resume_note = resolve_resume(self.resume, tc.out)
         # resume="auto" with no checkpoint anywhere: a run stopped before its first save starts again in place
         self.restart_dir = restart_run(self.resume, tc.out) if self.resume_ckpt is None else None
-        self._check_memory("auto" if tc.precision == "auto" else tc.precision)  # before the probe allocates
+        if tc.precision == "auto":  # before the precision probe allocates: the lower (bf16) estimate
+            self._check_memory("auto")
         self.precision, self.precision_record = self._choose_precision()
         self._check_memory(self.precision)
 
