@@ -238,12 +238,18 @@ def test_compiler_available_reports_a_missing_compiler(monkeypatch: pytest.Monke
     assert compiler_available("mps")[0] is False
 
 
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """torch.compile stood in for by a wrapper that, like it, closes over the function it was given (no C++
+    compiler needed, ~1 s instead of a compilation)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
+
+
 @pytest.mark.parametrize("mode", ["whole", "freeze"])  # torch.compile stood in for: no compiler, ~1 s
-def test_a_copy_of_a_compiled_model_runs_its_own_weights(monkeypatch, mode: str) -> None:
+def test_a_copy_of_a_compiled_model_runs_its_own_weights(no_compiler, mode: str) -> None:
     """compile_blocks(whole=True) and compile_blocks(freeze=True) keep a compiled function, not a compiled bound
     method: a deep copy (an EMA replica, a second sampler) must not keep calling the original's forward.
     torch.compile is stood in for by a wrapper that, like it, closes over the function it was given."""
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
     torch.manual_seed(0)
     cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2)
     model = build_model(cfg).compile_blocks(**{mode: True})
@@ -537,12 +543,11 @@ def test_rms_norm_uses_the_cpu_function_only_where_autograd_records():
     assert torch.equal(y.detach(), y0)
 
 
-def test_frozen_swiglu_runs_its_input_product_as_two_halves(monkeypatch) -> None:
+def test_frozen_swiglu_runs_its_input_product_as_two_halves(no_compiler, monkeypatch) -> None:
     """compile_blocks(freeze=True) on a CPU computes each SwiGLU's a and b as two half-wide products (faster
     there, see SwiGLU.split_products) with the same numbers; with autograd on, the one wide product stays."""
     import jitkit.models.layers as layers
 
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
     torch.manual_seed(0)
     cfg = model_config("JiT-T/4", img_size=8, num_classes=3, depth=2)
     eager = build_model(cfg).eval()
@@ -565,13 +570,12 @@ def test_frozen_swiglu_runs_its_input_product_as_two_halves(monkeypatch) -> None
     assert widths.count(hidden) == 0 and mlp.w12.weight.grad is not None
 
 
-def test_frozen_model_keeps_the_rope_angles_as_contiguous_halves(monkeypatch) -> None:
+def test_frozen_model_keeps_the_rope_angles_as_contiguous_halves(no_compiler) -> None:
     """compile_blocks(freeze=True) keeps each RoPE table as the pairs' angles alone ([T, h/2], contiguous: the
     compiled kernel read the even columns of [T, h] one element at a time), once even if called twice, and
     apply_rope_halves gives the same rotation with either table; the frozen output is the eager one."""
     from jitkit.models.layers import apply_rope_halves
 
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k))
     cfg, eager, frozen = _eager_and_frozen()
     frozen.compile_blocks(freeze=True)  # a second time: the tables are halved once
     h = cfg.hidden_size // cfg.num_heads
