@@ -1,6 +1,7 @@
 """What jitkit runs on: the device, the precision and autocast (``device``), the processes of a
 ``torchrun`` job (``dist``, the only module that imports ``torch.distributed``), process-wide settings
-(``process``: the allocator), and the optional extras (``extras``: importing them, saying what to install)."""
+(``process``: the allocator), the free memory of the host or a GPU and the check that refuses a run that would not
+fit (``memory``), and the optional extras (``extras``: importing them, saying what to install)."""
 
 from jitkit.runtime.device import (
     PRECISIONS,
