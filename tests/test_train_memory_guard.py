@@ -139,10 +139,13 @@ def test_sampling_refusal_names_the_batch_that_fits():
     )
 
 
-def test_agreed_gives_rank_zeros_verdict():
-    assert agreed(lambda: "note", main=True) == "note"
+def test_agreed_gives_the_checks_verdict_with_the_measured_free_memory(monkeypatch):
+    monkeypatch.setattr(memory_mod, "host_available_memory", lambda: 12345)
+    seen = []
+    assert agreed(lambda free: seen.append(free) or "note", CPU) == "note"
+    assert seen == [12345]
     with pytest.raises(InsufficientMemory, match="no room"):
-        agreed(lambda: (_ for _ in ()).throw(InsufficientMemory("no room")), main=True)
+        agreed(lambda free: (_ for _ in ()).throw(InsufficientMemory("no room")), CPU)
 
 
 # -- the sampling estimate against a measured peak ---------------------------------------------------------

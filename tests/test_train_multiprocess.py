@@ -264,24 +264,24 @@ def test_a_group_that_jitkit_created_is_left_at_exit(tmp_path):
         assert "group at exit: False" in out, out
 
 
-_LOW_MEMORY_ON_RANK0 = textwrap.dedent(
+_LOW_MEMORY_ON_ONE_RANK = textwrap.dedent(
     """
-    import sys
+    import os, sys
     from jitkit.cli import main
     from jitkit.runtime import dist
     import jitkit.runtime.memory as memory
-    if dist.env_world()[0] == 0:  # rank 0 measures little free memory, rank 1 plenty
-        memory.host_available_memory = lambda: 64 << 20
-    else:
-        memory.host_available_memory = lambda: 1 << 40
+    low = dist.env_world()[0] == int(os.environ["LOW_RANK"])  # this rank measures little free memory
+    memory.host_available_memory = (lambda: 64 << 20) if low else (lambda: 1 << 40)
     sys.exit(main(sys.argv[1:]))
     """
 )
 
 
-def test_a_memory_refusal_on_rank_0_stops_every_rank_alike(tmp_path, tiny):
-    """The memory check is decided by rank 0 and shared: when only rank 0 finds too little free memory, both
-    ranks exit with the refusal (exit 2) instead of rank 1 going on into a collective alone and hanging."""
+@pytest.mark.parametrize("low_rank", [0, 1])
+def test_a_memory_refusal_stops_every_rank_alike(tmp_path, tiny, low_rank):
+    """The memory check is decided once, by rank 0, with the least free memory any rank measured (on several
+    hosts the fullest decides), and shared: when one rank — rank 0, or only rank 1 — finds too little, both ranks
+    exit with the refusal (exit 2) instead of one going on into a collective alone and hanging."""
     logs = tmp_path / "logs"
     logs.mkdir()
     argv = [
@@ -294,7 +294,13 @@ def test_a_memory_refusal_on_rank_0_stops_every_rank_alike(tmp_path, tiny):
         "512",
         "--no-progress",
     ]
-    results = run_ranks(lambda r: [sys.executable, "-c", _LOW_MEMORY_ON_RANK0, *argv], 2, logs, timeout=120)
+    results = run_ranks(
+        lambda r: [sys.executable, "-c", _LOW_MEMORY_ON_ONE_RANK, *argv],
+        2,
+        logs,
+        timeout=120,
+        env={"LOW_RANK": str(low_rank)},
+    )
     for rc, _, err in results:
         assert rc == 2, err[-2000:]
         assert "training at micro-batch 512" in err and "free on this host" in err

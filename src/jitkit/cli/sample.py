@@ -279,14 +279,16 @@ def _sample(args: argparse.Namespace, rank: int, world: int, device) -> int:
     # peak of sampling it against the free memory, before the weights are read (they are part of it)
     batch = min(args.batch_size, len(rank_range(len(plan), 0, world)))
     note = agreed(
-        lambda: check_sampling_memory(
+        lambda free: check_sampling_memory(
             cfg.model,
             batch,
             precision=args.precision,
             device=device,
             guidance=scfg.cfg != 1.0,
             processes_on_host=dist.local_world_size(),
-        )
+            free=free,
+        ),
+        device,
     )
     if note and rank == 0:
         print(f"jitkit sample: memory: {note}", file=sys.stderr)

@@ -29,17 +29,22 @@ from jitkit.train.peak_memory import estimate_memory, estimate_sampling_memory
 __all__ = ["agreed", "check_run", "check_sampling_memory", "check_training_memory", "largest_fitting"]
 
 
-def agreed(check: Callable[[], str | None], main: bool | None = None) -> str | None:
-    """Run ``check`` (one of the checks below) on rank 0 only and give every rank its outcome: the same
-    :class:`InsufficientMemory` raised everywhere, or its note returned everywhere. Ranks that measured their
-    free memory each would disagree near the limit, and a rank that stopped alone would leave the others
-    waiting in their next collective."""
-    if main is None:  # without a process group every process decides for itself
+def agreed(
+    check: Callable[[int | None], str | None], device: torch.device | str, main: bool | None = None
+) -> str | None:
+    """Run ``check(free)`` once, on rank 0, with the least free memory any rank measured on its ``device`` (under
+    ``torchrun`` on several hosts the host with the least decides; None where no rank could tell), and give every
+    rank its outcome: the same :class:`InsufficientMemory` raised everywhere, or its note returned everywhere.
+    Ranks deciding each on their own would disagree near the limit, and a rank that stopped alone would leave the
+    others waiting in their next collective. Without a process group every process decides for itself."""
+    if main is None:
         main = dist.rank() == 0 or not dist.is_initialized()
+    frees = dist.gather_to_main(device_free_memory(device))  # a collective: every rank measures
     verdict = None
     if main:
+        known = [f for f in frees or [] if f is not None]
         try:
-            verdict = ("note", check())
+            verdict = ("note", check(min(known) if known else None))
         except InsufficientMemory as e:
             verdict = ("refuse", str(e))
     kind, text = dist.broadcast_object(verdict)
@@ -189,7 +194,7 @@ def check_run(
     allocates) and again after. Returns the note to print: a near-full warning once the precision is known,
     or the refusal overridden by ``JITKIT_MEMORY_CHECK=off``."""
     note = agreed(
-        lambda: check_training_memory(
+        lambda free: check_training_memory(
             cfg.model,
             plan.micro_batch,
             precision=precision,
@@ -199,7 +204,9 @@ def check_run(
             fsdp=cfg.train.fsdp,
             evaluation=True,  # the end of every run samples from a replica of the EMA weights
             effective_batch=plan.effective_batch,
+            free=free,
         ),
+        device,
         main=main,
     )
     return note if precision != "auto" or not memory_check_enabled() else None
