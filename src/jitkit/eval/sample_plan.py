@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from jitkit.diffusion.generate import balanced_counts
+from jitkit.runtime.memory import fmt_bytes
 
 __all__ = ["OUTPUT_MEMORY_FRACTION", "LabelPlan", "check_outputs_fit", "output_bytes"]
 
@@ -142,11 +143,7 @@ def check_outputs_fit(
         return
     what = " and ".join(f"{k}={v}" for k, v in (("npz", npz), ("grid", grid)) if v is not None)
     raise ValueError(
-        f"{what}: {len(plan):,} images of {shape[1]}×{shape[2]} px would need about {_gib(need)} of memory at "
-        f"once (an npz or a grid is written whole), more than the {_gib(available)} available; write a sample "
+        f"{what}: {len(plan):,} images of {shape[1]}×{shape[2]} px would need about {fmt_bytes(need)} of memory at "
+        f"once (an npz or a grid is written whole), more than the {fmt_bytes(available)} available; write a sample "
         f"folder instead (out_dir=DIR: streamed and resumable, any size) or ask for fewer images"
     )
-
-
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"

@@ -76,6 +76,18 @@ def _processes_sharing(device: torch.device, processes_on_host: int) -> int:
     return max(1, processes_on_host) if device.type in ("cpu", "mps") else 1
 
 
+def _estimated_in(precision: str) -> tuple[str, str]:
+    """(how the message names the precision, the precision estimated): ``auto`` is not resolved yet, so it is
+    estimated in bf16, the lower estimate — a check then refuses only what fits in no precision."""
+    if precision == "auto":
+        return "precision auto, estimated in bf16", "bf16"
+    return precision, precision
+
+
+def _sharing(share: int) -> str:
+    return f", {share} processes on this host)" if share > 1 else ")"
+
+
 def check_training_memory(
     cfg: ModelConfig,
     micro_batch: int,
@@ -97,8 +109,7 @@ def check_training_memory(
     checks the lower, half-precision estimate: it refuses only what no precision would fit. ``flags=False``:
     what fits is said without ``jitkit train``'s flags (for the benchmark's own)."""
     device = torch.device(device)
-    label = "precision auto, estimated in bf16" if precision == "auto" else precision
-    precision = "bf16" if precision == "auto" else precision
+    label, precision = _estimated_in(precision)
     share = _processes_sharing(device, processes_on_host)
     kw = dict(
         precision=precision,
@@ -112,14 +123,16 @@ def check_training_memory(
     free = device_free_memory(device) if free is None else free
     if free is None:
         return None
-    what = f"{cfg.name} training at micro-batch {micro_batch} ({label}"
-    what += f", {share} processes on this host)" if share > 1 else ")"
+    what = f"{cfg.name} training at micro-batch {micro_batch} ({label}" + _sharing(share)
     detail = est.breakdown() + (f"; × {share} processes" if share > 1 else "")
     if share * est.total <= free:
         return check_fits(share * est.total, device, what=what, detail=detail, free=free)
     G = effective_batch or micro_batch * world_size
     per_process = max(1, G // max(1, world_size))  # micro-batch × accumulation: a fitting divisor keeps G
-    need = lambda m: share * estimate_memory(cfg, m, **kw).total  # noqa: E731
+
+    def need(m: int, **change) -> int:  # bytes of micro-batch m on this device, the estimate's terms changed
+        return share * estimate_memory(cfg, m, **{**kw, **change}).total
+
     if flags:  # a divisor of micro-batch × accumulation, so that --global-batch keeps the effective batch
         fit = max((d for d in _divisors(per_process) if d < micro_batch and need(d) <= free), default=0)
     else:
@@ -132,14 +145,10 @@ def check_training_memory(
     elif fit:
         fix = f"micro-batch {fit} fits"
     else:
-        fix = f"even micro-batch 1 needs about {fmt_bytes(share * estimate_memory(cfg, 1, **kw).total)}"
+        fix = f"even micro-batch 1 needs about {fmt_bytes(need(1))}"
     gc = cfg.grad_checkpoint if grad_checkpoint is None else grad_checkpoint
     if not gc:
-        ckpt = largest_fitting(
-            lambda m: share * estimate_memory(cfg, m, **{**kw, "grad_checkpoint": True}).total,
-            free,
-            micro_batch,
-        )
+        ckpt = largest_fitting(lambda m: need(m, grad_checkpoint=True), free, micro_batch)
         if ckpt > fit:
             fix += f"; with --grad-checkpoint micro-batch {ckpt} fits"
     if label == "fp32" and device.type != "mps":
@@ -164,8 +173,7 @@ def check_sampling_memory(
     estimate); ``precision="auto"`` checks the lower, half-precision estimate. ``task`` names the work in the
     message, ``batch_flag`` the flag that sets the batch (None: the message says the number only)."""
     device = torch.device(device)
-    label = "precision auto, estimated in bf16" if precision == "auto" else precision
-    precision = "bf16" if precision == "auto" else precision
+    label, precision = _estimated_in(precision)
     share = _processes_sharing(device, processes_on_host)
     kw = dict(precision=precision, guidance=guidance, device_kind=device.type)
     need = share * estimate_sampling_memory(cfg, batch, **kw)
@@ -173,15 +181,10 @@ def check_sampling_memory(
     if free is None:
         return None
     rows = f"{2 * batch} network rows with guidance" if guidance else f"{batch} network rows"
-    what = f"{cfg.name} {task} {batch} images at once ({rows}, {label}"
-    what += f", {share} processes on this host)" if share > 1 else ")"
+    what = f"{cfg.name} {task} {batch} images at once ({rows}, {label}" + _sharing(share)
     fix = ""
     if need > free:
-        fit = largest_fitting(
-            lambda b: share * estimate_sampling_memory(cfg, b, **kw),
-            free,
-            batch - 1,
-        )
+        fit = largest_fitting(lambda b: share * estimate_sampling_memory(cfg, b, **kw), free, batch - 1)
         fix = f"{batch_flag or 'a batch of'} {fit} fits" if fit else "even one image at a time does not fit"
     return check_fits(need, device, what=what, fix=fix, free=free)
 
